@@ -1,0 +1,226 @@
+"""The Allen API emulator: an aiohttp.web server on loopback with the real API's URLs and formats.
+
+Routes (all GET):
+    /grid_data/download_file/{id}?image=projection_density|injection_fraction&resolution=100   NRRD
+    /grid_data/download/{id}?include=density|injection                 zip of {name}.mhd + .raw
+    /api/v2/well_known_file_download/197646984                         zip of annotationFiber.mhd/.raw
+    /informatics-archive/current-release/mouse_ccf/annotation/ccf_2017/annotation_25.nrrd
+    /api/v2/structure_graph_download/1.json                            nested structure tree
+    /api/v2/data/query.json?criteria=service::mouse_connectivity_target_spatial[...]
+    /__emulator__/stats                                                 counters (not an Allen route)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import orjson
+from aiohttp import web
+
+from . import formats, synthetic
+from .ontology import FIBER_TRACT_IDS, structure_tree
+
+FIBER_FILE_ID = 197646984
+_TARGET_SPATIAL = re.compile(
+    r"^service::mouse_connectivity_target_spatial"
+    r"\[seed_point\$eq(-?\d+),(-?\d+),(-?\d+)\]\[section_data_set\$eq(\d+)\]$"
+)
+_GRID_IMAGES = {"projection_density": "density", "injection_fraction": "injection"}
+
+
+@dataclass
+class Stats:
+    """What the server has seen: requests per route, and the peak number in flight at once."""
+
+    requests: Counter[str] = field(default_factory=Counter)
+    in_flight: int = 0
+    peak_in_flight: int = 0
+
+    def reset(self) -> None:
+        self.requests.clear()
+        self.peak_in_flight = self.in_flight
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"requests": dict(self.requests), "in_flight": self.in_flight,
+                "peak_in_flight": self.peak_in_flight}  # fmt: skip
+
+
+# -- file contents (pure, cached: the same bytes for every server in a process) --------------------
+
+
+@lru_cache(maxsize=32)
+def grid_nrrd(data_set: int, volume: str) -> bytes:
+    exp = synthetic.Experiment(data_set)
+    arr = exp.projection_density() if volume == "density" else exp.injection_fraction()
+    return formats.nrrd_bytes(
+        formats.fortran_slabs(arr), synthetic.GRID_SHAPE, "double", "<f8", synthetic.GRID_SPACING
+    )
+
+
+@lru_cache(maxsize=32)
+def grid_legacy(data_set: int, volume: str) -> bytes:
+    exp = synthetic.Experiment(data_set)
+    shape = synthetic.LEGACY_GRID_SHAPE
+    arr = exp.projection_density(shape) if volume == "density" else exp.injection_fraction(shape)
+    return formats.metaimage_zip(
+        volume, formats.fortran_slabs(arr), shape, "MET_FLOAT", "<f4", synthetic.GRID_SPACING
+    )
+
+
+@lru_cache(maxsize=1)
+def annotation_nrrd() -> bytes:
+    shape = synthetic.ANNOTATION_SHAPE
+    slabs = formats.slabs_from(synthetic.annotation_slab, shape[2])
+    return formats.nrrd_bytes(slabs, shape, "unsigned int", "<u4", synthetic.ANNOTATION_SPACING)
+
+
+@lru_cache(maxsize=1)
+def fiber_tracts_zip() -> bytes:
+    tract_ids = np.array(sorted(FIBER_TRACT_IDS))
+    shape = synthetic.ANNOTATION_SHAPE
+
+    def mask(k: int) -> np.ndarray[Any, Any]:
+        return np.isin(synthetic.annotation_slab(k), tract_ids).astype(np.uint8)
+
+    slabs = formats.slabs_from(mask, shape[2])
+    return formats.metaimage_zip(
+        "annotationFiber", slabs, shape, "MET_UCHAR", "u1", synthetic.ANNOTATION_SPACING
+    )
+
+
+# -- the server ------------------------------------------------------------------------------------
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class EmulatorApp:
+    """Route handlers and their shared state (known data sets, latency, statistics)."""
+
+    def __init__(
+        self,
+        *,
+        latency_ms: float = 0.0,
+        latency_spread: float = 0.2,
+        data_sets: Iterable[int] = synthetic.DATA_SET_IDS,
+        seed: int = 0,
+    ) -> None:
+        self.latency = latency_ms / 1000.0
+        self.spread = latency_spread
+        self.data_sets = frozenset(data_sets)
+        self.stats = Stats()
+        self._random = random.Random(seed)
+        self._experiments: dict[int, synthetic.Experiment] = {}
+        self._locks: dict[object, asyncio.Lock] = {}
+
+    def make_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware])
+        app.router.add_get("/grid_data/download_file/{id}", self.grid_nrrd, name="grid_nrrd")
+        app.router.add_get("/grid_data/download/{id}", self.grid_legacy, name="grid_legacy")
+        app.router.add_get("/api/v2/well_known_file_download/{file_id}", self.well_known_file, name="well_known_file")
+        app.router.add_get(
+            "/informatics-archive/current-release/mouse_ccf/annotation/ccf_2017/annotation_25.nrrd",
+            self.annotation,
+            name="annotation",
+        )
+        app.router.add_get("/api/v2/structure_graph_download/{graph}.json", self.structure_graph, name="structure_graph")
+        app.router.add_get("/api/v2/data/query.json", self.query, name="query")
+        app.router.add_get("/__emulator__/stats", self.stats_route, name="stats")
+        return app
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        stats = self.stats
+        stats.in_flight += 1
+        stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
+        try:
+            if self.latency > 0 and not request.path.startswith("/__emulator__"):
+                jitter = self._random.uniform(-self.spread, self.spread)
+                await asyncio.sleep(self.latency * (1.0 + jitter))
+            response = await handler(request)
+            stats.requests[request.match_info.route.name or "unmatched"] += 1
+            return response
+        finally:
+            stats.in_flight -= 1
+
+    def _experiment(self, raw_id: str) -> synthetic.Experiment:
+        if not raw_id.isdigit() or int(raw_id) not in self.data_sets:
+            raise web.HTTPNotFound(text=f"<html><body>404: no data set {raw_id[:40]}</body></html>",
+                                   content_type="text/html")  # fmt: skip
+        data_set = int(raw_id)
+        if data_set not in self._experiments:
+            self._experiments[data_set] = synthetic.Experiment(data_set)
+        return self._experiments[data_set]
+
+    async def _bytes(self, key: tuple[object, ...], make: Callable[[], bytes]) -> bytes:
+        """Build a file once, off the event loop; concurrent requests for it wait for the first."""
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            return await asyncio.to_thread(make)
+
+    async def grid_nrrd(self, request: web.Request) -> web.Response:
+        exp = self._experiment(request.match_info["id"])
+        volume = _GRID_IMAGES.get(request.query.get("image", ""))
+        if volume is None or request.query.get("resolution") != "100":
+            raise web.HTTPBadRequest(text="unsupported image or resolution")
+        body = await self._bytes(("nrrd", exp.data_set_id, volume),
+                                 lambda: grid_nrrd(exp.data_set_id, volume))  # fmt: skip
+        return web.Response(body=body, content_type="application/octet-stream")
+
+    async def grid_legacy(self, request: web.Request) -> web.Response:
+        exp = self._experiment(request.match_info["id"])
+        volume = request.query.get("include", "")
+        if volume not in ("density", "injection"):
+            raise web.HTTPBadRequest(text="unsupported include")
+        body = await self._bytes(("zip", exp.data_set_id, volume),
+                                 lambda: grid_legacy(exp.data_set_id, volume))  # fmt: skip
+        return web.Response(body=body, content_type="application/zip")
+
+    async def well_known_file(self, request: web.Request) -> web.Response:
+        if request.match_info["file_id"] != str(FIBER_FILE_ID):
+            raise web.HTTPNotFound(text="no such file")
+        body = await self._bytes(("fiber",), fiber_tracts_zip)
+        return web.Response(body=body, content_type="application/zip")
+
+    async def annotation(self, request: web.Request) -> web.Response:
+        body = await self._bytes(("annotation",), annotation_nrrd)
+        return web.Response(body=body, content_type="application/octet-stream")
+
+    async def structure_graph(self, request: web.Request) -> web.Response:
+        if request.match_info["graph"] != "1":
+            return _json({"success": False, "id": -1, "start_row": 0, "num_rows": 0,
+                          "total_rows": 0, "msg": "Unknown structure graph"})  # fmt: skip
+        tree = structure_tree()
+        return _json({"success": True, "id": 0, "start_row": 0, "num_rows": len(tree),
+                      "total_rows": len(tree), "msg": tree})  # fmt: skip
+
+    async def query(self, request: web.Request) -> web.Response:
+        criteria = request.query.get("criteria", "")
+        match = _TARGET_SPATIAL.match(criteria)
+        if match is None:
+            return _json(_failure(f"Unsupported criteria: {criteria[:200]}"), status=400)
+        x, y, z, data_set = (int(g) for g in match.groups())
+        if data_set not in self.data_sets:
+            return _json(_failure(f"Data Access error: no section data set with id {data_set}"))
+        records = self._experiment(str(data_set)).spatial_search((x, y, z))
+        return _json({"success": True, "id": 0, "start_row": 0, "num_rows": len(records),
+                      "total_rows": len(records), "msg": records})  # fmt: skip
+
+    async def stats_route(self, request: web.Request) -> web.Response:
+        return _json(self.stats.as_dict())
+
+
+def _failure(message: str) -> dict[str, Any]:
+    return {"success": False, "id": -1, "start_row": 0, "num_rows": 0, "total_rows": 0,
+            "msg": message}  # fmt: skip
+
+
+def _json(payload: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")

@@ -1,0 +1,48 @@
+"""The exception tree. Every error asyncdl raises on purpose is an ``AsyncdlError``.
+
+    AsyncdlError
+    ├── UsageError (ValueError)         bad options or ids given by the user
+    ├── VolumeError (ValueError)        a volume or structure tree that cannot be trusted or parsed
+    └── FetchError                      a request that did not give usable data
+        ├── TransientError              worth retrying: connection, timeout, 5xx, 429, bad body
+        ├── HTTPStatusError             a status that retrying will not change (4xx but 429)
+        └── ApiError                    the API answered ``success: false``
+"""
+
+from __future__ import annotations
+
+
+class AsyncdlError(Exception):
+    """Root of every error asyncdl raises on purpose."""
+
+
+class UsageError(AsyncdlError, ValueError):
+    """The caller asked for something that cannot be done (bad option, bad id)."""
+
+
+class VolumeError(AsyncdlError, ValueError):
+    """A downloaded volume (NRRD, MetaImage, zip) or structure tree is malformed, truncated or too large."""
+
+
+class FetchError(AsyncdlError):
+    """A request failed; ``url`` says which."""
+
+    def __init__(self, message: str, url: str = "") -> None:
+        super().__init__(message)
+        self.url = url
+
+
+class TransientError(FetchError):
+    """A failure that may go away on retry (network, timeout, 5xx, 429, broken body)."""
+
+
+class HTTPStatusError(FetchError):
+    """The server answered with a status that retrying will not change."""
+
+    def __init__(self, message: str, url: str = "", status: int = 0) -> None:
+        super().__init__(message, url)
+        self.status = status
+
+
+class ApiError(FetchError):
+    """The Allen API answered ``success: false``; its message is kept."""
