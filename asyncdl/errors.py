@@ -1,12 +1,12 @@
 """The exception tree. Every error asyncdl raises on purpose is an ``AsyncdlError``.
 
-    AsyncdlError
-    ├── UsageError (ValueError)         bad options or ids given by the user
-    ├── VolumeError (ValueError)        a volume or structure tree that cannot be trusted or parsed
-    └── FetchError                      a request that did not give usable data
-        ├── TransientError              worth retrying: connection, timeout, 5xx, 429, bad body
-        ├── HTTPStatusError             a status that retrying will not change (4xx but 429)
-        └── ApiError                    the API answered ``success: false``
+AsyncdlError
+├── UsageError (ValueError)         bad options or ids given by the user
+├── VolumeError (ValueError)        a volume or structure tree that cannot be trusted or parsed
+└── FetchError                      a request that did not give usable data
+    ├── TransientError              worth retrying: connection, timeout, 5xx, 429, bad body
+    ├── HTTPStatusError             a status that retrying will not change (4xx but 429)
+    └── ApiError                    the API answered ``success: false``
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ from .config import MAX_JSON_BYTES, MAX_VOLUME_BYTES, FetchOptions
 from .errors import FetchError, HTTPStatusError, TransientError
 
 T = TypeVar("T")
+R = TypeVar("R")
 _CHUNK = 256 * 1024
 _USER_AGENT = "asyncdl/0.1 (+https://github.com/asyncdl)"
 
@@ -121,8 +122,9 @@ class HttpClient:
             total=None, sock_connect=self.options.timeout, sock_read=self.options.timeout
         )
 
-        async def save(response: aiohttp.ClientResponse, url: str) -> int:
-            return await _stream_to_file(response, url, dest)
+        async def save(response: aiohttp.ClientResponse, url: str) -> tuple[int, int]:
+            size = await _stream_to_file(response, url, dest)
+            return size, size
 
         async for attempt in self._retrying(tally):
             with attempt:
@@ -133,32 +135,35 @@ class HttpClient:
         self,
         url: str,
         tally: Tally,
-        timeout: aiohttp.ClientTimeout,
-        consume: Callable[[aiohttp.ClientResponse, str], Awaitable[Any]],
-    ) -> Any:
-        """One request in one slot, its outcome mapped to asyncdl's errors."""
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 (aiohttp's own per-request timeout)
+        consume: Callable[[aiohttp.ClientResponse, str], Awaitable[tuple[R, int]]],
+    ) -> R:
+        """One request in one slot, its outcome mapped to asyncdl's errors.
+
+        ``consume`` reads the response and returns its result and the number of bytes it read.
+        """
         tally.requests += 1
         async with self._slots:
             try:
                 async with self.session.get(URL(url, encoded=True), timeout=timeout) as resp:
                     _check_status(resp, url)
-                    result = await consume(resp, url)
+                    result, size = await consume(resp, url)
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
                 raise TransientError(_describe(exc), url) from exc
             except aiohttp.ClientError as exc:
                 raise FetchError(_describe(exc), url) from exc
-        tally.bytes += result if isinstance(result, int) else len(result)
+        tally.bytes += size
         return result
 
     @staticmethod
-    async def _read_body(resp: aiohttp.ClientResponse, url: str) -> bytes:
+    async def _read_body(resp: aiohttp.ClientResponse, url: str) -> tuple[bytes, int]:
         _check_length(resp, url, MAX_JSON_BYTES)
         body = bytearray()
         async for chunk in resp.content.iter_chunked(_CHUNK):
             body += chunk
             if len(body) > MAX_JSON_BYTES:
                 raise FetchError(f"response larger than {MAX_JSON_BYTES} bytes", url)
-        return bytes(body)
+        return bytes(body), len(body)
 
 
 def _check_status(resp: aiohttp.ClientResponse, url: str) -> None:

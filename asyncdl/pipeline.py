@@ -134,8 +134,9 @@ class _Run:
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
-                workers = [tg.create_task(self._worker(queue))
-                           for _ in range(self.options.concurrency)]  # fmt: skip
+                workers = [
+                    tg.create_task(self._worker(queue)) for _ in range(self.options.concurrency)
+                ]
                 await self._dispatch(ids, queue, tg)
                 for _ in workers:
                     await queue.put(None)
@@ -145,9 +146,11 @@ class _Run:
         return [self.results[i] for i in ids]
 
     async def _dispatch(
-        self, ids: list[int], queue: asyncio.Queue[tuple[_DataSetRun, int] | None],
+        self,
+        ids: list[int],
+        queue: asyncio.Queue[tuple[_DataSetRun, int] | None],
         tg: asyncio.TaskGroup,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Prepare up to ``prefetch`` data sets ahead and queue their targets in order."""
         upcoming = iter(ids)
         preparing: deque[asyncio.Task[_DataSetRun | None]] = deque()
@@ -188,11 +191,19 @@ class _Run:
             coords = injection_coordinates(injection, self.options.injection_threshold)
             store.open()
         except (AsyncdlError, OSError) as exc:
-            self._record(store, DataSetResult(
-                data_set, False, requests=tally.requests, retries=tally.retries,
-                bytes=tally.bytes, seconds=time.monotonic() - started, error=_explain(exc),
-                directory=str(store.dir),
-            ))  # fmt: skip
+            self._record(
+                store,
+                DataSetResult(
+                    data_set,
+                    False,
+                    requests=tally.requests,
+                    retries=tally.retries,
+                    bytes=tally.bytes,
+                    seconds=time.monotonic() - started,
+                    error=_explain(exc),
+                    directory=str(store.dir),
+                ),
+            )
             return None
         self._open.append(store)
         return _DataSetRun(store, targets, coords, tally, started)
@@ -231,11 +242,22 @@ class _Run:
             raise RuntimeError(f"data set {store.data_set}: wrote {run.lines} lines, found {lines}")
         t = run.tally
         error = f"{run.failures} target(s) failed; see failures.ndjson" if run.failures else None
-        self._record(store, DataSetResult(
-            store.data_set, run.failures == 0, targets=len(run.targets), lines=lines,
-            requests=t.requests, retries=t.retries, failures=run.failures, bytes=t.bytes,
-            seconds=time.monotonic() - run.started, error=error, directory=str(store.dir),
-        ))  # fmt: skip
+        self._record(
+            store,
+            DataSetResult(
+                store.data_set,
+                run.failures == 0,
+                targets=len(run.targets),
+                lines=lines,
+                requests=t.requests,
+                retries=t.retries,
+                failures=run.failures,
+                bytes=t.bytes,
+                seconds=time.monotonic() - run.started,
+                error=error,
+                directory=str(store.dir),
+            ),
+        )
 
     def _record(self, store: DataSetStore, result: DataSetResult) -> None:
         summary = result.as_dict()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from pathlib import Path
+
 import orjson
 
 from .errors import VolumeError
@@ -33,7 +34,9 @@ FIBER_MEMBER = "annotationFiber"
 class VolumeSource:
     """Fetches and reads the volumes of a run, through a cache of verified files."""
 
-    def __init__(self, client: HttpClient, endpoints: Endpoints, cache_dir: Path, kind: str) -> None:
+    def __init__(
+        self, client: HttpClient, endpoints: Endpoints, cache_dir: Path, kind: str
+    ) -> None:
         if kind not in ("nrrd", "legacy"):
             raise ValueError(f"unknown volume source {kind!r}")
         self.client = client

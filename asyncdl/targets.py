@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -70,7 +71,7 @@ def plan_fine_lookup(
     return FinePlan(shape, tuple(sample), tuple(in_bounds))  # type: ignore[arg-type]
 
 
-def _bound(array: npt.NDArray[np.generic], value: float) -> object:
+def _bound(array: npt.NDArray[np.generic], value: float) -> Any:
     """A Python float compared with a float array is cast to the array's dtype (NumPy's rules)."""
     return array.dtype.type(value) if np.issubdtype(array.dtype, np.floating) else float(value)
 
@@ -95,7 +96,9 @@ def injection_coordinates(injection: Volume, threshold: float) -> npt.NDArray[np
     return coords
 
 
-def fiber_tract_ids(roots: Iterable[Mapping[str, object]], top: int = FIBER_TRACTS_ID) -> frozenset[int]:
+def fiber_tract_ids(
+    roots: Iterable[Mapping[str, object]], top: int = FIBER_TRACTS_ID
+) -> frozenset[int]:
     """Ids of ``top`` and all its descendants in a nested structure tree (``children`` lists)."""
     found: set[int] = set()
     stack: list[tuple[Mapping[str, object], bool]] = [(node, False) for node in roots]

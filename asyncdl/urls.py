@@ -91,6 +91,6 @@ class Endpoints:
         return (
             f"{self.base_url}/api/v2/data/query.json?criteria="
             "service::mouse_connectivity_target_spatial"
-            f"[seed_point$eq{'%d,%d,%d' % (x, y, z)}]"
+            f"[seed_point$eq{'%d,%d,%d' % (x, y, z)}]"  # noqa: UP031 (the seed's %d)
             f"[section_data_set$eq{data_set_id(data_set)}]"
         )

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol, cast
 
 import nrrd
 import numpy as np
@@ -41,8 +41,13 @@ _NRRD_TYPES = {
     "i4": ("int", "signed int", "int32", "int32_t"),
     "u4": ("uint", "unsigned int", "uint32", "uint32_t"),
     "i8": (
-        "longlong", "long long", "long long int", "signed long long", "signed long long int",
-        "int64", "int64_t",
+        "longlong",
+        "long long",
+        "long long int",
+        "signed long long",
+        "signed long long int",
+        "int64",
+        "int64_t",
     ),
     "u8": ("ulonglong", "unsigned long long", "unsigned long long int", "uint64", "uint64_t"),
     "f4": ("float",),
@@ -50,10 +55,24 @@ _NRRD_TYPES = {
 }
 NRRD_TYPE_CODES = {name: code for code, names in _NRRD_TYPES.items() for name in names}
 METAIMAGE_TYPE_CODES = {
-    "MET_CHAR": "i1", "MET_UCHAR": "u1", "MET_SHORT": "i2", "MET_USHORT": "u2",
-    "MET_INT": "i4", "MET_UINT": "u4", "MET_LONG_LONG": "i8", "MET_ULONG_LONG": "u8",
-    "MET_FLOAT": "f4", "MET_DOUBLE": "f8",
-}  # fmt: skip
+    "MET_CHAR": "i1",
+    "MET_UCHAR": "u1",
+    "MET_SHORT": "i2",
+    "MET_USHORT": "u2",
+    "MET_INT": "i4",
+    "MET_UINT": "u4",
+    "MET_LONG_LONG": "i8",
+    "MET_ULONG_LONG": "u8",
+    "MET_FLOAT": "f4",
+    "MET_DOUBLE": "f8",
+}
+
+
+class Stream(Protocol):
+    """A binary stream to decode from: a file, a ``GzipFile``, a zip member."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
 
 
 @dataclass(frozen=True)
@@ -93,13 +112,13 @@ def make_layout(
     if not all(math.isfinite(s) and s > 0 for s in steps):
         raise VolumeError(f"voxel spacing must be finite and positive, got {list(steps)}")
     dtype = np.dtype(code).newbyteorder(">" if big_endian else "<")
-    layout = Layout(shape, dtype, steps)  # type: ignore[arg-type]
+    layout = Layout(shape, dtype, steps)
     if layout.nbytes > MAX_DECODED_BYTES:
         raise VolumeError(f"volume of {layout.nbytes} bytes exceeds the {MAX_DECODED_BYTES} limit")
     return layout
 
 
-def decode(stream: IO[bytes], layout: Layout, sample: Sample | None = None) -> Volume:
+def decode(stream: Stream, layout: Layout, sample: Sample | None = None) -> Volume:
     """Read ``layout.nbytes`` of Fortran-ordered data from ``stream``, optionally keeping only ``sample``.
 
     The stream must hold exactly that many bytes: short data is truncated, extra data is malformed.
@@ -108,7 +127,7 @@ def decode(stream: IO[bytes], layout: Layout, sample: Sample | None = None) -> V
     slab_len = nx * ny * layout.dtype.itemsize
     if sample is None:
         flat = np.empty(math.prod(layout.shape), layout.dtype)
-        _read_exactly(stream, memoryview(flat).cast("B"), layout.nbytes)
+        _read_exactly(stream, flat.data.cast("B"), layout.nbytes)
         array: npt.NDArray[np.generic] = flat.reshape(layout.shape, order="F")
     else:
         ii, jj, kk = (np.asarray(ix, np.int64) for ix in sample)
@@ -121,7 +140,7 @@ def decode(stream: IO[bytes], layout: Layout, sample: Sample | None = None) -> V
             wanted.setdefault(k, []).append(pos)
         last = max(wanted, default=-1)
         slab = np.empty(nx * ny, layout.dtype)
-        view = memoryview(slab).cast("B")
+        view = slab.data.cast("B")
         plane = slab.reshape((nx, ny), order="F")
         rows = np.ix_(ii, jj)
         for k in range(last + 1):
@@ -135,16 +154,16 @@ def decode(stream: IO[bytes], layout: Layout, sample: Sample | None = None) -> V
     return Volume(native, np.array(layout.spacing, np.float64))
 
 
-def _read_exactly(stream: IO[bytes], buf: memoryview, size: int) -> None:
+def _read_exactly(stream: Stream, buf: memoryview, size: int) -> None:
     got = 0
     while got < size:
-        n = stream.readinto(buf[got : min(size, got + _READ_CHUNK)])  # type: ignore[attr-defined]
+        n = stream.readinto(buf[got : min(size, got + _READ_CHUNK)])
         if not n:
             raise VolumeError(f"volume data is truncated ({got} of {size} bytes)")
         got += n
 
 
-def _skip_exactly(stream: IO[bytes], size: int) -> None:
+def _skip_exactly(stream: Stream, size: int) -> None:
     scratch = memoryview(bytearray(min(size, _READ_CHUNK) or 1))
     while size > 0:
         n = min(size, len(scratch))
@@ -159,8 +178,15 @@ def _reading(what: str) -> Iterator[None]:
         yield
     except VolumeError:
         raise
-    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error,
-            nrrd.NRRDError) as exc:  # fmt: skip
+    except (
+        OSError,
+        EOFError,
+        ValueError,
+        KeyError,
+        zipfile.BadZipFile,
+        zlib.error,
+        nrrd.NRRDError,
+    ) as exc:
         raise VolumeError(f"{what}: {exc}") from exc
 
 
@@ -277,6 +303,8 @@ def read_metaimage_zip(path: Path, name: str, sample: Sample | None = None) -> V
         layout = _metaimage_header(zf, name)
         raw = zf.getinfo(f"{name}.raw")
         if raw.file_size != layout.nbytes:
-            raise VolumeError(f"{name}.raw holds {raw.file_size} bytes, header says {layout.nbytes}")
-        with zf.open(raw) as body:
-            return decode(body, layout, sample)
+            raise VolumeError(
+                f"{name}.raw holds {raw.file_size} bytes, header says {layout.nbytes}"
+            )
+        with zf.open(raw) as body:  # a ZipExtFile: a BufferedIOBase, so it has readinto
+            return decode(cast(Stream, body), layout, sample)

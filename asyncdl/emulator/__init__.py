@@ -1,7 +1,7 @@
 """A local emulator of the Allen API, for tests, benchmarks, demos and offline work.
 
-    async with Emulator(latency_ms=50) as emu:
-        await asyncdl.fetch([156394513], "out", endpoints=emu.endpoints)
+async with Emulator(latency_ms=50) as emu:
+    await asyncdl.fetch([156394513], "out", endpoints=emu.endpoints)
 """
 
 from __future__ import annotations
@@ -30,11 +30,13 @@ class Emulator:
         latency_ms: float = 0.0,
         latency_spread: float = 0.2,
         data_sets: Iterable[int] = DATA_SET_IDS,
+        record: bool = False,
     ) -> None:
         self.host = host
         self.port = port
-        self.app = EmulatorApp(latency_ms=latency_ms, latency_spread=latency_spread,
-                               data_sets=data_sets)  # fmt: skip
+        self.app = EmulatorApp(
+            latency_ms=latency_ms, latency_spread=latency_spread, data_sets=data_sets, record=record
+        )
         self._runner: web.AppRunner | None = None
 
     @property
@@ -76,12 +78,20 @@ class Emulator:
         await self.close()
 
 
-async def serve(*, host: str = "127.0.0.1", port: int = 0, latency_ms: float = 0.0,
-                ready: asyncio.Event | None = None) -> None:  # fmt: skip
+async def serve(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    latency_ms: float = 0.0,
+    ready: asyncio.Event | None = None,
+) -> None:
     """Run the emulator until cancelled, printing where it listens."""
     async with Emulator(host=host, port=port, latency_ms=latency_ms) as emu:
-        print(f"asyncdl emulator listening on {emu.base_url} (data sets: "
-              f"{', '.join(map(str, sorted(emu.app.data_sets)))})", flush=True)  # fmt: skip
+        print(
+            f"asyncdl emulator listening on {emu.base_url} (data sets: "
+            f"{', '.join(map(str, sorted(emu.app.data_sets)))})",
+            flush=True,
+        )
         if ready is not None:
             ready.set()
         await asyncio.Event().wait()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -43,14 +44,21 @@ class Stats:
     requests: Counter[str] = field(default_factory=Counter)
     in_flight: int = 0
     peak_in_flight: int = 0
+    #: (route, data set, start, end) of every request, when the server was asked to record them.
+    log: list[tuple[str, int | None, float, float]] | None = None
 
     def reset(self) -> None:
         self.requests.clear()
         self.peak_in_flight = self.in_flight
+        if self.log is not None:
+            self.log.clear()
 
     def as_dict(self) -> dict[str, Any]:
-        return {"requests": dict(self.requests), "in_flight": self.in_flight,
-                "peak_in_flight": self.peak_in_flight}  # fmt: skip
+        return {
+            "requests": dict(self.requests),
+            "in_flight": self.in_flight,
+            "peak_in_flight": self.peak_in_flight,
+        }
 
 
 # -- file contents (pure, cached: the same bytes for every server in a process) --------------------
@@ -111,11 +119,12 @@ class EmulatorApp:
         latency_spread: float = 0.2,
         data_sets: Iterable[int] = synthetic.DATA_SET_IDS,
         seed: int = 0,
+        record: bool = False,
     ) -> None:
         self.latency = latency_ms / 1000.0
         self.spread = latency_spread
         self.data_sets = frozenset(data_sets)
-        self.stats = Stats()
+        self.stats = Stats(log=[] if record else None)
         self._random = random.Random(seed)
         self._experiments: dict[int, synthetic.Experiment] = {}
         self._locks: dict[object, asyncio.Lock] = {}
@@ -124,13 +133,21 @@ class EmulatorApp:
         app = web.Application(middlewares=[self._middleware])
         app.router.add_get("/grid_data/download_file/{id}", self.grid_nrrd, name="grid_nrrd")
         app.router.add_get("/grid_data/download/{id}", self.grid_legacy, name="grid_legacy")
-        app.router.add_get("/api/v2/well_known_file_download/{file_id}", self.well_known_file, name="well_known_file")
+        app.router.add_get(
+            "/api/v2/well_known_file_download/{file_id}",
+            self.well_known_file,
+            name="well_known_file",
+        )
         app.router.add_get(
             "/informatics-archive/current-release/mouse_ccf/annotation/ccf_2017/annotation_25.nrrd",
             self.annotation,
             name="annotation",
         )
-        app.router.add_get("/api/v2/structure_graph_download/{graph}.json", self.structure_graph, name="structure_graph")
+        app.router.add_get(
+            "/api/v2/structure_graph_download/{graph}.json",
+            self.structure_graph,
+            name="structure_graph",
+        )
         app.router.add_get("/api/v2/data/query.json", self.query, name="query")
         app.router.add_get("/__emulator__/stats", self.stats_route, name="stats")
         return app
@@ -140,20 +157,26 @@ class EmulatorApp:
         stats = self.stats
         stats.in_flight += 1
         stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
+        route = request.match_info.route.name or "unmatched"
+        started = time.monotonic()
         try:
-            if self.latency > 0 and not request.path.startswith("/__emulator__"):
+            if self.latency > 0 and route != "stats":
                 jitter = self._random.uniform(-self.spread, self.spread)
                 await asyncio.sleep(self.latency * (1.0 + jitter))
             response = await handler(request)
-            stats.requests[request.match_info.route.name or "unmatched"] += 1
+            stats.requests[route] += 1
             return response
         finally:
             stats.in_flight -= 1
+            if stats.log is not None:
+                stats.log.append((route, _data_set_of(request), started, time.monotonic()))
 
     def _experiment(self, raw_id: str) -> synthetic.Experiment:
         if not raw_id.isdigit() or int(raw_id) not in self.data_sets:
-            raise web.HTTPNotFound(text=f"<html><body>404: no data set {raw_id[:40]}</body></html>",
-                                   content_type="text/html")  # fmt: skip
+            raise web.HTTPNotFound(
+                text=f"<html><body>404: no data set {raw_id[:40]}</body></html>",
+                content_type="text/html",
+            )
         data_set = int(raw_id)
         if data_set not in self._experiments:
             self._experiments[data_set] = synthetic.Experiment(data_set)
@@ -170,8 +193,9 @@ class EmulatorApp:
         volume = _GRID_IMAGES.get(request.query.get("image", ""))
         if volume is None or request.query.get("resolution") != "100":
             raise web.HTTPBadRequest(text="unsupported image or resolution")
-        body = await self._bytes(("nrrd", exp.data_set_id, volume),
-                                 lambda: grid_nrrd(exp.data_set_id, volume))  # fmt: skip
+        body = await self._bytes(
+            ("nrrd", exp.data_set_id, volume), lambda: grid_nrrd(exp.data_set_id, volume)
+        )
         return web.Response(body=body, content_type="application/octet-stream")
 
     async def grid_legacy(self, request: web.Request) -> web.Response:
@@ -179,8 +203,9 @@ class EmulatorApp:
         volume = request.query.get("include", "")
         if volume not in ("density", "injection"):
             raise web.HTTPBadRequest(text="unsupported include")
-        body = await self._bytes(("zip", exp.data_set_id, volume),
-                                 lambda: grid_legacy(exp.data_set_id, volume))  # fmt: skip
+        body = await self._bytes(
+            ("zip", exp.data_set_id, volume), lambda: grid_legacy(exp.data_set_id, volume)
+        )
         return web.Response(body=body, content_type="application/zip")
 
     async def well_known_file(self, request: web.Request) -> web.Response:
@@ -195,11 +220,27 @@ class EmulatorApp:
 
     async def structure_graph(self, request: web.Request) -> web.Response:
         if request.match_info["graph"] != "1":
-            return _json({"success": False, "id": -1, "start_row": 0, "num_rows": 0,
-                          "total_rows": 0, "msg": "Unknown structure graph"})  # fmt: skip
+            return _json(
+                {
+                    "success": False,
+                    "id": -1,
+                    "start_row": 0,
+                    "num_rows": 0,
+                    "total_rows": 0,
+                    "msg": "Unknown structure graph",
+                }
+            )
         tree = structure_tree()
-        return _json({"success": True, "id": 0, "start_row": 0, "num_rows": len(tree),
-                      "total_rows": len(tree), "msg": tree})  # fmt: skip
+        return _json(
+            {
+                "success": True,
+                "id": 0,
+                "start_row": 0,
+                "num_rows": len(tree),
+                "total_rows": len(tree),
+                "msg": tree,
+            }
+        )
 
     async def query(self, request: web.Request) -> web.Response:
         criteria = request.query.get("criteria", "")
@@ -210,16 +251,37 @@ class EmulatorApp:
         if data_set not in self.data_sets:
             return _json(_failure(f"Data Access error: no section data set with id {data_set}"))
         records = self._experiment(str(data_set)).spatial_search((x, y, z))
-        return _json({"success": True, "id": 0, "start_row": 0, "num_rows": len(records),
-                      "total_rows": len(records), "msg": records})  # fmt: skip
+        return _json(
+            {
+                "success": True,
+                "id": 0,
+                "start_row": 0,
+                "num_rows": len(records),
+                "total_rows": len(records),
+                "msg": records,
+            }
+        )
 
     async def stats_route(self, request: web.Request) -> web.Response:
         return _json(self.stats.as_dict())
 
 
+def _data_set_of(request: web.Request) -> int | None:
+    raw = (
+        request.match_info.get("id") or request.query.get("criteria", "").rpartition("$eq")[2][:-1]
+    )
+    return int(raw) if raw.isdigit() else None
+
+
 def _failure(message: str) -> dict[str, Any]:
-    return {"success": False, "id": -1, "start_row": 0, "num_rows": 0, "total_rows": 0,
-            "msg": message}  # fmt: skip
+    return {
+        "success": False,
+        "id": -1,
+        "start_row": 0,
+        "num_rows": 0,
+        "total_rows": 0,
+        "msg": message,
+    }
 
 
 def _json(payload: object, status: int = 200) -> web.Response:

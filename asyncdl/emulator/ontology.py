@@ -69,7 +69,7 @@ def structure_tree() -> list[dict[str, Any]]:
     roots: list[dict[str, Any]] = []
     for order, (sid, acronym, name, colour, parent) in enumerate(STRUCTURES):
         path = [sid] if parent is None else [*_path(nodes[parent]), sid]
-        node = {
+        node: dict[str, Any] = {
             "id": sid,
             "atlas_id": None,
             "ontology_id": 1,

@@ -29,9 +29,17 @@ ANNOTATION_SPACING = 25.0
 
 #: Data sets the emulator knows. 156394513 is the seed's example.
 DATA_SET_IDS = (
-    156394513, 100141219, 112514202, 126862385, 127866392,
-    139520203, 180436360, 183174303, 272697944, 307297141,
-)  # fmt: skip
+    156394513,
+    100141219,
+    112514202,
+    126862385,
+    127866392,
+    139520203,
+    180436360,
+    183174303,
+    272697944,
+    307297141,
+)
 
 _CENTER = np.array([6600.0, 3900.0, 5700.0])
 _RADII = np.array([5900.0, 3300.0, 5000.0])
@@ -86,10 +94,17 @@ def annotation_slab(k: int) -> npt.NDArray[np.uint32]:
     lab[(u < 0.25) & (v <= 0.25)] = BY_ACRONYM["TH"]
     lab[np.broadcast_to(u < -0.1, lab.shape)] = BY_ACRONYM["CP"]
     lab[(u > 0.55) & (v < 0.0)] = BY_ACRONYM["CB"]
+    areas: tuple[tuple[float, str], ...]
     if side < 700:
         areas = ((0.25, "VISp"), (0.1, "VISrl"), (-99.0, "ACAd"))
     elif side > 3300:
-        areas = ((0.35, "VISpor"), (0.25, "VISp"), (0.05, "VISrl"), (-0.3, "SSp-bfd"), (-99.0, "MOp"))
+        areas = (
+            (0.35, "VISpor"),
+            (0.25, "VISp"),
+            (0.05, "VISrl"),
+            (-0.3, "SSp-bfd"),
+            (-99.0, "MOp"),
+        )
     else:
         areas = ((0.25, "VISp"), (0.05, "VISrl"), (-0.3, "SSp-bfd"), (-99.0, "MOp"))
     area = np.full(u.shape, BY_ACRONYM[areas[-1][1]], np.uint32)
@@ -124,7 +139,9 @@ def _tube_distance(
 
 def _grid_points(shape: tuple[int, int, int]) -> tuple[npt.NDArray[np.float64], ...]:
     return tuple(
-        (np.arange(n) * GRID_SPACING).reshape([-1 if a == i else 1 for a in range(3)])
+        (np.arange(n, dtype=np.float64) * GRID_SPACING).reshape(
+            [-1 if a == i else 1 for a in range(3)]
+        )
         for i, n in enumerate(shape)
     )
 
@@ -180,14 +197,18 @@ class Experiment:
         center: npt.NDArray[np.float64] = self._layout["center"]
         return center
 
-    def injection_fraction(self, shape: tuple[int, int, int] = GRID_SHAPE) -> npt.NDArray[np.float64]:
+    def injection_fraction(
+        self, shape: tuple[int, int, int] = GRID_SHAPE
+    ) -> npt.NDArray[np.float64]:
         """Fraction of each voxel inside the injection: a Gaussian blob, > 0.5 in ~200 voxels."""
         x, y, z = _grid_points(shape)
         c, s = self.injection_center, self._layout["sigma"]
         d2 = (x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2
         return np.exp(-d2 / (2 * s * s)) * _inside(x, y, z)  # type: ignore[no-any-return]
 
-    def projection_density(self, shape: tuple[int, int, int] = GRID_SHAPE) -> npt.NDArray[np.float64]:
+    def projection_density(
+        self, shape: tuple[int, int, int] = GRID_SHAPE
+    ) -> npt.NDArray[np.float64]:
         """Projection density in [0, 1]: injection core plus projection fields, with noise."""
         x, y, z = _grid_points(shape)
         c, s = self.injection_center, self._layout["sigma"]
@@ -267,8 +288,13 @@ class Experiment:
             p = (1 - t) ** 2 * seed + 2 * (1 - t) * t * control + t * t * end
             density = self.density_at(p)
             intensity = density * 5000.0 * float(rng.uniform(0.8, 1.2))
-            path.append({"coord": [float(round(v)) for v in p], "density": density,
-                         "intensity": round(intensity, 4)})  # fmt: skip
+            path.append(
+                {
+                    "coord": [float(round(v)) for v in p],
+                    "density": density,
+                    "intensity": round(intensity, 4),
+                }
+            )
         path.append({"coord": [int(v) for v in end], "density": 0, "intensity": 0})
         return path
 

@@ -1,0 +1,7 @@
+"""``python -m asyncdl``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,212 @@
+"""The command line, run as a real subprocess (``python -m asyncdl``)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import orjson
+import pytest
+
+from .conftest import SEED_ID
+
+
+def asyncdl(*args, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "asyncdl", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONWARNINGS": "error"},
+    )
+
+
+def assert_clean(stderr):
+    assert "Traceback" not in stderr
+    assert "Unclosed" not in stderr and "Task was destroyed" not in stderr
+
+
+@pytest.mark.parametrize("volumes", ["nrrd", "legacy"])
+def test_fetch_with_the_bundled_emulator_matches_the_seed(seed_reference, tmp_path, volumes):
+    # The README's command, in a fresh process with its own emulator.
+    proc = asyncdl("fetch", SEED_ID, "--emulator", "-o", tmp_path, "--volumes", volumes)
+    assert proc.returncode == 0, proc.stderr
+    assert_clean(proc.stderr)
+    data = orjson.loads((tmp_path / str(SEED_ID) / "data.json").read_bytes())
+    assert data == seed_reference(SEED_ID, volumes)
+    assert f"{SEED_ID}: ok: " in proc.stderr
+    assert "1 of 1 data sets complete" in proc.stderr
+
+
+def test_partial_failure_exits_1_after_writing_the_rest(emulator, tmp_path):
+    proc = asyncdl(
+        "fetch",
+        42,
+        SEED_ID,
+        "-o",
+        tmp_path,
+        "--base-url",
+        emulator.base_url,
+        "--archive-url",
+        emulator.base_url,
+        "--density-range",
+        "0.1",
+        "0.11",
+    )
+    assert proc.returncode == 1
+    assert_clean(proc.stderr)
+    assert "42: FAILED: HTTP 404" in proc.stderr
+    assert (tmp_path / str(SEED_ID) / "data.json").exists()
+
+
+def test_ids_file(emulator, tmp_path):
+    ids = tmp_path / "ids.txt"
+    ids.write_text(f"# experiments\n{SEED_ID}  # the seed's\n\n")
+    proc = asyncdl(
+        "fetch",
+        "--ids-file",
+        ids,
+        "-o",
+        tmp_path / "out",
+        "--base-url",
+        emulator.base_url,
+        "--archive-url",
+        emulator.base_url,
+        "-c",
+        "4",
+        "--density-range",
+        "0.1",
+        "0.11",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / str(SEED_ID) / "summary.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["fetch", "abc", "-o", "x"], "not a data set id: 'abc'"),
+        (["fetch", "-1", "-o", "x"], "not a data set id"),
+        (["fetch", "1", "-o", "x", "-c", "0"], "concurrency must be at least 1"),
+        (["fetch", "1", "-o", "x", "--density-range", "0.3", "0.1"], "density range is empty"),
+        (["fetch", "1", "-o", "x", "--retries", "-1"], "retries"),
+        (["fetch", "1"], "required: -o/--out"),
+        (["fetch", "-o", "x"], "no data set ids"),
+        (["fetch", "--ids-file", "/nonexistent/ids", "-o", "x"], "cannot read ids file"),
+        (["fetch", "1", "-o", "x", "--emulator", "--base-url", "http://h"], "--emulator"),
+        (["fetch", "1", "-o", "x", "--base-url", "ftp://h"], "not an http(s) URL"),
+        (["fetch", "1", "-o", "x", "--volumes", "tiff"], "invalid choice"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(tmp_path, args, message):
+    proc = subprocess.run(
+        [sys.executable, "-m", "asyncdl", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("asyncdl: error:"), proc.stderr
+    assert message in lines[0]
+
+
+def test_unwritable_output_directory(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    proc = asyncdl("fetch", "1", "-o", blocker / "out")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"asyncdl: error: cannot create output directory {blocker / 'out'}: Not a directory"
+    ]
+
+
+def test_unreachable_server_is_a_clear_failure(tmp_path):
+    proc = asyncdl(
+        "fetch",
+        SEED_ID,
+        "-o",
+        tmp_path,
+        "--base-url",
+        "http://127.0.0.1:9",
+        "--archive-url",
+        "http://127.0.0.1:9",
+        "--retries",
+        "1",
+    )
+    assert proc.returncode == 1
+    assert_clean(proc.stderr)
+    assert f"{SEED_ID}: FAILED: ClientConnectorError" in proc.stderr
+
+
+def test_version_and_help():
+    proc = asyncdl("--version")
+    assert proc.returncode == 0 and proc.stdout.startswith("asyncdl ")
+    proc = asyncdl("fetch", "--help")
+    assert proc.returncode == 0 and "--concurrency" in proc.stdout and "examples:" in proc.stdout
+
+
+def test_emulate_serves_until_interrupted():
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "asyncdl", "emulate", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("asyncdl emulator listening on http://127.0.0.1:")
+        url = line.split()[4]
+        with urllib.request.urlopen(f"{url}/api/v2/structure_graph_download/1.json") as resp:
+            assert orjson.loads(resp.read())["success"] is True
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+        assert_clean(proc.stderr.read())
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def test_ctrl_c_stops_promptly_and_cleanly(emulator, tmp_path):
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "asyncdl",
+            "fetch",
+            str(SEED_ID),
+            "-o",
+            tmp_path,
+            "-c",
+            "2",
+            "--base-url",
+            emulator.base_url,
+            "--archive-url",
+            emulator.base_url,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "error"},
+    )
+    lines = tmp_path / str(SEED_ID) / "lines.ndjson"
+    deadline = time.monotonic() + 60
+    while not (lines.exists() and lines.stat().st_size > 0) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    start = time.monotonic()
+    code = proc.wait(30)
+    stderr = proc.stderr.read()
+    proc.stdout.close()
+    proc.stderr.close()
+    assert code == 130 and time.monotonic() - start < 5
+    assert stderr.strip().splitlines()[-1] == "asyncdl: interrupted"
+    assert_clean(stderr)
+    assert not (tmp_path / str(SEED_ID) / "data.json").exists()
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith((".tmp", ".part"))]

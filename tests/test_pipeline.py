@@ -1,0 +1,129 @@
+"""The library end to end against the emulator on a loopback socket."""
+
+import itertools
+import random
+
+import numpy as np
+import orjson
+import pytest
+
+import asyncdl
+from asyncdl import FetchOptions
+from asyncdl.store import DataSetStore
+
+from .conftest import SEED_ID
+
+
+def load(path):
+    return orjson.loads(path.read_bytes())
+
+
+def check_lines_file(directory, targets):
+    ranks = [
+        orjson.loads(line)["rank"]
+        for line in (directory / "lines.ndjson").read_bytes().splitlines()
+    ]
+    assert sorted(ranks) == list(range(targets))
+
+
+@pytest.mark.parametrize("volumes", ["nrrd", "legacy"])
+async def test_fetch_equals_the_seed(emulator, seed_reference, tmp_path, volumes):
+    options = FetchOptions(concurrency=16, volumes=volumes)
+    [result] = await asyncdl.fetch(
+        [SEED_ID], tmp_path, options=options, endpoints=emulator.endpoints
+    )
+    directory = tmp_path / str(SEED_ID)
+    expected = seed_reference(SEED_ID, volumes)
+    assert load(directory / "data.json") == expected
+    assert result.complete and result.failures == 0 and result.error is None
+    assert result.lines == len(expected["lines"]) > 1000
+    # One request per target, plus the volumes: density, injection and the shared fiber source
+    # (annotation + structure tree for NRRD, the fiber-tract zip for legacy).
+    assert result.requests == result.targets + 2 + (2 if volumes == "nrrd" else 1)
+    check_lines_file(directory, result.targets)
+    summary = load(directory / "summary.json")
+    assert summary["complete"] is True and summary["targets"] == result.targets
+    assert summary["options"]["volumes"] == volumes
+    assert not (directory / "failures.ndjson").exists()
+
+
+async def test_output_does_not_depend_on_concurrency(emulator, tmp_path):
+    outputs = []
+    for concurrency in (1, 48):
+        out = tmp_path / str(concurrency)
+        options = FetchOptions(concurrency=concurrency, density_range=(0.1, 0.13))
+        [result] = await asyncdl.fetch(
+            [SEED_ID], out, options=options, endpoints=emulator.endpoints
+        )
+        assert result.complete and result.targets > 100
+        outputs.append((out / str(SEED_ID) / "data.json").read_bytes())
+    assert outputs[0] == outputs[1]
+
+
+@pytest.mark.parametrize("limit", [1, 4, 32])
+async def test_server_never_sees_more_than_concurrency(emulator, tmp_path, limit):
+    options = FetchOptions(concurrency=limit, density_range=(0.1, 0.2))
+    results = await asyncdl.fetch(
+        [SEED_ID, 100141219], tmp_path, options=options, endpoints=emulator.endpoints
+    )
+    assert all(r.complete for r in results)
+    assert emulator.stats.peak_in_flight <= limit
+    assert emulator.stats.peak_in_flight > limit // 2  # and the bound is what limits
+
+
+async def test_many_data_sets_keep_the_pipe_full(emulator, tmp_path):
+    ids = [SEED_ID, 100141219, 112514202]
+    options = FetchOptions(concurrency=8)
+    results = await asyncdl.fetch(ids, tmp_path, options=options, endpoints=emulator.endpoints)
+    assert [r.data_set for r in results] == ids and all(r.complete for r in results)
+    queries = [entry for entry in emulator.stats.log if entry[0] == "query"]
+    for first, second in itertools.pairwise(ids):
+        last_end = max(end for _, ds, _, end in queries if ds == first)
+        next_start = min(start for _, ds, start, _ in queries if ds == second)
+        assert next_start < last_end, "the next data set waited for the previous one to drain"
+
+
+async def test_unknown_data_set_fails_alone(emulator, tmp_path):
+    seen = []
+    options = FetchOptions(concurrency=8, density_range=(0.1, 0.2), retries=0)
+    results = await asyncdl.fetch(
+        [42, SEED_ID],
+        tmp_path,
+        options=options,
+        endpoints=emulator.endpoints,
+        on_result=seen.append,
+    )
+    bad, good = results
+    assert not bad.complete and "404" in bad.error and bad.targets == 0
+    assert good.complete and good.lines > 0
+    assert {r.data_set for r in seen} == {42, SEED_ID}
+    assert load(tmp_path / "42" / "summary.json")["complete"] is False
+    assert not (tmp_path / "42" / "data.json").exists()
+
+
+def test_fetch_sync_for_scripts(emulator, tmp_path):
+    options = FetchOptions(concurrency=8, density_range=(0.1, 0.11))
+    [result] = asyncdl.fetch_sync(
+        [str(SEED_ID)], tmp_path, options=options, endpoints=emulator.endpoints
+    )
+    assert result.complete and (tmp_path / str(SEED_ID) / "data.json").exists()
+
+
+def test_data_json_order_does_not_depend_on_arrival_order(tmp_path):
+    answers = [(rank, [{"rank": rank, "k": k} for k in range(rank % 3)]) for rank in range(50)]
+    injection = np.array([[100.0, 200.0, 300.0]])
+    outputs = []
+    for seed in (1, 2):
+        store = DataSetStore(tmp_path / str(seed), 7)
+        store.open()
+        shuffled = answers[:]
+        random.Random(seed).shuffle(shuffled)
+        for rank, records in shuffled:
+            store.add_lines(rank, [rank, 0, 0], [rank * 100.0, 0.0, 0.0], records)
+        store.close()
+        assert store.finalize(50, injection) == sum(len(r) for _, r in answers)
+        outputs.append((store.dir / "data.json").read_bytes())
+    assert outputs[0] == outputs[1]
+    data = orjson.loads(outputs[0])
+    assert data["lines"] == [rec for _, records in answers for rec in records]
+    assert data["injectionCoordinates"] == [[100.0, 200.0, 300.0]]

@@ -1,0 +1,36 @@
+import asyncdl
+
+
+def test_public_api_is_exactly_what_is_meant():
+    assert sorted(asyncdl.__all__) == sorted(
+        [
+            "ApiError",
+            "AsyncdlError",
+            "DataSetResult",
+            "Endpoints",
+            "FetchError",
+            "FetchOptions",
+            "HTTPStatusError",
+            "TransientError",
+            "UsageError",
+            "VolumeError",
+            "__version__",
+            "fetch",
+            "fetch_sync",
+        ]
+    )
+    for name in asyncdl.__all__:
+        assert hasattr(asyncdl, name)
+
+
+def test_every_error_is_an_asyncdl_error():
+    for name in (
+        "ApiError",
+        "FetchError",
+        "HTTPStatusError",
+        "TransientError",
+        "UsageError",
+        "VolumeError",
+    ):
+        assert issubclass(getattr(asyncdl, name), asyncdl.AsyncdlError)
+    assert issubclass(asyncdl.UsageError, ValueError)
