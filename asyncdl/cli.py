@@ -110,10 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     e.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     e.add_argument(
-        "--latency-ms",
+        "--latency-ms", type=float, default=0.0, help="mean added latency per request (default 0)"
+    )
+    e.add_argument(
+        "--latency-spread",
         type=float,
-        default=0.0,
-        help="mean added latency per request, with +-20%% spread (default 0)",
+        default=0.2,
+        help="latency varies uniformly by this fraction either way (default 0.2; 0 = fixed)",
     )
     return parser
 
@@ -192,7 +195,12 @@ async def run_fetch(args: argparse.Namespace) -> int:
 async def run_emulate(args: argparse.Namespace) -> int:
     from .emulator import serve
 
-    await serve(host=args.host, port=args.port, latency_ms=args.latency_ms)
+    await serve(
+        host=args.host,
+        port=args.port,
+        latency_ms=args.latency_ms,
+        latency_spread=args.latency_spread,
+    )
     return EXIT_OK
 
 

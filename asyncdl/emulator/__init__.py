@@ -83,10 +83,13 @@ async def serve(
     host: str = "127.0.0.1",
     port: int = 0,
     latency_ms: float = 0.0,
+    latency_spread: float = 0.2,
     ready: asyncio.Event | None = None,
 ) -> None:
     """Run the emulator until cancelled, printing where it listens."""
-    async with Emulator(host=host, port=port, latency_ms=latency_ms) as emu:
+    async with Emulator(
+        host=host, port=port, latency_ms=latency_ms, latency_spread=latency_spread
+    ) as emu:
         print(
             f"asyncdl emulator listening on {emu.base_url} (data sets: "
             f"{', '.join(map(str, sorted(emu.app.data_sets)))})",

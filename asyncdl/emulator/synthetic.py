@@ -225,12 +225,14 @@ class Experiment:
         out = np.clip(dens * noise + background, 0.0, 1.0) * _inside(x, y, z)
         return out  # type: ignore[no-any-return]
 
-    def density_at(self, point: npt.NDArray[np.float64]) -> float:
-        """Projection density of the voxel holding ``point`` (0 outside the grid)."""
-        idx = np.floor(point / GRID_SPACING).astype(int)
-        if np.any(idx < 0) or np.any(idx >= GRID_SHAPE):
-            return 0.0
-        return float(self._density_grid[tuple(idx)])
+    def density_at(self, points: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """Projection density of the voxels holding ``points`` (n, 3) in um; 0 outside the grid."""
+        idx = np.floor(points / GRID_SPACING).astype(np.intp)
+        inside = np.all((idx >= 0) & (idx < GRID_SHAPE), axis=1)
+        out = np.zeros(len(points))
+        i, j, k = idx[inside].T
+        out[inside] = self._density_grid[i, j, k]
+        return out
 
     @cached_property
     def _density_grid(self) -> npt.NDArray[np.float64]:
@@ -266,7 +268,7 @@ class Experiment:
                 "gender": "F" if lay["female"] else "M",
                 "strain": "B6.FVB" if line else "C57BL/6J",
                 "injection-coordinates": injection,
-                "density": self.density_at(np.array(seed_point, np.float64)),
+                "density": float(self.density_at(np.array([seed_point], np.float64))[0]),
                 "path": self._path(np.array(seed_point, np.float64), np.array(injection), rng),
             }
         ]
@@ -281,20 +283,17 @@ class Experiment:
         bend -= chord * float(bend @ chord) / max(length * length, 1.0)
         control = (seed + end) / 2 + bend
         steps = max(2, math.ceil(length / rng.uniform(85.0, 115.0)))
-        path: list[dict[str, Any]] = [
-            {"coord": [float(v) for v in seed], "density": 0.0, "intensity": 0.0}
-        ]
-        for t in np.linspace(0.0, 1.0, steps + 1)[1:-1]:
-            p = (1 - t) ** 2 * seed + 2 * (1 - t) * t * control + t * t * end
-            density = self.density_at(p)
-            intensity = density * 5000.0 * float(rng.uniform(0.8, 1.2))
-            path.append(
-                {
-                    "coord": [float(round(v)) for v in p],
-                    "density": density,
-                    "intensity": round(intensity, 4),
-                }
+        t = np.linspace(0.0, 1.0, steps + 1)[1:-1, None]
+        points = np.round((1 - t) ** 2 * seed + 2 * (1 - t) * t * control + t * t * end)
+        density = self.density_at(points)
+        intensity = np.round(density * 5000.0 * rng.uniform(0.8, 1.2, len(density)), 4)
+        path: list[dict[str, Any]] = [{"coord": seed.tolist(), "density": 0.0, "intensity": 0.0}]
+        path += [
+            {"coord": coord, "density": d, "intensity": i}
+            for coord, d, i in zip(
+                points.tolist(), density.tolist(), intensity.tolist(), strict=True
             )
+        ]
         path.append({"coord": [int(v) for v in end], "density": 0, "intensity": 0})
         return path
 
