@@ -1,5 +1,6 @@
 """asyncdl: fast, reliable, asynchronous bulk downloads of Allen Mouse Connectivity streamlines."""
 
+from .catalog import Experiment, find_experiments
 from .config import FetchOptions
 from .errors import (
     ApiError,
@@ -10,7 +11,8 @@ from .errors import (
     UsageError,
     VolumeError,
 )
-from .pipeline import DataSetResult, fetch, fetch_sync
+from .events import Events
+from .pipeline import DataSetResult, Survey, fetch, fetch_sync, survey
 from .urls import Endpoints
 
 __version__ = "0.1.0"
@@ -20,13 +22,18 @@ __all__ = [
     "AsyncdlError",
     "DataSetResult",
     "Endpoints",
+    "Events",
+    "Experiment",
     "FetchError",
     "FetchOptions",
     "HTTPStatusError",
+    "Survey",
     "TransientError",
     "UsageError",
     "VolumeError",
     "__version__",
     "fetch",
     "fetch_sync",
+    "find_experiments",
+    "survey",
 ]

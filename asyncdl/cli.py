@@ -1,33 +1,52 @@
 """The command line: argument parsing, then library calls, then exit codes. Nothing else lives here.
 
 Exit status: 0 everything fetched; 1 some targets or data sets failed (the rest is written);
-2 usage error; 130 interrupted.
+2 usage error; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM). Interrupted runs resume.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 import time
-from collections.abc import Sequence
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import NoReturn
 
+import orjson
+
 from . import __version__
+from .catalog import Experiment, find_experiments
 from .config import DEFAULT_ARCHIVE_URL, DEFAULT_BASE_URL, FetchOptions
+from .emulator.faults import DEFAULT_KINDS as DEFAULT_FAULT_KINDS
+from .emulator.faults import KINDS as FAULT_KINDS
 from .errors import AsyncdlError, UsageError
-from .pipeline import DataSetResult, fetch
+from .events import Events, JsonReporter, LineReporter
+from .pipeline import fetch, survey
 from .urls import Endpoints, data_set_id
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
-FETCH_EXAMPLES = """\
+EXIT_CODES = """\
+exit status:
+  0    everything fetched         1    some targets or data sets failed (the rest is written)
+  2    usage error                130  interrupted (Ctrl-C); 143 terminated: run again to resume
+"""
+FETCH_EXAMPLES = f"""\
 examples:
   asyncdl fetch 156394513 --emulator -o data          # against the bundled emulator
   asyncdl fetch 156394513 100141219 -c 64 -o data     # against api.brain-map.org
-  asyncdl fetch --ids-file ids.txt --volumes legacy -o data
+  asyncdl fetch --injection-structure VISp --primary-only --dry-run -o data
+  asyncdl fetch --ids-file ids.txt --volumes legacy --format brainrender -o data
+
+{EXIT_CODES}"""
+LIST_EXAMPLES = """\
+examples:
+  asyncdl list --injection-structure VISp --primary-only
+  asyncdl list --injection-structure grey --transgenic-line Rbp4-Cre_KL100 --json
 """
 
 
@@ -36,19 +55,65 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"asyncdl: error: {message} (see '{self.prog} --help')\n")
 
 
+def _server_options() -> _Parser:
+    """Where the data comes from: shared by the commands that talk to a server."""
+    p = _Parser(add_help=False)
+    p.add_argument("--base-url", help=f"API server (default {DEFAULT_BASE_URL})")
+    p.add_argument(
+        "--archive-url", help=f"archive holding the CCF annotation (default {DEFAULT_ARCHIVE_URL})"
+    )
+    p.add_argument(
+        "--emulator",
+        action="store_true",
+        help="start the bundled Allen API emulator on loopback and use it",
+    )
+    # For demos and tests of the emulator: its latency and fault rate.
+    p.add_argument("--latency-ms", type=float, default=0.0, help=argparse.SUPPRESS)
+    p.add_argument("--fault-rate", type=float, default=0.0, help=argparse.SUPPRESS)
+    p.add_argument("--fault-seed", type=int, default=0, help=argparse.SUPPRESS)
+    return p
+
+
+def _search_options(required: bool) -> _Parser:
+    """Which experiments: the injection-structure search."""
+    p = _Parser(add_help=False)
+    p.add_argument(
+        "--injection-structure",
+        required=required,
+        metavar="ACRONYM",
+        help="experiments injected in this structure or below it (acronym or id, e.g. VISp)",
+    )
+    p.add_argument(
+        "--primary-only", action="store_true", help="match the primary injection structure only"
+    )
+    p.add_argument(
+        "--transgenic-line",
+        action="append",
+        metavar="LINE",
+        help="keep only this transgenic line (repeatable; 0 = wild type)",
+    )
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="asyncdl", description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.description = (
-        "Fast, reliable, asynchronous bulk downloads of Allen Mouse Connectivity streamlines."
+    parser = _Parser(
+        prog="asyncdl",
+        description="Fast, reliable, asynchronous bulk downloads of Allen Mouse Brain "
+        "Connectivity streamlines.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"asyncdl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    server = _server_options()
 
     f = sub.add_parser(
         "fetch",
+        parents=[server, _search_options(required=False)],
         help="download the streamlines of one or more data sets",
         description="For each data set, select target voxels from its projection density and "
-        "download the spatial-search streamlines to each, into OUT/<id>/data.json.",
+        "download the spatial-search streamlines to each, into OUT/<id>/data.json. "
+        "Running the same command again resumes it.",
         epilog=FETCH_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -61,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=32,
         help="requests in flight at once, across all data sets (default 32)",
+    )
+    f.add_argument(
+        "--rate", type=float, help="at most this many requests per second, for shared servers"
     )
     f.add_argument(
         "--retries", type=int, default=5, help="retries of a failing request (default 5)"
@@ -88,19 +156,51 @@ def build_parser() -> argparse.ArgumentParser:
         default="nrrd",
         help="NRRD grid files + CCF annotation (default), or the seed's zipped MetaImage",
     )
-    f.add_argument("--base-url", default=None, help=f"API server (default {DEFAULT_BASE_URL})")
     f.add_argument(
-        "--archive-url",
-        default=None,
-        help=f"file archive holding the CCF annotation (default {DEFAULT_ARCHIVE_URL})",
+        "--format",
+        choices=("seed", "brainrender"),
+        default="seed",
+        help="brainrender: also write OUT/<id>/streamlines_<id>.json for brainrender and the "
+        "Allen connectivity viewer (data.json is always written)",
     )
     f.add_argument("--cache-dir", type=Path, help="where volumes are cached (default OUT/.cache)")
     f.add_argument(
-        "--emulator",
+        "--restart",
         action="store_true",
-        help="start the bundled Allen API emulator on loopback and fetch from it",
+        help="start the data sets over instead of resuming them (needed to change parameters)",
     )
-    f.add_argument("--latency-ms", type=float, default=0.0, help=argparse.SUPPRESS)
+    f.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="download only the volumes; say how many requests a real run would make",
+    )
+    f.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bars: a line per data set"
+    )
+    f.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="json: one JSON event per line on stderr, for batch systems",
+    )
+
+    ls = sub.add_parser(
+        "list",
+        parents=[server, _search_options(required=True)],
+        help="find data sets by injection structure",
+        description="List the experiments injected in a structure (all pages of the search).",
+        epilog=LIST_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ls.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    pv = sub.add_parser(
+        "preview",
+        help="draw OUT/<id>/preview.png from a fetched data set",
+        description="Render the streamlines of fetched data sets, projected on the horizontal "
+        "and sagittal planes and coloured by density (needs: pip install 'asyncdl[preview]').",
+    )
+    pv.add_argument("dirs", nargs="+", type=Path, metavar="OUT/ID", help="data set folders")
 
     e = sub.add_parser(
         "emulate",
@@ -118,6 +218,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.2,
         help="latency varies uniformly by this fraction either way (default 0.2; 0 = fixed)",
     )
+    e.add_argument(
+        "--fault-rate",
+        type=float,
+        default=0.0,
+        help="fraction of responses that go wrong, reproducibly (default 0)",
+    )
+    e.add_argument("--fault-seed", type=int, default=0, help="seed of the faults (default 0)")
+    e.add_argument(
+        "--faults",
+        default=",".join(DEFAULT_FAULT_KINDS),
+        help=f"comma-separated fault kinds, of: {','.join(FAULT_KINDS)} (default all but apierror)",
+    )
     return parser
 
 
@@ -129,30 +241,47 @@ def read_ids(args: argparse.Namespace) -> list[int]:
         except OSError as exc:
             raise UsageError(f"cannot read ids file {args.ids_file}: {exc.strerror}") from exc
         raw += [line.split("#", 1)[0].strip() for line in text.splitlines()]
-    ids = [data_set_id(value) for value in raw if value]
-    if not ids:
-        raise UsageError("no data set ids given (as arguments or with --ids-file)")
-    return ids
+    return [data_set_id(value) for value in raw if value]
 
 
-def report(result: DataSetResult) -> None:
-    if result.targets == 0 and result.error:
-        print(f"{result.data_set}: FAILED: {result.error}", file=sys.stderr)
+@asynccontextmanager
+async def serving(args: argparse.Namespace) -> AsyncIterator[Endpoints]:
+    """The endpoints to use: the given servers, or a bundled emulator started for the command."""
+    if not args.emulator:
+        yield Endpoints(args.base_url or DEFAULT_BASE_URL, args.archive_url or DEFAULT_ARCHIVE_URL)
         return
-    state = "ok" if result.complete else "INCOMPLETE"
-    print(
-        f"{result.data_set}: {state}: {result.targets} targets, {result.lines} lines, "
-        f"{result.requests} requests, {result.retries} retries, {result.failures} failures, "
-        f"{result.bytes / 1e6:.1f} MB, {result.seconds:.1f} s"
-        + (f" ({result.error})" if result.error else ""),
-        file=sys.stderr,
+    if args.base_url or args.archive_url:
+        raise UsageError("--emulator serves both API and archive; drop --base-url/--archive-url")
+    from .emulator import Emulator, FaultPlan
+
+    faults = FaultPlan(rate=args.fault_rate, seed=args.fault_seed) if args.fault_rate else None
+    async with Emulator(latency_ms=args.latency_ms, faults=faults) as emu:
+        print(f"asyncdl: emulator on {emu.base_url}", file=sys.stderr)
+        yield emu.endpoints
+
+
+async def search(args: argparse.Namespace, endpoints: Endpoints) -> list[Experiment]:
+    return await find_experiments(
+        args.injection_structure,
+        endpoints=endpoints,
+        primary_only=args.primary_only,
+        transgenic_lines=args.transgenic_line,
     )
+
+
+def reporter(args: argparse.Namespace, stack: AsyncExitStack) -> Events:
+    """JSON events if asked; live bars on a terminal; otherwise a line per data set."""
+    if args.log_format == "json":
+        return JsonReporter()
+    if args.quiet or not sys.stderr.isatty():
+        return LineReporter()
+    from .progress import RichProgress
+
+    return stack.enter_context(RichProgress())
 
 
 async def run_fetch(args: argparse.Namespace) -> int:
     ids = read_ids(args)
-    if args.emulator and (args.base_url or args.archive_url):
-        raise UsageError("--emulator serves both API and archive; drop --base-url/--archive-url")
     options = FetchOptions(
         concurrency=args.concurrency,
         retries=args.retries,
@@ -160,17 +289,18 @@ async def run_fetch(args: argparse.Namespace) -> int:
         density_range=tuple(args.density_range),
         injection_threshold=args.injection_threshold,
         volumes=args.volumes,
+        rate=args.rate,
+        restart=args.restart,
+        brainrender=args.format == "brainrender",
     )
-    endpoints = Endpoints(
-        args.base_url or DEFAULT_BASE_URL, args.archive_url or DEFAULT_ARCHIVE_URL
-    )
-    async with AsyncExitStack() as stack:
-        if args.emulator:
-            from .emulator import Emulator
-
-            emu = await stack.enter_async_context(Emulator(latency_ms=args.latency_ms))
-            endpoints = emu.endpoints
-            print(f"asyncdl: emulator on {emu.base_url}", file=sys.stderr)
+    async with serving(args) as endpoints, AsyncExitStack() as stack:
+        if args.injection_structure:
+            ids += [experiment.id for experiment in await search(args, endpoints)]
+        if not ids:
+            raise UsageError("no data set ids given (as arguments, --ids-file or a search)")
+        if args.dry_run:
+            return await dry_run(ids, args, options, endpoints)
+        events = reporter(args, stack)
         started = time.monotonic()
         results = await fetch(
             ids,
@@ -178,49 +308,108 @@ async def run_fetch(args: argparse.Namespace) -> int:
             options=options,
             endpoints=endpoints,
             cache_dir=args.cache_dir,
-            on_result=report,
+            events=events,
         )
-    seconds = time.monotonic() - started
-    done = sum(r.complete for r in results)
-    requests = sum(r.requests for r in results)
+        events.finished(results, time.monotonic() - started)
+    return EXIT_OK if all(r.complete for r in results) else EXIT_FAILED
+
+
+async def dry_run(
+    ids: list[int], args: argparse.Namespace, options: FetchOptions, endpoints: Endpoints
+) -> int:
+    cache = args.cache_dir or args.out / ".cache"
+    surveys = await survey(ids, options=options, endpoints=endpoints, cache_dir=cache)
+    requests = sum(s.targets for s in surveys)
+    for s in surveys:
+        if s.error:
+            print(f"{s.data_set}: FAILED: {s.error}")
+        else:
+            when = f", ~{s.estimate_seconds:.0f} s" if s.estimate_seconds is not None else ""
+            print(f"{s.data_set}: {s.targets} target requests{when} at -c {options.concurrency}")
+    estimates = [s.estimate_seconds for s in surveys if s.estimate_seconds is not None]
     print(
-        f"asyncdl: {done} of {len(results)} data sets complete, "
-        f"{sum(r.lines for r in results)} lines, {requests} requests in {seconds:.1f} s "
-        f"({requests / max(seconds, 1e-9):.0f}/s) -> {args.out}",
-        file=sys.stderr,
+        f"dry run: {len(surveys)} data sets, {requests} target requests; at -c "
+        f"{options.concurrency}, at least ~{sum(estimates):.0f} s (from the fastest answer seen)"
     )
-    return EXIT_OK if done == len(results) else EXIT_FAILED
+    return EXIT_OK if not any(s.error for s in surveys) else EXIT_FAILED
+
+
+async def run_list(args: argparse.Namespace) -> int:
+    async with serving(args) as endpoints:
+        experiments = await search(args, endpoints)
+    if args.json:
+        for experiment in experiments:
+            sys.stdout.write(orjson.dumps(dict(experiment.record)).decode() + "\n")
+        return EXIT_OK
+    print(f"{'id':>10}  {'structure':<10}  {'transgenic line':<24}  injection volume")
+    for x in experiments:
+        volume = f"{x.injection_volume:.4f}" if x.injection_volume is not None else "-"
+        print(f"{x.id:>10}  {x.structure:<10}  {x.transgenic_line or '(wild type)':<24}  {volume}")
+    print(f"{len(experiments)} experiments", file=sys.stderr)
+    return EXIT_OK
+
+
+async def run_preview(args: argparse.Namespace) -> int:
+    from .preview import render_preview
+
+    for directory in args.dirs:
+        print(await asyncio.to_thread(render_preview, directory))
+    return EXIT_OK
 
 
 async def run_emulate(args: argparse.Namespace) -> int:
-    from .emulator import serve
+    from .emulator import FaultPlan, serve
 
+    try:
+        faults = FaultPlan(args.fault_rate, args.fault_seed, tuple(args.faults.split(",")))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
     await serve(
         host=args.host,
         port=args.port,
         latency_ms=args.latency_ms,
         latency_spread=args.latency_spread,
+        faults=faults,
     )
     return EXIT_OK
 
 
+COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
+    "fetch": run_fetch,
+    "list": run_list,
+    "preview": run_preview,
+    "emulate": run_emulate,
+}
+
+
+async def _stoppable(
+    command: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Namespace
+) -> int:
+    """Run ``command``; SIGTERM cancels it like Ctrl-C does, so everything open is closed."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await command(args)
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    command = run_fetch if args.command == "fetch" else run_emulate
     try:
-        return asyncio.run(command(args))
-    except KeyboardInterrupt:
-        if args.command == "emulate":  # Ctrl-C is how an emulator is meant to stop
+        return asyncio.run(_stoppable(COMMANDS[args.command], args))
+    except (KeyboardInterrupt, asyncio.CancelledError) as exc:
+        if args.command == "emulate":  # a signal is how an emulator is meant to stop
             return EXIT_OK
-        print("asyncdl: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        how = "interrupted" if isinstance(exc, KeyboardInterrupt) else "terminated"
+        print(f"asyncdl: {how}; run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED if how == "interrupted" else EXIT_TERMINATED
     except UsageError as exc:
         print(f"asyncdl: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except AsyncdlError as exc:
-        print(f"asyncdl: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except OSError as exc:
+    except (AsyncdlError, OSError) as exc:
         print(f"asyncdl: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
 

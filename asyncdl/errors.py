@@ -33,7 +33,14 @@ class FetchError(AsyncdlError):
 
 
 class TransientError(FetchError):
-    """A failure that may go away on retry (network, timeout, 5xx, 429, broken body)."""
+    """A failure that may go away on retry (network, timeout, 5xx, 429, broken body).
+
+    ``retry_after`` is the server's Retry-After in seconds, when it sent one.
+    """
+
+    def __init__(self, message: str, url: str = "", retry_after: float | None = None) -> None:
+        super().__init__(message, url)
+        self.retry_after = retry_after
 
 
 class HTTPStatusError(FetchError):

@@ -2,7 +2,8 @@
 
 Every request of a run, volume or spatial search, takes one of ``concurrency`` slots for each attempt
 and gives it back before a retry sleeps, so the server never sees more than ``concurrency`` requests
-of ours at once. Retries use full-jitter exponential backoff (tenacity), built afresh for each request
+of ours at once; an optional ``rate`` spaces their starts. Retries use full-jitter exponential
+backoff (tenacity), stretched to a server's Retry-After (capped), built afresh for each request
 because tenacity's retry state must not be shared between tasks. aiohttp's errors are mapped to
 asyncdl's here and nowhere else.
 """
@@ -10,10 +11,14 @@ asyncdl's here and nowhere else.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import secrets
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -45,11 +50,37 @@ class Tally:
     requests: int = 0
     retries: int = 0
     bytes: int = 0
+    #: Told of each retry: the error and the wait before the next attempt.
+    on_retry: Callable[[BaseException, float], None] | None = field(default=None, repr=False)
 
     def add(self, other: Tally) -> None:
         self.requests += other.requests
         self.retries += other.retries
         self.bytes += other.bytes
+
+
+class RateLimiter:
+    """Spaces request starts at least ``1 / rate`` seconds apart across all tasks (no bursts)."""
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.interval = 1.0 / rate
+        self._clock = clock
+        self._sleep = sleep
+        self._next = -math.inf
+
+    async def wait(self) -> None:
+        # Reserve the next start time before sleeping: no await between the read and the write.
+        now = self._clock()
+        start = max(now, self._next)
+        self._next = start + self.interval
+        if start > now:
+            await self._sleep(start - now)
 
 
 class HttpClient:
@@ -64,7 +95,10 @@ class HttpClient:
         self.options = options
         self._sleep = sleep
         self._slots = asyncio.Semaphore(options.concurrency)
+        self._rate = RateLimiter(options.rate, sleep=sleep) if options.rate else None
         self._session: aiohttp.ClientSession | None = None
+        #: The quickest any answer's headers came back, in seconds: a floor on the server's latency.
+        self.fastest_answer = math.inf
 
     async def __aenter__(self) -> HttpClient:
         connector = aiohttp.TCPConnector(limit=self.options.concurrency, limit_per_host=0)
@@ -87,13 +121,25 @@ class HttpClient:
         return self._session
 
     def _retrying(self, tally: Tally) -> AsyncRetrying:
-        def count(_state: RetryCallState) -> None:
+        def count(state: RetryCallState) -> None:
             tally.retries += 1
+            if tally.on_retry is not None and state.outcome is not None:
+                wait = state.next_action.sleep if state.next_action is not None else 0.0
+                tally.on_retry(state.outcome.exception() or RuntimeError("retry"), wait)
 
         opts = self.options
+        jitter = wait_random_exponential(multiplier=opts.backoff_base, max=opts.backoff_max)
+
+        def wait(state: RetryCallState) -> float:
+            delay: float = jitter(state)
+            exc = state.outcome.exception() if state.outcome is not None else None
+            if isinstance(exc, TransientError) and exc.retry_after is not None:
+                delay = max(delay, min(exc.retry_after, opts.retry_after_max))
+            return delay
+
         return AsyncRetrying(
             stop=stop_after_attempt(opts.retries + 1),
-            wait=wait_random_exponential(multiplier=opts.backoff_base, max=opts.backoff_max),
+            wait=wait,
             retry=retry_if_exception_type(TransientError),
             before_sleep=count,
             sleep=self._sleep,
@@ -144,8 +190,12 @@ class HttpClient:
         """
         tally.requests += 1
         async with self._slots:
+            if self._rate is not None:
+                await self._rate.wait()
             try:
+                sent = time.monotonic()
                 async with self.session.get(URL(url, encoded=True), timeout=timeout) as resp:
+                    self.fastest_answer = min(self.fastest_answer, time.monotonic() - sent)
                     _check_status(resp, url)
                     result, size = await consume(resp, url)
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
@@ -169,9 +219,26 @@ class HttpClient:
 def _check_status(resp: aiohttp.ClientResponse, url: str) -> None:
     status = resp.status
     if status == 429 or status >= 500:
-        raise TransientError(f"HTTP {status} {resp.reason or ''}".rstrip(), url)
+        retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        raise TransientError(f"HTTP {status} {resp.reason or ''}".rstrip(), url, retry_after)
     if status >= 400:
         raise HTTPStatusError(f"HTTP {status} {resp.reason or ''}".rstrip(), url, status)
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); None if unusable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 def _check_length(resp: aiohttp.ClientResponse, url: str, limit: int) -> None:

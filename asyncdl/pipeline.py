@@ -12,9 +12,11 @@ whatever the number of data sets.
 from __future__ import annotations
 
 import asyncio
+import math
+import os
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,16 +24,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .aio import all_of
+from .brainrender import write_brainrender
 from .config import FetchOptions
 from .errors import AsyncdlError, FetchError, UsageError
+from .events import Events
 from .fetcher import HttpClient, Tally
 from .responses import rows
 from .sources import VolumeSource
-from .store import DataSetStore
-from .targets import Targets, injection_coordinates, select_targets
+from .store import DataSetStore, Progress
+from .targets import Targets
 from .urls import Endpoints, data_set_id
-
-ResultCallback = Callable[["DataSetResult"], None]
 
 
 @dataclass
@@ -49,9 +52,22 @@ class DataSetResult:
     seconds: float = 0.0
     error: str | None = None
     directory: str = ""
+    #: Targets already answered by an earlier, interrupted run of the same command.
+    resumed: int = 0
+    #: Already complete from an earlier run: nothing was requested.
+    skipped: bool = False
+
+    @property
+    def status(self) -> str:
+        """``ok``, ``skipped`` (complete already), ``incomplete`` (some targets failed) or ``failed``."""
+        if self.skipped:
+            return "skipped"
+        if self.complete:
+            return "ok"
+        return "incomplete" if self.targets else "failed"
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "status": self.status}
 
 
 @dataclass
@@ -63,11 +79,16 @@ class _DataSetRun:
     injection: npt.NDArray[np.float64]
     tally: Tally
     started: float
+    progress: Progress
     done: int = 0
     lines: int = 0
     failures: int = 0
     all_queued: bool = False
     finishing: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.done = len(self.progress.done)
+        self.lines = self.progress.lines
 
 
 async def fetch(
@@ -77,12 +98,14 @@ async def fetch(
     options: FetchOptions | None = None,
     endpoints: Endpoints | None = None,
     cache_dir: str | Path | None = None,
-    on_result: ResultCallback | None = None,
+    events: Events | None = None,
 ) -> list[DataSetResult]:
     """Fetch the streamlines of ``data_sets`` into ``out_dir/<id>/``; one result per data set.
 
     A data set that fails (unknown id, bad volume) or has failed targets gets ``complete=False``
-    and the others go on; nothing is silently dropped.
+    and the others go on; nothing is silently dropped. Running the same call again resumes: complete
+    data sets are skipped and only unanswered targets are requested. Results made with other
+    parameters are refused (``UsageError``) unless ``options.restart`` is set.
     """
     options = options or FetchOptions()
     endpoints = endpoints or Endpoints()
@@ -94,10 +117,73 @@ async def fetch(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create output directory {out}: {exc.strerror}") from exc
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UsageError(f"output directory {out} is not writable")
+    params = run_parameters(options, endpoints)
+    for data_set in ids:  # before any request: never mix old and new results
+        DataSetStore(out, data_set).check(params, options.restart)
     cache = Path(cache_dir) if cache_dir is not None else out / ".cache"
     async with HttpClient(options) as client:
         source = VolumeSource(client, endpoints, cache, options.volumes)
-        return await _Run(client, source, endpoints, out, options, on_result).run(ids)
+        run = _Run(client, source, endpoints, out, options, params, events or Events())
+        return await run.run(ids)
+
+
+@dataclass(frozen=True)
+class Survey:
+    """What fetching a data set would take: its targets, and a rough time at the concurrency."""
+
+    data_set: int
+    targets: int = 0
+    injection_voxels: int = 0
+    #: ``targets`` x the fastest answer seen / concurrency: a floor, not a promise.
+    estimate_seconds: float | None = None
+    error: str | None = None
+
+
+async def survey(
+    data_sets: Iterable[int | str],
+    *,
+    options: FetchOptions | None = None,
+    endpoints: Endpoints | None = None,
+    cache_dir: str | Path,
+) -> list[Survey]:
+    """A dry run: download only the volumes (into ``cache_dir``) and count each data set's targets."""
+    options = options or FetchOptions()
+    endpoints = endpoints or Endpoints()
+    ids = list(dict.fromkeys(data_set_id(d) for d in data_sets))
+    async with HttpClient(options) as client:
+        source = VolumeSource(client, endpoints, Path(cache_dir), options.volumes)
+        slots = asyncio.Semaphore(options.prefetch)
+
+        async def one(data_set: int) -> tuple[int, int] | str:
+            async with slots:
+                try:
+                    targets, injection = await source.select(data_set, options, Tally())
+                except (AsyncdlError, OSError) as exc:
+                    return _explain(exc)
+                return len(targets), len(injection)
+
+        counts = await all_of(*(one(data_set) for data_set in ids))
+        latency = client.fastest_answer
+    surveys = []
+    for data_set, count in zip(ids, counts, strict=True):
+        if isinstance(count, str):
+            surveys.append(Survey(data_set, error=count))
+        else:
+            estimate = count[0] * latency / options.concurrency if latency < math.inf else None
+            surveys.append(Survey(data_set, count[0], count[1], estimate))
+    return surveys
+
+
+def run_parameters(options: FetchOptions, endpoints: Endpoints) -> dict[str, Any]:
+    """What a data set's results depend on; a resumed run must use the same."""
+    return {
+        "density_range": list(options.density_range),
+        "injection_threshold": options.injection_threshold,
+        "volumes": options.volumes,
+        "source": endpoints.name,
+    }
 
 
 def fetch_sync(
@@ -115,14 +201,16 @@ class _Run:
         endpoints: Endpoints,
         out: Path,
         options: FetchOptions,
-        on_result: ResultCallback | None,
+        params: dict[str, Any],
+        events: Events,
     ) -> None:
         self.client = client
         self.source = source
         self.endpoints = endpoints
         self.out = out
         self.options = options
-        self.on_result = on_result
+        self.params = params
+        self.events = events
         self.results: dict[int, DataSetResult] = {}
         self._open: list[DataSetStore] = []
         self._tg: asyncio.TaskGroup | None = None
@@ -131,6 +219,7 @@ class _Run:
         queue: asyncio.Queue[tuple[_DataSetRun, int] | None] = asyncio.Queue(
             maxsize=2 * self.options.concurrency
         )
+        self.events.started(ids)
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
@@ -169,7 +258,8 @@ class _Run:
             if run is None:
                 continue
             for rank in range(len(run.targets)):
-                await queue.put((run, rank))
+                if rank not in run.progress.done:
+                    await queue.put((run, rank))
             run.all_queued = True
             self._maybe_finish(run)
 
@@ -178,18 +268,25 @@ class _Run:
         started = time.monotonic()
         tally = Tally()
         store = DataSetStore(self.out, data_set)
-        source = self.source
+        summary = None if self.options.restart else store.completed(self.params)
+        if summary is not None:
+            if self.options.brainrender:
+                await asyncio.to_thread(write_brainrender, store.dir)
+            self._report(
+                DataSetResult(
+                    data_set,
+                    True,
+                    targets=summary["targets"],
+                    lines=summary["lines"],
+                    directory=str(store.dir),
+                    resumed=summary["targets"],
+                    skipped=True,
+                )
+            )
+            return None
         try:
-            density, injection = await _all(
-                source.data_set_volume(data_set, "density", tally),
-                source.data_set_volume(data_set, "injection", tally),
-            )
-            allowed = await source.allowed_mask(density, tally)
-            targets = await asyncio.to_thread(
-                select_targets, density, allowed, self.options.density_range
-            )
-            coords = injection_coordinates(injection, self.options.injection_threshold)
-            store.open()
+            targets, coords = await self.source.select(data_set, self.options, tally)
+            progress = store.begin(self.params, targets.index, self.options.restart)
         except (AsyncdlError, OSError) as exc:
             self._record(
                 store,
@@ -206,26 +303,38 @@ class _Run:
             )
             return None
         self._open.append(store)
-        return _DataSetRun(store, targets, coords, tally, started)
+        self.events.data_set_started(data_set, len(targets), len(progress.done))
+        return _DataSetRun(store, targets, coords, tally, started, progress)
 
     async def _worker(self, queue: asyncio.Queue[tuple[_DataSetRun, int] | None]) -> None:
         while (job := await queue.get()) is not None:
             run, rank = job
             index = run.targets.index[rank].tolist()
             coord = run.targets.coord[rank].tolist()
-            url = self.endpoints.target_spatial(coord, run.store.data_set)
-            tally = Tally()
+            data_set = run.store.data_set
+            url = self.endpoints.target_spatial(coord, data_set)
+            tally = Tally(on_retry=self._retry_reporter(data_set, url))
             try:
                 records = await self.client.get_json(url, tally, rows)
             except FetchError as exc:
                 run.store.add_failure(rank, index, coord, str(exc), tally.requests)
                 run.failures += 1
+                self.events.target_failed(data_set, rank, str(exc))
+                ok = False
             else:
                 run.store.add_lines(rank, index, coord, records)
                 run.lines += len(records)
+                ok = True
             run.tally.add(tally)
             run.done += 1
+            self.events.target_done(data_set, ok)
             self._maybe_finish(run)
+
+    def _retry_reporter(self, data_set: int, url: str) -> Callable[[BaseException, float], None]:
+        def report(exc: BaseException, wait: float) -> None:
+            self.events.retry(data_set, url, str(exc) or type(exc).__name__, wait)
+
+        return report
 
     def _maybe_finish(self, run: _DataSetRun) -> None:
         if run.all_queued and run.done == len(run.targets) and not run.finishing:
@@ -240,6 +349,8 @@ class _Run:
         lines = await asyncio.to_thread(store.finalize, len(run.targets), run.injection)
         if lines != run.lines:  # the file on disk is the truth; a mismatch is a bug
             raise RuntimeError(f"data set {store.data_set}: wrote {run.lines} lines, found {lines}")
+        if self.options.brainrender:
+            await asyncio.to_thread(write_brainrender, store.dir)
         t = run.tally
         error = f"{run.failures} target(s) failed; see failures.ndjson" if run.failures else None
         self._record(
@@ -256,36 +367,18 @@ class _Run:
                 seconds=time.monotonic() - run.started,
                 error=error,
                 directory=str(store.dir),
+                resumed=len(run.progress.done),
             ),
         )
 
     def _record(self, store: DataSetStore, result: DataSetResult) -> None:
-        summary = result.as_dict()
-        summary["options"] = {
-            "density_range": list(self.options.density_range),
-            "injection_threshold": self.options.injection_threshold,
-            "volumes": self.options.volumes,
-            "base_url": self.endpoints.base_url,
-        }
-        store.dir.mkdir(parents=True, exist_ok=True)
-        store.write_summary(summary)
+        """Write a data set's summary.json, then report it."""
+        store.write_summary({**result.as_dict(), "parameters": self.params})
+        self._report(result)
+
+    def _report(self, result: DataSetResult) -> None:
         self.results[result.data_set] = result
-        if self.on_result is not None:
-            self.on_result(result)
-
-
-async def _all(*aws: Awaitable[Any]) -> list[Any]:
-    """Await all concurrently (structured); if any fails, cancel the rest and raise its error."""
-    try:
-        async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(_await(aw)) for aw in aws]
-    except BaseExceptionGroup as group:
-        raise group.exceptions[0] from None
-    return [task.result() for task in tasks]
-
-
-async def _await(aw: Awaitable[Any]) -> Any:
-    return await aw
+        self.events.data_set_done(result)
 
 
 def _explain(exc: BaseException) -> str:

@@ -3,22 +3,37 @@
 Two sources, as ``--volumes`` chooses: ``nrrd`` (grid NRRD files, the CCF 2017 annotation and the
 structure tree; a fiber tract is any label in the 1009 subtree) and ``legacy`` (the seed's zipped
 MetaImage files and its 25 um fiber-tract mask). The shared files are fetched once per run, and the
-tract mask once per coarse grid, however many data sets ask for them at once.
+tract mask once per coarse grid, however many data sets ask for them at once. A cached file that
+does not read is dropped from the cache, so a rerun fetches it again instead of failing forever.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
+import numpy as np
+import numpy.typing as npt
 import orjson
 
+from .aio import all_of
+from .config import FetchOptions
 from .errors import VolumeError
 from .fetcher import HttpClient, Tally
 from .responses import rows
 from .store import atomic_write
-from .targets import BoolArray, fiber_tract_ids, in_tract_labels, plan_fine_lookup
+from .targets import (
+    BoolArray,
+    Targets,
+    fiber_tract_ids,
+    in_tract_labels,
+    injection_coordinates,
+    plan_fine_lookup,
+    select_targets,
+)
 from .urls import Endpoints, data_set_id
 from .volumes import (
     Volume,
@@ -29,6 +44,7 @@ from .volumes import (
 )
 
 FIBER_MEMBER = "annotationFiber"
+T = TypeVar("T")
 
 
 class VolumeSource:
@@ -41,7 +57,7 @@ class VolumeSource:
             raise ValueError(f"unknown volume source {kind!r}")
         self.client = client
         self.endpoints = endpoints
-        self.cache = FileCache(client, cache_dir)
+        self.cache = FileCache(client, cache_dir, endpoints.key)
         self.kind = kind
         self._masks: dict[tuple[object, ...], BoolArray] = {}
         self._mask_lock = asyncio.Lock()
@@ -51,11 +67,33 @@ class VolumeSource:
         ds = data_set_id(data_set)
         if self.kind == "nrrd":
             url = self.endpoints.grid_nrrd(ds, volume)
-            path = await self.cache.get(url, f"grid_{ds}_{volume}.nrrd", tally)
-            return await asyncio.to_thread(read_nrrd, path)
+            return await self._read(url, f"grid_{ds}_{volume}.nrrd", tally, read_nrrd)
         url = self.endpoints.grid_legacy(ds, volume)
-        path = await self.cache.get(url, f"grid_{ds}_{volume}.zip", tally)
-        return await asyncio.to_thread(read_metaimage_zip, path, volume)
+        return await self._read(
+            url, f"grid_{ds}_{volume}.zip", tally, lambda path: read_metaimage_zip(path, volume)
+        )
+
+    async def select(
+        self, data_set: int, options: FetchOptions, tally: Tally
+    ) -> tuple[Targets, npt.NDArray[np.float64]]:
+        """A data set's targets and injection coordinates, from its volumes."""
+        density, injection = await all_of(
+            self.data_set_volume(data_set, "density", tally),
+            self.data_set_volume(data_set, "injection", tally),
+        )
+        allowed = await self.allowed_mask(density, tally)
+        targets = await asyncio.to_thread(select_targets, density, allowed, options.density_range)
+        return targets, injection_coordinates(injection, options.injection_threshold)
+
+    async def _read(self, url: str, name: str, tally: Tally, read: Callable[[Path], T]) -> T:
+        """Fetch ``url`` through the cache and ``read`` it off the loop; a file that does not
+        read is dropped from the cache, so a later run downloads it again."""
+        path = await self.cache.get(url, name, tally)
+        try:
+            return await asyncio.to_thread(read, path)
+        except VolumeError:
+            self.cache.forget(name)
+            raise
 
     async def allowed_mask(self, density: Volume, tally: Tally) -> BoolArray:
         """Per voxel of ``density``'s grid: inside the fiber volume and not in a fiber tract."""
@@ -67,49 +105,42 @@ class VolumeSource:
 
     async def _build_mask(self, density: Volume, tally: Tally) -> BoolArray:
         shape, spacing = density.array.shape, density.spacing
-        if self.kind == "nrrd":
-            async with asyncio.TaskGroup() as tg:
-                annotation = tg.create_task(
-                    self.cache.get(self.endpoints.annotation_nrrd(), "annotation_25.nrrd", tally)
-                )
-                tree = tg.create_task(self._tract_ids(tally))
-            path, tract_ids = annotation.result(), tree.result()
+        if self.kind == "legacy":
 
-            def build() -> BoolArray:
-                fine = nrrd_layout_of(path)
-                plan = plan_fine_lookup(shape, spacing, fine.shape, fine.spacing)
-                labels = read_nrrd(path, plan.sample).array
-                return plan.allowed(in_tract_labels(labels, tract_ids))
-
-        else:
-            path = await self.cache.get(
-                self.endpoints.fiber_tracts_legacy(), "fiber_tracts_197646984.zip", tally
-            )
-
-            def build() -> BoolArray:
+            def legacy_mask(path: Path) -> BoolArray:
                 fine = metaimage_layout_of(path, FIBER_MEMBER)
                 plan = plan_fine_lookup(shape, spacing, fine.shape, fine.spacing)
                 labels = read_metaimage_zip(path, FIBER_MEMBER, plan.sample).array
                 return plan.allowed(labels != 0)
 
-        return await asyncio.to_thread(build)
+            url = self.endpoints.fiber_tracts_legacy()
+            return await self._read(url, "fiber_tracts_197646984.zip", tally, legacy_mask)
 
-    async def _tract_ids(self, tally: Tally) -> frozenset[int]:
-        url = self.endpoints.structure_graph()
-        path = await self.cache.get(url, "structure_graph_1.json", tally)
-        try:
-            payload = orjson.loads(path.read_bytes())
-        except orjson.JSONDecodeError as exc:
-            raise VolumeError(f"structure tree is not JSON: {exc}") from exc
-        return fiber_tract_ids(rows(payload, url))
+        # The tree is small and its JSON is checked (and retried) on the way in: not cached.
+        roots = await self.client.get_json(self.endpoints.structure_graph(), tally, rows)
+        tract_ids = fiber_tract_ids(roots)
+
+        def nrrd_mask(path: Path) -> BoolArray:
+            fine = nrrd_layout_of(path)
+            plan = plan_fine_lookup(shape, spacing, fine.shape, fine.spacing)
+            labels = read_nrrd(path, plan.sample).array
+            return plan.allowed(in_tract_labels(labels, tract_ids))
+
+        url = self.endpoints.annotation_nrrd()
+        return await self._read(url, "annotation_25.nrrd", tally, nrrd_mask)
 
 
 class FileCache:
-    """Downloaded files with their URL, size and SHA-256, reused only if all three still match."""
+    """Downloaded files with their source, size and SHA-256, reused only if all three still match.
 
-    def __init__(self, client: HttpClient, directory: Path) -> None:
+    Files are written by temp file + rename, and their record after them, so processes sharing a
+    cache never see a half-written file; a file whose record does not match is downloaded again.
+    """
+
+    def __init__(self, client: HttpClient, directory: Path, key: Callable[[str], str]) -> None:
         self.client = client
         self.dir = directory
+        self.key = key
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def get(self, url: str, name: str, tally: Tally) -> Path:
@@ -118,14 +149,19 @@ class FileCache:
         async with lock:
             path = self.dir / name
             meta = self.dir / f"{name}.meta.json"
-            if await asyncio.to_thread(_verified, path, meta, url):
+            key = self.key(url)
+            if await asyncio.to_thread(_verified, path, meta, key):
                 return path
             self.dir.mkdir(parents=True, exist_ok=True)
             size = await self.client.download(url, path, tally)
             digest = await asyncio.to_thread(_sha256, path)
-            record = {"url": url, "size": size, "sha256": digest}
+            record = {"key": key, "size": size, "sha256": digest}
             atomic_write(meta, [orjson.dumps(record)])
             return path
+
+    def forget(self, name: str) -> None:
+        """Stop trusting a cached file (its record goes; the file is replaced on next use)."""
+        (self.dir / f"{name}.meta.json").unlink(missing_ok=True)
 
 
 def _sha256(path: Path) -> str:
@@ -136,11 +172,11 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _verified(path: Path, meta: Path, url: str) -> bool:
+def _verified(path: Path, meta: Path, key: str) -> bool:
     try:
         record = orjson.loads(meta.read_bytes())
         return bool(
-            record.get("url") == url
+            record.get("key") == key
             and path.stat().st_size == record.get("size")
             and _sha256(path) == record.get("sha256")
         )

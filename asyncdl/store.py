@@ -1,16 +1,25 @@
-"""Output files of one data set, under ``OUT/<id>/``.
+"""Output files of one data set, under ``OUT/<id>/``, and how an interrupted run is resumed.
 
-``lines.ndjson`` gets one JSON object per target as its answer arrives (any order); ``data.json`` is
-then assembled from it in the seed's order without holding all lines in memory: one pass records where
-each target's line starts, a second copies the records out in rank order. Final files are written to a
-temp file in the same folder and renamed, so a final path never holds a half-written file.
+``run.json`` records the parameters and the targets of the data set's run; ``lines.ndjson`` gets one
+JSON object per target as its answer arrives (any order), written unbuffered so that a killed
+process loses at most the requests it had in flight; ``failures.ndjson`` lists targets that failed for
+good. ``data.json`` is then assembled from ``lines.ndjson`` in the seed's order without holding all
+lines in memory: one pass records where each target's line starts, a second copies the records out in
+rank order. Final files are written to a temp file in the same folder and renamed, so a final path
+never holds a half-written file.
+
+A rerun with the same parameters resumes: a cut last line is dropped, answered targets are kept, and
+only the others (failures included) are requested again. Other parameters are refused unless the
+caller restarts the data set.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -18,12 +27,15 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from .errors import UsageError, VolumeError
 from .urls import data_set_id
 
+MANIFEST = "run.json"
 LINES = "lines.ndjson"
 FAILURES = "failures.ndjson"
 DATA = "data.json"
 SUMMARY = "summary.json"
+_FORMAT = 1
 
 
 def atomic_write(path: Path, chunks: Iterable[bytes]) -> None:
@@ -41,6 +53,27 @@ def atomic_write(path: Path, chunks: Iterable[bytes]) -> None:
         raise
 
 
+def targets_digest(index: npt.NDArray[np.int64]) -> str:
+    """A fingerprint of a data set's targets: a resumed run must have exactly the same ones."""
+    return hashlib.sha256(np.ascontiguousarray(index, dtype="<i8").tobytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What is already on disk for a data set when its run begins."""
+
+    done: frozenset[int]
+    lines: int
+    repaired_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class _Scan:
+    offsets: dict[int, tuple[int, int]]
+    lines: int
+    valid_end: int
+
+
 class DataSetStore:
     """Where one data set's results go; paths are built only from its validated integer id."""
 
@@ -50,12 +83,87 @@ class DataSetStore:
         self._lines: IO[bytes] | None = None
         self._failures: IO[bytes] | None = None
 
-    def open(self) -> None:
-        """Start this data set afresh: empty ``lines.ndjson``, no failures, no final files."""
+    # -- before a run ------------------------------------------------------------------------------
+
+    def _manifest(self) -> dict[str, Any] | None:
+        try:
+            manifest = orjson.loads((self.dir / MANIFEST).read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, orjson.JSONDecodeError):
+            return {}  # unreadable: it cannot vouch for anything
+        return manifest if isinstance(manifest, dict) else {}
+
+    def check(self, params: Mapping[str, Any], restart: bool) -> None:
+        """Refuse to mix results of different parameters in one folder (unless restarting)."""
+        manifest = self._manifest()
+        if restart or manifest is None:
+            return
+        old = manifest.get("params")
+        if old != dict(params):
+            changed = ", ".join(
+                f"{key} {old.get(key)!r} -> {value!r}" if isinstance(old, dict) else key
+                for key, value in params.items()
+                if not isinstance(old, dict) or old.get(key) != value
+            )
+            raise UsageError(
+                f"{self.dir} holds results fetched with other parameters ({changed}); "
+                "rerun with --restart to start it over"
+            )
+
+    def completed(self, params: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The summary of a finished, complete run with these parameters, if there is one."""
+        manifest = self._manifest()
+        if not manifest or manifest.get("params") != dict(params):
+            return None
+        try:
+            summary = orjson.loads((self.dir / SUMMARY).read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return None
+        if not (isinstance(summary, dict) and summary.get("complete") is True):
+            return None
+        return summary if (self.dir / DATA).is_file() else None
+
+    # -- a run -------------------------------------------------------------------------------------
+
+    def begin(
+        self, params: Mapping[str, Any], index: npt.NDArray[np.int64], restart: bool
+    ) -> Progress:
+        """Open the data set for writing: resume what an earlier run left, or start afresh."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        for name in (DATA, SUMMARY, FAILURES):
+        for stale in self.dir.glob(".*.tmp"):  # temp files of a run killed while writing
+            stale.unlink(missing_ok=True)
+        expected = {
+            "format": _FORMAT,
+            "data_set": self.data_set,
+            "params": dict(params),
+            "targets": len(index),
+            "targets_sha256": targets_digest(index),
+        }
+        manifest = self._manifest()
+        if manifest == expected and not restart:
+            return self._resume(len(index))
+        if manifest and not restart and manifest.get("params") == expected["params"]:
+            raise VolumeError(
+                "the targets differ from those of the interrupted run (did the server's volumes "
+                "change?); rerun with --restart to start over"
+            )
+        for name in (MANIFEST, LINES, FAILURES, DATA, SUMMARY):
             (self.dir / name).unlink(missing_ok=True)
+        atomic_write(self.dir / MANIFEST, [orjson.dumps(expected, option=orjson.OPT_INDENT_2)])
         self._lines = (self.dir / LINES).open("wb", buffering=0)
+        return Progress(frozenset(), 0)
+
+    def _resume(self, targets: int) -> Progress:
+        path = self.dir / LINES
+        path.touch()
+        scan = _scan_lines(path, targets)
+        repaired = path.stat().st_size - scan.valid_end
+        if repaired:
+            os.truncate(path, scan.valid_end)  # a line cut by a crash is not trusted
+        (self.dir / FAILURES).unlink(missing_ok=True)  # failed targets are asked again
+        self._lines = path.open("ab", buffering=0)
+        return Progress(frozenset(scan.offsets), scan.lines, repaired)
 
     def close(self) -> None:
         for fh in (self._lines, self._failures):
@@ -86,7 +194,7 @@ class DataSetStore:
         Targets without an answer (failures) are left out; the caller says whether it is complete.
         """
         path = self.dir / LINES
-        offsets = _line_offsets(path, targets)
+        offsets = _scan_lines(path, targets).offsets
         count = 0
 
         def chunks() -> Iterator[bytes]:
@@ -109,17 +217,27 @@ class DataSetStore:
         return count
 
     def write_summary(self, summary: dict[str, Any]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.dir / SUMMARY, [orjson.dumps(summary, option=orjson.OPT_INDENT_2)])
 
 
-def _line_offsets(path: Path, targets: int) -> dict[int, tuple[int, int]]:
-    """Byte offset and length of the first line of each rank in ``lines.ndjson``."""
+def _scan_lines(path: Path, targets: int) -> _Scan:
+    """Where each rank's first line starts in ``lines.ndjson``, up to the first damaged line."""
     offsets: dict[int, tuple[int, int]] = {}
-    pos = 0
+    lines = pos = 0
     with path.open("rb") as fh:
         for line in fh:
-            rank = orjson.loads(line)["rank"]
-            if isinstance(rank, int) and 0 <= rank < targets:
-                offsets.setdefault(rank, (pos, len(line)))
+            try:
+                if not line.endswith(b"\n"):
+                    raise ValueError("cut line")
+                entry = orjson.loads(line)
+                rank, msg = entry["rank"], entry["msg"]
+                if not (isinstance(rank, int) and 0 <= rank < targets and isinstance(msg, list)):
+                    raise ValueError("not a line of this data set")
+            except (ValueError, KeyError, TypeError):
+                break  # orjson.JSONDecodeError is a ValueError
+            if rank not in offsets:
+                offsets[rank] = (pos, len(line))
+                lines += len(msg)
             pos += len(line)
-    return offsets
+    return _Scan(offsets, lines, pos)

@@ -6,6 +6,7 @@ download.alleninstitute.org, so pointing ``Endpoints`` at the real hosts works u
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,6 +37,21 @@ def data_set_id(value: object) -> int:
     return number
 
 
+#: Acronyms or ids, comma-separated: nothing that could close a criterion and start another.
+_STRUCTURE_LIST = re.compile(r"[A-Za-z0-9/-]+(?:,[A-Za-z0-9/-]+)*")
+#: The most rows the Allen API's services send in one answer.
+MAX_PAGE_ROWS = 2000
+
+
+def injection_structure(value: object) -> str:
+    """Validate a structure acronym or id, or a comma-separated list of them, for a query."""
+    if not isinstance(value, str) or len(value) > 500 or not _STRUCTURE_LIST.fullmatch(value):
+        raise UsageError(
+            f"not a structure acronym or id (letters, digits, '-', '/', ','): {str(value)[:80]!r}"
+        )
+    return value
+
+
 def _base(url: str) -> str:
     if not url.startswith(("http://", "https://")):
         raise UsageError(f"not an http(s) URL: {url!r}")
@@ -44,14 +60,28 @@ def _base(url: str) -> str:
 
 @dataclass(frozen=True)
 class Endpoints:
-    """Where the API and the file archive live; every URL asyncdl requests is built here."""
+    """Where the API and the file archive live; every URL asyncdl requests is built here.
+
+    ``name`` identifies the data source for caches and resumed runs; it defaults to the two URLs.
+    The bundled emulator names itself, so its data is recognised whatever port it listens on.
+    """
 
     base_url: str = DEFAULT_BASE_URL
     archive_url: str = DEFAULT_ARCHIVE_URL
+    name: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "base_url", _base(self.base_url))
         object.__setattr__(self, "archive_url", _base(self.archive_url))
+        if not self.name:
+            object.__setattr__(self, "name", f"{self.base_url} {self.archive_url}")
+
+    def key(self, url: str) -> str:
+        """``url`` with its host replaced by ``name``: the same key for the same data anywhere."""
+        for prefix in (self.base_url, self.archive_url):
+            if url.startswith(prefix + "/"):
+                return f"{self.name}|{url[len(prefix) :]}"
+        return url
 
     def grid_nrrd(self, data_set: int, volume: str, resolution: int = 100) -> str:
         """A data set's projection density or injection fraction as NRRD."""
@@ -93,4 +123,23 @@ class Endpoints:
             "service::mouse_connectivity_target_spatial"
             f"[seed_point$eq{'%d,%d,%d' % (x, y, z)}]"  # noqa: UP031 (the seed's %d)
             f"[section_data_set$eq{data_set_id(data_set)}]"
+        )
+
+    def injection_structure_search(
+        self, structure: str, primary_only: bool, start_row: int, num_rows: int
+    ) -> str:
+        """Experiments injected in ``structure`` (or its descendants): rows ``start_row`` on.
+
+        ``primary_only`` counts only each experiment's primary injection structure.
+        """
+        if not (isinstance(start_row, int) and start_row >= 0):
+            raise UsageError(f"start_row must be 0 or more, got {start_row!r}")
+        if not (isinstance(num_rows, int) and 1 <= num_rows <= MAX_PAGE_ROWS):
+            raise UsageError(f"num_rows must be in [1, {MAX_PAGE_ROWS}], got {num_rows!r}")
+        return (
+            f"{self.base_url}/api/v2/data/query.json?criteria="
+            "service::mouse_connectivity_injection_structure"
+            f"[injection_structures$eq{injection_structure(structure)}]"
+            f"[primary_structure_only$eq{'true' if primary_only else 'false'}]"
+            f"[start_row$eq{start_row}][num_rows$eq{num_rows}]"
         )

@@ -206,7 +206,10 @@ def test_ctrl_c_stops_promptly_and_cleanly(emulator, tmp_path):
     proc.stdout.close()
     proc.stderr.close()
     assert code == 130 and time.monotonic() - start < 5
-    assert stderr.strip().splitlines()[-1] == "asyncdl: interrupted"
+    assert (
+        stderr.strip().splitlines()[-1]
+        == "asyncdl: interrupted; run the same command again to resume"
+    )
     assert_clean(stderr)
     assert not (tmp_path / str(SEED_ID) / "data.json").exists()
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith((".tmp", ".part"))]

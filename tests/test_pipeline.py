@@ -1,18 +1,23 @@
 """The library end to end against the emulator on a loopback socket."""
 
 import itertools
-import random
 
-import numpy as np
 import orjson
 import pytest
 
 import asyncdl
 from asyncdl import FetchOptions
 from asyncdl.emulator import Emulator
-from asyncdl.store import DataSetStore
 
 from .conftest import SEED_ID
+
+
+class Collect(asyncdl.Events):
+    def __init__(self, into):
+        self.into = into
+
+    def data_set_done(self, result):
+        self.into.append(result)
 
 
 def load(path):
@@ -44,7 +49,7 @@ async def test_fetch_equals_the_seed(emulator, seed_reference, tmp_path, volumes
     check_lines_file(directory, result.targets)
     summary = load(directory / "summary.json")
     assert summary["complete"] is True and summary["targets"] == result.targets
-    assert summary["options"]["volumes"] == volumes
+    assert summary["parameters"]["volumes"] == volumes
     assert not (directory / "failures.ndjson").exists()
 
 
@@ -96,7 +101,7 @@ async def test_unknown_data_set_fails_alone(emulator, tmp_path):
         tmp_path,
         options=options,
         endpoints=emulator.endpoints,
-        on_result=seen.append,
+        events=Collect(seen),
     )
     bad, good = results
     assert not bad.complete and "404" in bad.error and bad.targets == 0
@@ -112,23 +117,3 @@ def test_fetch_sync_for_scripts(emulator, tmp_path):
         [str(SEED_ID)], tmp_path, options=options, endpoints=emulator.endpoints
     )
     assert result.complete and (tmp_path / str(SEED_ID) / "data.json").exists()
-
-
-def test_data_json_order_does_not_depend_on_arrival_order(tmp_path):
-    answers = [(rank, [{"rank": rank, "k": k} for k in range(rank % 3)]) for rank in range(50)]
-    injection = np.array([[100.0, 200.0, 300.0]])
-    outputs = []
-    for seed in (1, 2):
-        store = DataSetStore(tmp_path / str(seed), 7)
-        store.open()
-        shuffled = answers[:]
-        random.Random(seed).shuffle(shuffled)
-        for rank, records in shuffled:
-            store.add_lines(rank, [rank, 0, 0], [rank * 100.0, 0.0, 0.0], records)
-        store.close()
-        assert store.finalize(50, injection) == sum(len(r) for _, r in answers)
-        outputs.append((store.dir / "data.json").read_bytes())
-    assert outputs[0] == outputs[1]
-    data = orjson.loads(outputs[0])
-    assert data["lines"] == [rec for _, records in answers for rec in records]
-    assert data["injectionCoordinates"] == [[100.0, 200.0, 300.0]]

@@ -8,15 +8,20 @@ def test_public_api_is_exactly_what_is_meant():
             "AsyncdlError",
             "DataSetResult",
             "Endpoints",
+            "Events",
+            "Experiment",
             "FetchError",
             "FetchOptions",
             "HTTPStatusError",
+            "Survey",
             "TransientError",
             "UsageError",
             "VolumeError",
             "__version__",
             "fetch",
             "fetch_sync",
+            "find_experiments",
+            "survey",
         ]
     )
     for name in asyncdl.__all__:

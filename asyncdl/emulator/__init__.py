@@ -14,9 +14,20 @@ from aiohttp import web
 
 from ..urls import Endpoints
 from .app import EmulatorApp, Stats
+from .catalog import CATALOGUE_IDS
+from .faults import KINDS as FAULT_KINDS
+from .faults import FaultPlan
 from .synthetic import DATA_SET_IDS
 
-__all__ = ["DATA_SET_IDS", "Emulator", "Stats", "serve"]
+__all__ = [
+    "CATALOGUE_IDS",
+    "DATA_SET_IDS",
+    "FAULT_KINDS",
+    "Emulator",
+    "FaultPlan",
+    "Stats",
+    "serve",
+]
 
 
 class Emulator:
@@ -29,13 +40,18 @@ class Emulator:
         port: int = 0,
         latency_ms: float = 0.0,
         latency_spread: float = 0.2,
-        data_sets: Iterable[int] = DATA_SET_IDS,
+        data_sets: Iterable[int] = CATALOGUE_IDS,
         record: bool = False,
+        faults: FaultPlan | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.app = EmulatorApp(
-            latency_ms=latency_ms, latency_spread=latency_spread, data_sets=data_sets, record=record
+            latency_ms=latency_ms,
+            latency_spread=latency_spread,
+            data_sets=data_sets,
+            record=record,
+            faults=faults,
         )
         self._runner: web.AppRunner | None = None
 
@@ -50,7 +66,7 @@ class Emulator:
     @property
     def endpoints(self) -> Endpoints:
         """Both the API and the file archive are served here."""
-        return Endpoints(base_url=self.base_url, archive_url=self.base_url)
+        return Endpoints(base_url=self.base_url, archive_url=self.base_url, name="asyncdl-emulator")
 
     async def start(self) -> None:
         runner = web.AppRunner(self.app.make_app(), access_log=None, handle_signals=False)
@@ -84,15 +100,16 @@ async def serve(
     port: int = 0,
     latency_ms: float = 0.0,
     latency_spread: float = 0.2,
+    faults: FaultPlan | None = None,
     ready: asyncio.Event | None = None,
 ) -> None:
     """Run the emulator until cancelled, printing where it listens."""
     async with Emulator(
-        host=host, port=port, latency_ms=latency_ms, latency_spread=latency_spread
+        host=host, port=port, latency_ms=latency_ms, latency_spread=latency_spread, faults=faults
     ) as emu:
         print(
-            f"asyncdl emulator listening on {emu.base_url} (data sets: "
-            f"{', '.join(map(str, sorted(emu.app.data_sets)))})",
+            f"asyncdl emulator listening on {emu.base_url} ({len(emu.app.data_sets)} data sets, "
+            f"e.g. {', '.join(map(str, DATA_SET_IDS))})",
             flush=True,
         )
         if ready is not None:

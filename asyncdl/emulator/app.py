@@ -7,7 +7,10 @@ Routes (all GET):
     /informatics-archive/current-release/mouse_ccf/annotation/ccf_2017/annotation_25.nrrd
     /api/v2/structure_graph_download/1.json                            nested structure tree
     /api/v2/data/query.json?criteria=service::mouse_connectivity_target_spatial[...]
-    /__emulator__/stats                                                 counters (not an Allen route)
+    /api/v2/data/query.json?criteria=service::mouse_connectivity_injection_structure[...]  (paged)
+    /__emulator__/stats                                     counters and faults (not an Allen route)
+
+Every route can be made to misbehave, reproducibly, with a ``FaultPlan`` (see ``faults``).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import asyncio
 import random
 import re
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -26,7 +29,8 @@ import numpy as np
 import orjson
 from aiohttp import web
 
-from . import formats, synthetic
+from . import catalog, formats, synthetic
+from .faults import FaultPlan, respond_with_fault
 from .ontology import FIBER_TRACT_IDS, structure_tree
 
 FIBER_FILE_ID = 197646984
@@ -34,6 +38,8 @@ _TARGET_SPATIAL = re.compile(
     r"^service::mouse_connectivity_target_spatial"
     r"\[seed_point\$eq(-?\d+),(-?\d+),(-?\d+)\]\[section_data_set\$eq(\d+)\]$"
 )
+_EXPERIMENTS_KEPT = 16
+_JSON_ROUTES = frozenset({"query", "structure_graph"})
 _GRID_IMAGES = {"projection_density": "density", "injection_fraction": "injection"}
 
 
@@ -64,7 +70,7 @@ class Stats:
 # -- file contents (pure, cached: the same bytes for every server in a process) --------------------
 
 
-@lru_cache(maxsize=32)
+@lru_cache(maxsize=16)
 def grid_nrrd(data_set: int, volume: str) -> bytes:
     exp = synthetic.Experiment(data_set)
     arr = exp.projection_density() if volume == "density" else exp.injection_fraction()
@@ -73,7 +79,7 @@ def grid_nrrd(data_set: int, volume: str) -> bytes:
     )
 
 
-@lru_cache(maxsize=32)
+@lru_cache(maxsize=16)
 def grid_legacy(data_set: int, volume: str) -> bytes:
     exp = synthetic.Experiment(data_set)
     shape = synthetic.LEGACY_GRID_SHAPE
@@ -117,16 +123,19 @@ class EmulatorApp:
         *,
         latency_ms: float = 0.0,
         latency_spread: float = 0.2,
-        data_sets: Iterable[int] = synthetic.DATA_SET_IDS,
+        data_sets: Iterable[int] = catalog.CATALOGUE_IDS,
         seed: int = 0,
         record: bool = False,
+        faults: FaultPlan | None = None,
     ) -> None:
         self.latency = latency_ms / 1000.0
         self.spread = latency_spread
         self.data_sets = frozenset(data_sets)
         self.stats = Stats(log=[] if record else None)
+        self.faults = faults or FaultPlan()
         self._random = random.Random(seed)
-        self._experiments: dict[int, synthetic.Experiment] = {}
+        # Experiments hold their density grid (10 MB): keep the recently used ones only.
+        self._experiments: OrderedDict[int, synthetic.Experiment] = OrderedDict()
         self._locks: dict[object, asyncio.Lock] = {}
 
     def make_app(self) -> web.Application:
@@ -163,7 +172,16 @@ class EmulatorApp:
             if self.latency > 0 and route != "stats":
                 jitter = self._random.uniform(-self.spread, self.spread)
                 await asyncio.sleep(self.latency * (1.0 + jitter))
-            response = await handler(request)
+            fault = (
+                None
+                if route == "stats"
+                else self.faults.pick(str(request.rel_url), route, route in _JSON_ROUTES)
+            )
+            response = await (
+                handler(request)
+                if fault is None
+                else respond_with_fault(fault, request, self.faults, handler)
+            )
             stats.requests[route] += 1
             return response
         finally:
@@ -178,9 +196,11 @@ class EmulatorApp:
                 content_type="text/html",
             )
         data_set = int(raw_id)
-        if data_set not in self._experiments:
-            self._experiments[data_set] = synthetic.Experiment(data_set)
-        return self._experiments[data_set]
+        experiment = self._experiments.pop(data_set, None) or synthetic.Experiment(data_set)
+        self._experiments[data_set] = experiment
+        if len(self._experiments) > _EXPERIMENTS_KEPT:
+            self._experiments.popitem(last=False)
+        return experiment
 
     async def _bytes(self, key: tuple[object, ...], make: Callable[[], bytes]) -> bytes:
         """Build a file once, off the event loop; concurrent requests for it wait for the first."""
@@ -244,6 +264,11 @@ class EmulatorApp:
 
     async def query(self, request: web.Request) -> web.Response:
         criteria = request.query.get("criteria", "")
+        if criteria.startswith(catalog.SERVICE):
+            try:
+                return _json(await asyncio.to_thread(catalog.answer, criteria))
+            except catalog.BadQuery as exc:
+                return _json(_failure(str(exc)), status=400)
         match = _TARGET_SPATIAL.match(criteria)
         if match is None:
             return _json(_failure(f"Unsupported criteria: {criteria[:200]}"), status=400)
@@ -263,14 +288,16 @@ class EmulatorApp:
         )
 
     async def stats_route(self, request: web.Request) -> web.Response:
-        return _json(self.stats.as_dict())
+        return _json({**self.stats.as_dict(), "faults": dict(self.faults.injected)})
 
 
 def _data_set_of(request: web.Request) -> int | None:
-    raw = (
-        request.match_info.get("id") or request.query.get("criteria", "").rpartition("$eq")[2][:-1]
-    )
-    return int(raw) if raw.isdigit() else None
+    """The data set a grid download or a spatial search is about, for the request log."""
+    raw = request.match_info.get("id", "")
+    if raw.isdigit():
+        return int(raw)
+    match = _TARGET_SPATIAL.match(request.query.get("criteria", ""))
+    return int(match.group(4)) if match else None
 
 
 def _failure(message: str) -> dict[str, Any]:

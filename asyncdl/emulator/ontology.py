@@ -59,6 +59,11 @@ def _lineage(sid: int | None) -> list[int]:
     return chain
 
 
+def lineage(sid: int) -> tuple[int, ...]:
+    """``sid`` and its ancestors up to the root: S "contains" T when S is in ``lineage(T)``."""
+    return tuple(_lineage(sid))
+
+
 #: The fiber tracts (1009) and all their descendants: what the annotation marks as tract.
 FIBER_TRACT_IDS = frozenset(sid for sid in _PARENT if 1009 in _lineage(sid))
 

@@ -56,6 +56,15 @@ _SITES = (
     ("TH", 7000.0, 4000.0, 1200.0),
 )
 _LINES = ("", "Rbp4-Cre_KL100", "Cux2-IRES-Cre", "Nr5a1-Cre", "Sim1-Cre_KJ18", "Emx1-IRES-Cre")
+#: Structures an injection at a site may spill into: its neighbours on the synthetic cortex map.
+_NEIGHBOURS = {
+    "VISp": ("VISrl", "VISpor"),
+    "VISrl": ("VISp", "SSp-bfd"),
+    "SSp-bfd": ("VISrl", "MOp"),
+    "MOp": ("SSp-bfd", "ACAd"),
+    "ACAd": ("MOp",),
+    "CP": ("int",),
+}
 
 
 def _mirror(point: tuple[float, float, float]) -> tuple[float, float, float]:
@@ -238,40 +247,76 @@ class Experiment:
     def _density_grid(self) -> npt.NDArray[np.float64]:
         return self.projection_density()
 
+    @property
+    def structure_id(self) -> int:
+        """The primary injection structure."""
+        return BY_ACRONYM[self._layout["acronym"]]
+
+    def injection_structure_ids(self) -> list[int]:
+        """The primary injection structure and the neighbours the injection spilled into, by id.
+
+        Drawn from a stream of their own, so the layout (and every volume) is unchanged by them.
+        Sorted by id, as the real service's lists appear to be (the primary is not always first).
+        """
+        rng = np.random.default_rng(_stable_seed(self.data_set_id, 3))
+        spill = [
+            BY_ACRONYM[acronym]
+            for acronym in _NEIGHBOURS.get(self._layout["acronym"], ())
+            if rng.random() < 0.3
+        ]
+        return sorted({self.structure_id, *spill})
+
     def injection_structures(self) -> list[dict[str, Any]]:
-        sid = BY_ACRONYM[self._layout["acronym"]]
+        return [
+            {
+                "id": sid,
+                "abbreviation": BY_ID[sid][0],
+                "name": BY_ID[sid][1],
+                "color": BY_ID[sid][2],
+            }
+            for sid in self.injection_structure_ids()
+        ]
+
+    def metadata(self) -> dict[str, Any]:
+        """The experiment as the Allen services describe it, in the real record's key order.
+
+        The target-spatial and injection-structure services share these fields, so an experiment
+        listed by the one is the same experiment the other answers for.
+        """
+        lay = self._layout
+        sid = self.structure_id
         acronym, name, colour = BY_ID[sid]
-        return [{"id": sid, "abbreviation": acronym, "name": name, "color": colour}]
+        line = lay["line"]
+        return {
+            "id": self.data_set_id,
+            "transgenic-line": line,
+            "product-id": 5 if line else 31,
+            "structure-id": sid,
+            "structure-abbrev": acronym,
+            "structure-name": name,
+            "structure-color": colour.lower(),
+            "name": f"{line or 'C57BL/6J'}-{lay['number']}",
+            "injection-volume": round(lay["volume"], 10),
+            "injection-structures": self.injection_structures(),
+            "gender": "F" if lay["female"] else "M",
+            "strain": "B6.FVB" if line else "C57BL/6J",
+            "injection-coordinates": self.injection_coordinates(),
+        }
+
+    def injection_coordinates(self) -> list[int]:
+        """The injection centre in um, rounded to 10 um as the real records give it."""
+        return [int(round(v / 10.0) * 10) for v in self.injection_center]
 
     def spatial_search(self, seed_point: tuple[int, int, int]) -> list[dict[str, Any]]:
         """The records the target-spatial service returns for ``seed_point`` (um): 0 or 1 of them."""
         rng = np.random.default_rng(_stable_seed(self.data_set_id, *seed_point))
         if rng.random() < 0.04:
             return []
-        lay = self._layout
-        sid = BY_ACRONYM[lay["acronym"]]
-        acronym, name, colour = BY_ID[sid]
-        injection = [int(round(v / 10.0) * 10) for v in self.injection_center]
-        line = lay["line"]
-        return [
-            {
-                "id": self.data_set_id,
-                "transgenic-line": line,
-                "product-id": 5 if line else 31,
-                "structure-id": sid,
-                "structure-abbrev": acronym,
-                "structure-name": name,
-                "structure-color": colour.lower(),
-                "name": f"{line or 'C57BL/6J'}-{lay['number']}",
-                "injection-volume": round(lay["volume"], 10),
-                "injection-structures": self.injection_structures(),
-                "gender": "F" if lay["female"] else "M",
-                "strain": "B6.FVB" if line else "C57BL/6J",
-                "injection-coordinates": injection,
-                "density": float(self.density_at(np.array([seed_point], np.float64))[0]),
-                "path": self._path(np.array(seed_point, np.float64), np.array(injection), rng),
-            }
-        ]
+        record = self.metadata()
+        injection = np.array(record["injection-coordinates"])
+        record["density"] = float(self.density_at(np.array([seed_point], np.float64))[0])
+        record["path"] = self._path(np.array(seed_point, np.float64), injection, rng)
+        return [record]
 
     def _path(
         self, seed: npt.NDArray[np.float64], end: npt.NDArray[np.float64], rng: np.random.Generator

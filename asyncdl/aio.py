@@ -1,0 +1,22 @@
+"""Structured-concurrency helpers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any
+
+
+async def all_of(*aws: Awaitable[Any]) -> list[Any]:
+    """Await all concurrently in a TaskGroup; if one fails, the rest are cancelled and its error
+    (not an ExceptionGroup) is raised, so callers can catch it by type."""
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(_await(aw)) for aw in aws]
+    except BaseExceptionGroup as group:
+        raise group.exceptions[0] from None
+    return [task.result() for task in tasks]
+
+
+async def _await(aw: Awaitable[Any]) -> Any:
+    return await aw

@@ -1,0 +1,147 @@
+"""The emulator's experiment catalogue and its ``mouse_connectivity_injection_structure`` service.
+
+The catalogue is large enough to need paging (``grey`` matches all of it, more than the 2000 rows
+the real service returns a call). Every record is ``synthetic.Experiment(id).metadata()``, so an id
+listed here is one the emulator then serves volumes and spatial searches for, with the same
+structure, transgenic line and injection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from .ontology import BY_ACRONYM, BY_ID, lineage
+from .synthetic import DATA_SET_IDS, Experiment
+
+SERVICE = "service::mouse_connectivity_injection_structure"
+#: The most rows the real service sends in one answer, whatever ``num_rows`` asks.
+MAX_ROWS = 2000
+CATALOGUE_SIZE = 2600
+
+_PARAMS = re.compile(r"(?:\[[a-z_]+\$eq[^\[\]]*\])*")
+_PARAM = re.compile(r"\[([a-z_]+)\$eq([^\[\]]*)\]")
+_KNOWN = frozenset({"injection_structures", "primary_structure_only", "start_row", "num_rows"})
+
+
+def _catalogue_ids(size: int) -> tuple[int, ...]:
+    """``size`` ids in the real ids' range, from a hash (stable across Python and numpy versions)."""
+    ids = set(DATA_SET_IDS)
+    k = 0
+    while len(ids) < size:
+        digest = hashlib.blake2b(f"catalogue,{k}".encode(), digest_size=8).digest()
+        ids.add(100_000_000 + int.from_bytes(digest, "little") % 600_000_000)
+        k += 1
+    return tuple(sorted(ids))
+
+
+#: Every experiment the emulator knows, in the order the service lists them (by id).
+#: ``synthetic.DATA_SET_IDS`` (the small, hand-picked list) is among them.
+CATALOGUE_IDS = _catalogue_ids(CATALOGUE_SIZE)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    record: dict[str, Any]
+    primary: frozenset[int]  # the primary injection structure and its ancestors
+    any: frozenset[int]  # the same for every injection structure
+
+
+@lru_cache(maxsize=1)
+def catalogue() -> tuple[_Entry, ...]:
+    """The records of every catalogued experiment, with what each is "in" (built once, ~0.5 s)."""
+    entries = []
+    for data_set in CATALOGUE_IDS:
+        exp = Experiment(data_set)
+        entries.append(
+            _Entry(
+                record=exp.metadata(),
+                primary=frozenset(lineage(exp.structure_id)),
+                any=frozenset(s for sid in exp.injection_structure_ids() for s in lineage(sid)),
+            )
+        )
+    return tuple(entries)
+
+
+class BadQuery(ValueError):
+    """Criteria the service cannot run: an HTTP 400, as for any unsupported query."""
+
+
+def answer(criteria: str) -> dict[str, Any]:
+    """The service's answer to ``criteria``: a page of matching records, or ``success: false``.
+
+    Raises ``BadQuery`` for criteria that are not a well-formed call of this service.
+    """
+    params = _parse(criteria)
+    try:
+        structures = _structures(params["injection_structures"])
+    except LookupError as exc:
+        return _failure(str(exc))
+    primary_only = params.get("primary_structure_only", "false").lower() == "true"
+    start = _count(params, "start_row", 0)
+    size = min(_count(params, "num_rows", MAX_ROWS), MAX_ROWS)
+    matches = [
+        entry.record
+        for entry in catalogue()
+        if structures & (entry.primary if primary_only else entry.any)
+    ]
+    page = matches[start : start + size]
+    return {
+        "success": True,
+        "id": 0,
+        "start_row": start,
+        "num_rows": len(page),
+        "total_rows": len(matches),
+        "msg": page,
+    }
+
+
+def _parse(criteria: str) -> dict[str, str]:
+    if not criteria.startswith(SERVICE) or not _PARAMS.fullmatch(criteria, len(SERVICE)):
+        raise BadQuery(f"Unsupported criteria: {criteria[:200]}")
+    params = dict(_PARAM.findall(criteria, len(SERVICE)))
+    unknown = set(params) - _KNOWN
+    if unknown:
+        raise BadQuery(f"Unsupported parameters: {', '.join(sorted(unknown))}")
+    if "injection_structures" not in params:
+        raise BadQuery("injection_structures is required")
+    if params.get("primary_structure_only", "false").lower() not in ("true", "false"):
+        raise BadQuery("primary_structure_only must be true or false")
+    return params
+
+
+def _structures(value: str) -> frozenset[int]:
+    """Structure ids from a comma-separated list of acronyms or ids; ``LookupError`` if unknown."""
+    by_lower = {acronym.lower(): sid for acronym, sid in BY_ACRONYM.items()}
+    ids = set()
+    for item in value.split(","):
+        if item.isdigit() and int(item) in BY_ID:
+            ids.add(int(item))
+        elif item.lower() in by_lower:
+            ids.add(by_lower[item.lower()])
+        else:
+            raise LookupError(f"Unknown structure: {item[:60]!r}")
+    return frozenset(ids)
+
+
+def _count(params: dict[str, str], name: str, default: int) -> int:
+    raw = params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not raw.isascii():
+        raise BadQuery(f"{name} must be a non-negative integer")
+    return int(raw)
+
+
+def _failure(message: str) -> dict[str, Any]:
+    return {
+        "success": False,
+        "id": -1,
+        "start_row": 0,
+        "num_rows": 0,
+        "total_rows": 0,
+        "msg": message,
+    }

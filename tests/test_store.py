@@ -1,0 +1,119 @@
+"""Output files: seed order whatever the arrival order, atomic writes, resume and its refusals."""
+
+import random
+
+import numpy as np
+import orjson
+import pytest
+
+from asyncdl import UsageError, VolumeError
+from asyncdl.store import DataSetStore
+
+PARAMS = {
+    "density_range": [0.04, 0.3],
+    "injection_threshold": 0.5,
+    "volumes": "nrrd",
+    "source": "x",
+}
+INDEX = np.arange(150, dtype=np.int64).reshape(50, 3)
+INJECTION = np.array([[100.0, 200.0, 300.0]])
+ANSWERS = [(rank, [{"rank": rank, "k": k} for k in range(rank % 3)]) for rank in range(50)]
+
+
+def write(store, answers):
+    for rank, records in answers:
+        store.add_lines(rank, INDEX[rank].tolist(), (INDEX[rank] * 100.0).tolist(), records)
+
+
+def expected_lines(answers=ANSWERS):
+    return [rec for _, records in sorted(answers) for rec in records]
+
+
+def test_data_json_order_does_not_depend_on_arrival_order(tmp_path):
+    outputs = []
+    for seed in (1, 2):
+        store = DataSetStore(tmp_path / str(seed), 7)
+        store.begin(PARAMS, INDEX, restart=False)
+        shuffled = ANSWERS[:]
+        random.Random(seed).shuffle(shuffled)
+        write(store, shuffled)
+        store.close()
+        assert store.finalize(50, INJECTION) == len(expected_lines())
+        outputs.append((store.dir / "data.json").read_bytes())
+    assert outputs[0] == outputs[1]
+    data = orjson.loads(outputs[0])
+    assert data == {"lines": expected_lines(), "injectionCoordinates": [[100.0, 200.0, 300.0]]}
+    assert sorted(p.name for p in (tmp_path / "1" / "7").iterdir()) == [
+        "data.json", "lines.ndjson", "run.json",
+    ]  # fmt: skip
+
+
+def test_resume_keeps_answers_repairs_a_cut_line_and_forgets_failures(tmp_path):
+    store = DataSetStore(tmp_path, 7)
+    store.begin(PARAMS, INDEX, restart=False)
+    write(store, ANSWERS[:20])
+    store.add_failure(20, [60, 61, 62], [6000.0, 6100.0, 6200.0], "HTTP 503", 6)
+    store.close()
+    lines = tmp_path / "7" / "lines.ndjson"
+    good_size = lines.stat().st_size
+    with lines.open("ab") as fh:  # a crash in the middle of a write
+        fh.write(b'{"rank":21,"index":[63,64,65],"coord":[6300.0,')
+    cut_size = lines.stat().st_size
+    (tmp_path / "7" / ".data.json.123.abcd.tmp").write_bytes(b'{"lines":[')  # a killed finalize
+
+    again = DataSetStore(tmp_path, 7)
+    again.check(PARAMS, restart=False)
+    progress = again.begin(PARAMS, INDEX, restart=False)
+    assert progress.done == frozenset(range(20))
+    assert progress.lines == len(expected_lines(ANSWERS[:20]))
+    assert progress.repaired_bytes == cut_size - good_size > 0
+    assert lines.stat().st_size == good_size
+    assert not (tmp_path / "7" / "failures.ndjson").exists()
+    assert not list((tmp_path / "7").glob(".*.tmp"))
+    write(again, ANSWERS[20:])
+    again.close()
+    assert again.finalize(50, INJECTION) == len(expected_lines())
+    assert orjson.loads((tmp_path / "7" / "data.json").read_bytes())["lines"] == expected_lines()
+
+
+def test_other_parameters_are_refused_unless_restarting(tmp_path):
+    store = DataSetStore(tmp_path, 7)
+    store.begin(PARAMS, INDEX, restart=False)
+    write(store, ANSWERS[:5])
+    store.close()
+    other = {**PARAMS, "density_range": [0.1, 0.2]}
+    with pytest.raises(UsageError, match=r"other parameters \(density_range .* --restart"):
+        DataSetStore(tmp_path, 7).check(other, restart=False)
+    DataSetStore(tmp_path, 7).check(other, restart=True)
+    fresh = DataSetStore(tmp_path, 7)
+    assert fresh.begin(other, INDEX, restart=True).done == frozenset()
+    fresh.close()
+    assert (tmp_path / "7" / "lines.ndjson").stat().st_size == 0
+    assert orjson.loads((tmp_path / "7" / "run.json").read_bytes())["params"] == other
+
+
+def test_changed_targets_are_refused(tmp_path):
+    store = DataSetStore(tmp_path, 7)
+    store.begin(PARAMS, INDEX, restart=False)
+    store.close()
+    with pytest.raises(VolumeError, match="targets differ"):
+        DataSetStore(tmp_path, 7).begin(PARAMS, INDEX[:-1], restart=False)
+
+
+def test_completed_needs_matching_parameters_a_complete_summary_and_data(tmp_path):
+    store = DataSetStore(tmp_path, 7)
+    store.begin(PARAMS, INDEX, restart=False)
+    write(store, ANSWERS)
+    store.close()
+    assert store.completed(PARAMS) is None  # no summary yet
+    store.finalize(50, INJECTION)
+    store.write_summary({"complete": True, "targets": 50, "lines": 49})
+    assert store.completed(PARAMS) == {"complete": True, "targets": 50, "lines": 49}
+    assert store.completed({**PARAMS, "volumes": "legacy"}) is None
+    store.write_summary({"complete": False, "targets": 50, "lines": 40})
+    assert store.completed(PARAMS) is None
+
+
+def test_paths_come_only_from_validated_ids(tmp_path):
+    with pytest.raises(UsageError):
+        DataSetStore(tmp_path, "../../etc")
