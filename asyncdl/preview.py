@@ -121,9 +121,16 @@ def _mark_injection(axes: Axes, points: Array) -> None:
     x, y = points[:, 0], points[:, 1]
     axes.scatter(x, y, s=7, marker="s", fc="none", ec=INJECTION, alpha=0.35, lw=0.5, zorder=4)
     axes.scatter(
-        [x.mean()], [y.mean()], s=180, marker="*", color=INJECTION, ec="white", lw=0.8,
-        zorder=5, label="injection site",
-    )  # fmt: skip
+        [x.mean()],
+        [y.mean()],
+        s=180,
+        marker="*",
+        color=INJECTION,
+        ec="white",
+        lw=0.8,
+        zorder=5,
+        label="injection site",
+    )
 
 
 def _frame(axes: Axes, across: int, up: int) -> None:

@@ -109,7 +109,10 @@ class RichProgress(Events):
         for r in results:
             numbers = (r.targets, r.lines, r.requests, r.retries, r.failures)
             table.add_row(
-                str(r.data_set), r.status, *map(str, numbers), f"{r.bytes / 1e6:.1f}",
+                str(r.data_set),
+                r.status,
+                *map(str, numbers),
+                f"{r.bytes / 1e6:.1f}",
                 f"{r.seconds:.1f}",
-            )  # fmt: skip
+            )
         self.console.print(table)

@@ -213,3 +213,97 @@ def test_ctrl_c_stops_promptly_and_cleanly(emulator, tmp_path):
     assert_clean(stderr)
     assert not (tmp_path / str(SEED_ID) / "data.json").exists()
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith((".tmp", ".part"))]
+
+
+def emulator_args(emulator):
+    return ["--base-url", emulator.base_url, "--archive-url", emulator.base_url]
+
+
+def test_list_finds_data_sets_by_injection_structure(emulator):
+    proc = asyncdl(
+        "list", "--injection-structure", "VISp", "--primary-only", *emulator_args(emulator)
+    )
+    assert proc.returncode == 0, proc.stderr
+    header, *rows = proc.stdout.strip().splitlines()
+    assert header.split()[:2] == ["id", "structure"]
+    assert rows and all(row.split()[1] == "VISp" for row in rows)
+    assert proc.stderr.strip() == f"{len(rows)} experiments"
+    proc = asyncdl("list", "--injection-structure", "grey", "--json", *emulator_args(emulator))
+    records = [orjson.loads(line) for line in proc.stdout.splitlines()]
+    assert len(records) > 2000 and len({r["id"] for r in records}) == len(records)  # two pages
+
+
+def test_dry_run_downloads_only_the_volumes(emulator, tmp_path):
+    proc = asyncdl(
+        "fetch",
+        SEED_ID,
+        100141219,
+        "--dry-run",
+        "-o",
+        tmp_path,
+        "-c",
+        "16",
+        *emulator_args(emulator),
+    )
+    assert proc.returncode == 0, proc.stderr
+    first, second, total = proc.stdout.strip().splitlines()
+    assert first.startswith(f"{SEED_ID}: 1947 target requests, ~") and first.endswith("at -c 16")
+    assert second.startswith("100141219: ")
+    assert total.startswith("dry run: 2 data sets, ")
+    assert "query" not in emulator.stats.requests  # no spatial search at all
+    assert not list(tmp_path.glob("*/lines.ndjson"))
+
+
+def test_fetch_by_injection_structure_searches_first(emulator, tmp_path):
+    proc = asyncdl(
+        "fetch",
+        "--injection-structure",
+        "VISp",
+        "--transgenic-line",
+        "no-such-line",
+        "-o",
+        tmp_path,
+        *emulator_args(emulator),
+    )
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip()
+        == "asyncdl: error: no data set ids given (as arguments, --ids-file or a search)"
+    )
+    assert emulator.stats.requests["query"] == 1  # the search ran
+
+
+def test_brainrender_format_json_log_and_preview(emulator, tmp_path):
+    proc = asyncdl(
+        "fetch",
+        SEED_ID,
+        "-o",
+        tmp_path,
+        "--format",
+        "brainrender",
+        "--log-format",
+        "json",
+        "--density-range",
+        "0.1",
+        "0.13",
+        *emulator_args(emulator),
+    )
+    assert proc.returncode == 0, proc.stderr
+    events = [orjson.loads(line) for line in proc.stderr.splitlines()]
+    assert [e["event"] for e in events] == ["start", "data_set_start", "data_set_done", "summary"]
+    assert events[2]["status"] == "ok" and events[3]["complete"] == 1
+    streamlines = orjson.loads(
+        (tmp_path / str(SEED_ID) / f"streamlines_{SEED_ID}.json").read_bytes()
+    )
+    assert len(streamlines["lines"]) == events[2]["lines"]
+    proc = asyncdl("preview", tmp_path / str(SEED_ID))
+    assert proc.returncode == 0, proc.stderr
+    png = tmp_path / str(SEED_ID) / "preview.png"
+    assert proc.stdout.strip() == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_preview_of_a_folder_without_data(tmp_path):
+    proc = asyncdl("preview", tmp_path)
+    assert proc.returncode == 2
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("asyncdl: error:") and "data.json" in line

@@ -44,8 +44,10 @@ def test_data_json_order_does_not_depend_on_arrival_order(tmp_path):
     data = orjson.loads(outputs[0])
     assert data == {"lines": expected_lines(), "injectionCoordinates": [[100.0, 200.0, 300.0]]}
     assert sorted(p.name for p in (tmp_path / "1" / "7").iterdir()) == [
-        "data.json", "lines.ndjson", "run.json",
-    ]  # fmt: skip
+        "data.json",
+        "lines.ndjson",
+        "run.json",
+    ]
 
 
 def test_resume_keeps_answers_repairs_a_cut_line_and_forgets_failures(tmp_path):
