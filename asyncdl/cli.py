@@ -257,7 +257,15 @@ async def serving(args: argparse.Namespace) -> AsyncIterator[Endpoints]:
     faults = FaultPlan(rate=args.fault_rate, seed=args.fault_seed) if args.fault_rate else None
     async with Emulator(latency_ms=args.latency_ms, faults=faults) as emu:
         print(f"asyncdl: emulator on {emu.base_url}", file=sys.stderr)
-        yield emu.endpoints
+        try:
+            yield emu.endpoints
+        finally:
+            if faults is not None:
+                kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(faults.injected.items()))
+                print(
+                    f"asyncdl: emulator injected {faults.injected.total()} faults ({kinds})",
+                    file=sys.stderr,
+                )
 
 
 async def search(args: argparse.Namespace, endpoints: Endpoints) -> list[Experiment]:
@@ -324,12 +332,12 @@ async def dry_run(
         if s.error:
             print(f"{s.data_set}: FAILED: {s.error}")
         else:
-            when = f", ~{s.estimate_seconds:.0f} s" if s.estimate_seconds is not None else ""
+            when = f", ~{s.estimate_seconds:.1f} s" if s.estimate_seconds is not None else ""
             print(f"{s.data_set}: {s.targets} target requests{when} at -c {options.concurrency}")
     estimates = [s.estimate_seconds for s in surveys if s.estimate_seconds is not None]
     print(
         f"dry run: {len(surveys)} data sets, {requests} target requests; at -c "
-        f"{options.concurrency}, at least ~{sum(estimates):.0f} s (from the fastest answer seen)"
+        f"{options.concurrency}, at least ~{sum(estimates):.1f} s (from the fastest answer seen)"
     )
     return EXIT_OK if not any(s.error for s in surveys) else EXIT_FAILED
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from types import TracebackType
 
+from rich import box
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -102,10 +103,12 @@ class RichProgress(Events):
 
     def finished(self, results: Sequence[DataSetResult], seconds: float) -> None:
         self.progress.stop()
-        table = Table(title=f"asyncdl: {describe_run(results, seconds)}", title_justify="left")
-        columns = ("data set", "status", "targets", "lines", "requests", "retries", "failures")
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+        columns = ("data set", "status", "targets", "lines", "requests", "retries", "failed")
         for column in (*columns, "MB", "s"):
-            table.add_column(column, justify="left" if column == "status" else "right")
+            table.add_column(
+                column, justify="left" if column == "status" else "right", no_wrap=True
+            )
         for r in results:
             numbers = (r.targets, r.lines, r.requests, r.retries, r.failures)
             table.add_row(
@@ -116,3 +119,4 @@ class RichProgress(Events):
                 f"{r.seconds:.1f}",
             )
         self.console.print(table)
+        self.console.print(f"asyncdl: {describe_run(results, seconds)}", highlight=False)
