@@ -2,6 +2,7 @@
 
 from .catalog import Experiment, find_experiments
 from .config import FetchOptions
+from .datafile import Streamlines, read_streamlines
 from .errors import (
     ApiError,
     AsyncdlError,
@@ -27,6 +28,7 @@ __all__ = [
     "FetchError",
     "FetchOptions",
     "HTTPStatusError",
+    "Streamlines",
     "Survey",
     "TransientError",
     "UsageError",
@@ -35,5 +37,6 @@ __all__ = [
     "fetch",
     "fetch_sync",
     "find_experiments",
+    "read_streamlines",
     "survey",
 ]

@@ -99,6 +99,11 @@ class HttpClient:
         self._session: aiohttp.ClientSession | None = None
         #: The quickest any answer's headers came back, in seconds: a floor on the server's latency.
         self.fastest_answer = math.inf
+        # Per attempt: a JSON answer must be whole in time; a download must keep flowing.
+        self._json_timeout = aiohttp.ClientTimeout(total=options.timeout)
+        self._download_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=options.timeout, sock_read=options.timeout
+        )
 
     async def __aenter__(self) -> HttpClient:
         connector = aiohttp.TCPConnector(limit=self.options.concurrency, limit_per_host=0)
@@ -146,36 +151,49 @@ class HttpClient:
             reraise=True,
         )
 
+    async def _call(self, once: Callable[[], Awaitable[T]], tally: Tally) -> T:
+        """``once()``, retried while it fails with a ``TransientError``.
+
+        Most calls succeed at once, and tenacity's machinery costs tens of microseconds to build,
+        so it is built only after a first failure, which it is then handed as its first attempt.
+        """
+        try:
+            return await once()
+        except TransientError as exc:
+            replay = [exc]
+        async for attempt in self._retrying(tally):
+            with attempt:
+                if replay:
+                    raise replay.pop()
+                return await once()
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def get_json(self, url: str, tally: Tally, parse: Callable[[Any, str], T]) -> T:
         """GET ``url``, decode its JSON body and ``parse(payload, url)`` it, retrying what is transient.
 
         A body that does not decode, or that ``parse`` rejects with ``TransientError``, is retried.
         """
-        timeout = aiohttp.ClientTimeout(total=self.options.timeout)
-        async for attempt in self._retrying(tally):
-            with attempt:
-                body = await self._attempt(url, tally, timeout, self._read_body)
-                try:
-                    payload = orjson.loads(body)
-                except orjson.JSONDecodeError as exc:
-                    raise TransientError(f"invalid JSON ({exc})", url) from exc
-                return parse(payload, url)
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        async def once() -> T:
+            body = await self._attempt(url, tally, self._json_timeout, self._read_body)
+            try:
+                payload = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                raise TransientError(f"invalid JSON ({exc})", url) from exc
+            return parse(payload, url)
+
+        return await self._call(once, tally)
 
     async def download(self, url: str, dest: Path, tally: Tally) -> int:
         """Stream ``url`` to ``dest`` (temp file + rename, never half-written); return its size."""
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=self.options.timeout, sock_read=self.options.timeout
-        )
 
         async def save(response: aiohttp.ClientResponse, url: str) -> tuple[int, int]:
             size = await _stream_to_file(response, url, dest)
             return size, size
 
-        async for attempt in self._retrying(tally):
-            with attempt:
-                return await self._attempt(url, tally, timeout, save)
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await self._call(
+            lambda: self._attempt(url, tally, self._download_timeout, save), tally
+        )
 
     async def _attempt(
         self,

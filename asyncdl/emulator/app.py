@@ -169,9 +169,6 @@ class EmulatorApp:
         route = request.match_info.route.name or "unmatched"
         started = time.monotonic()
         try:
-            if self.latency > 0 and route != "stats":
-                jitter = self._random.uniform(-self.spread, self.spread)
-                await asyncio.sleep(self.latency * (1.0 + jitter))
             fault = (
                 None
                 if route == "stats"
@@ -182,6 +179,13 @@ class EmulatorApp:
                 if fault is None
                 else respond_with_fault(fault, request, self.faults, handler)
             )
+            if self.latency > 0 and route != "stats":
+                # The latency is an answer's whole time at the server, its work included, as on
+                # a server that works on many requests at once: the work is done while it waits.
+                jitter = self._random.uniform(-self.spread, self.spread)
+                remaining = self.latency * (1.0 + jitter) - (time.monotonic() - started)
+                if remaining > 0:
+                    await asyncio.sleep(remaining)
             stats.requests[route] += 1
             return response
         finally:
