@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,16 @@ from .seed_port import SeedReference
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SEED_ID = 156394513
+
+
+def command(*args: object) -> list[str]:
+    """The argv of ``python -m asyncdl ARGS``, for subprocess tests."""
+    return [sys.executable, "-m", "asyncdl", *map(str, args)]
+
+
+def server_args(emulator: Emulator) -> list[str]:
+    """The options that point a command at ``emulator`` (API and archive)."""
+    return ["--base-url", emulator.base_url, "--archive-url", emulator.base_url]
 
 
 class EmulatorThread:

@@ -3,19 +3,18 @@
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 
 import orjson
 import pytest
 
-from .conftest import SEED_ID
+from .conftest import SEED_ID, command, server_args
 
 
 def asyncdl(*args, timeout=300):
     return subprocess.run(
-        [sys.executable, "-m", "asyncdl", *map(str, args)],
+        command(*args),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -103,7 +102,7 @@ def test_ids_file(emulator, tmp_path):
 )
 def test_usage_errors_are_one_line_and_exit_2(tmp_path, args, message):
     proc = subprocess.run(
-        [sys.executable, "-m", "asyncdl", *args],
+        command(*args),
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -152,7 +151,7 @@ def test_version_and_help():
 
 def test_emulate_serves_until_interrupted():
     proc = subprocess.Popen(
-        [sys.executable, "-m", "asyncdl", "emulate", "--port", "0"],
+        command("emulate", "--port", "0"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -175,21 +174,7 @@ def test_emulate_serves_until_interrupted():
 
 def test_ctrl_c_stops_promptly_and_cleanly(emulator, tmp_path):
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "asyncdl",
-            "fetch",
-            str(SEED_ID),
-            "-o",
-            tmp_path,
-            "-c",
-            "2",
-            "--base-url",
-            emulator.base_url,
-            "--archive-url",
-            emulator.base_url,
-        ],
+        command("fetch", SEED_ID, "-o", tmp_path, "-c", 2, *server_args(emulator)),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -215,20 +200,16 @@ def test_ctrl_c_stops_promptly_and_cleanly(emulator, tmp_path):
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith((".tmp", ".part"))]
 
 
-def emulator_args(emulator):
-    return ["--base-url", emulator.base_url, "--archive-url", emulator.base_url]
-
-
 def test_list_finds_data_sets_by_injection_structure(emulator):
     proc = asyncdl(
-        "list", "--injection-structure", "VISp", "--primary-only", *emulator_args(emulator)
+        "list", "--injection-structure", "VISp", "--primary-only", *server_args(emulator)
     )
     assert proc.returncode == 0, proc.stderr
     header, *rows = proc.stdout.strip().splitlines()
     assert header.split()[:2] == ["id", "structure"]
     assert rows and all(row.split()[1] == "VISp" for row in rows)
     assert proc.stderr.strip() == f"{len(rows)} experiments"
-    proc = asyncdl("list", "--injection-structure", "grey", "--json", *emulator_args(emulator))
+    proc = asyncdl("list", "--injection-structure", "grey", "--json", *server_args(emulator))
     records = [orjson.loads(line) for line in proc.stdout.splitlines()]
     assert len(records) > 2000 and len({r["id"] for r in records}) == len(records)  # two pages
 
@@ -243,7 +224,7 @@ def test_dry_run_downloads_only_the_volumes(emulator, tmp_path):
         tmp_path,
         "-c",
         "16",
-        *emulator_args(emulator),
+        *server_args(emulator),
     )
     assert proc.returncode == 0, proc.stderr
     first, second, total = proc.stdout.strip().splitlines()
@@ -263,7 +244,7 @@ def test_fetch_by_injection_structure_searches_first(emulator, tmp_path):
         "no-such-line",
         "-o",
         tmp_path,
-        *emulator_args(emulator),
+        *server_args(emulator),
     )
     assert proc.returncode == 2
     assert (
@@ -286,7 +267,7 @@ def test_brainrender_format_json_log_and_preview(emulator, tmp_path):
         "--density-range",
         "0.1",
         "0.13",
-        *emulator_args(emulator),
+        *server_args(emulator),
     )
     assert proc.returncode == 0, proc.stderr
     events = [orjson.loads(line) for line in proc.stderr.splitlines()]

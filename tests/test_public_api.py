@@ -13,6 +13,7 @@ def test_public_api_is_exactly_what_is_meant():
             "FetchError",
             "FetchOptions",
             "HTTPStatusError",
+            "Streamlines",
             "Survey",
             "TransientError",
             "UsageError",
@@ -21,6 +22,7 @@ def test_public_api_is_exactly_what_is_meant():
             "fetch",
             "fetch_sync",
             "find_experiments",
+            "read_streamlines",
             "survey",
         ]
     )

@@ -4,7 +4,6 @@ import asyncio
 import random
 import signal
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -19,7 +18,7 @@ from asyncdl.emulator import DATA_SET_IDS, FAULT_KINDS, Emulator, FaultPlan
 from asyncdl.fetcher import HttpClient, RateLimiter, Tally, parse_retry_after
 from asyncdl.responses import rows
 
-from .conftest import SEED_ID
+from .conftest import SEED_ID, command, server_args
 
 SMALL = (0.1, 0.12)  # a density range with a few hundred targets, for quick runs
 # Retries fast enough for tests; the policy itself is what production uses.
@@ -199,22 +198,7 @@ async def test_rate_is_global_across_a_run(emulator, tmp_path):
 
 def _fetch_process(emulator, out, *extra):
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "asyncdl",
-            "fetch",
-            str(SEED_ID),
-            "-o",
-            str(out),
-            "-c",
-            "4",
-            "--base-url",
-            emulator.base_url,
-            "--archive-url",
-            emulator.base_url,
-            *extra,
-        ],
+        command("fetch", SEED_ID, "-o", out, "-c", 4, *server_args(emulator), *extra),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -274,24 +258,10 @@ def test_sigterm_stops_cleanly_and_the_run_resumes(emulator, seed_reference, tmp
 
 
 def test_changed_parameters_are_refused_then_restart_works(emulator, tmp_path):
-    base = [
-        "fetch",
-        SEED_ID,
-        "-o",
-        tmp_path,
-        "--base-url",
-        emulator.base_url,
-        "--archive-url",
-        emulator.base_url,
-        "-c",
-        "8",
-    ]
-    run = lambda *extra: subprocess.run(  # noqa: E731
-        [sys.executable, "-m", "asyncdl", *map(str, base), *extra],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    def run(*extra):
+        argv = command("fetch", SEED_ID, "-o", tmp_path, "-c", 8, *server_args(emulator), *extra)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+
     assert run("--density-range", "0.1", "0.11").returncode == 0
     refused = run("--density-range", "0.1", "0.12")
     assert refused.returncode == 2
@@ -328,23 +298,19 @@ async def test_two_processes_sharing_a_cache(emulator, fault_free, tmp_path):
     cache = tmp_path / "cache"
     procs = [
         await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "asyncdl",
-            "fetch",
-            str(SEED_ID),
-            "-o",
-            str(tmp_path / name),
-            "--cache-dir",
-            str(cache),
-            "--density-range",
-            *map(str, SMALL),
-            "-c",
-            "8",
-            "--base-url",
-            emulator.base_url,
-            "--archive-url",
-            emulator.base_url,
+            *command(
+                "fetch",
+                SEED_ID,
+                "-o",
+                tmp_path / name,
+                "--cache-dir",
+                cache,
+                "--density-range",
+                *SMALL,
+                "-c",
+                8,
+                *server_args(emulator),
+            ),
             stderr=subprocess.PIPE,
         )
         for name in ("one", "two")
@@ -405,7 +371,7 @@ async def test_a_volume_larger_than_allowed_is_refused(hostile, tmp_path, monkey
 
 def test_emulate_rejects_unknown_fault_kinds():
     proc = subprocess.run(
-        [sys.executable, "-m", "asyncdl", "emulate", "--faults", "gremlins"],
+        command("emulate", "--faults", "gremlins"),
         capture_output=True,
         text=True,
         timeout=60,

@@ -30,6 +30,7 @@ import orjson
 from aiohttp import web
 
 from . import catalog, formats, synthetic
+from .envelope import failure, success
 from .faults import FaultPlan, respond_with_fault
 from .ontology import FIBER_TRACT_IDS, structure_tree
 
@@ -244,27 +245,8 @@ class EmulatorApp:
 
     async def structure_graph(self, request: web.Request) -> web.Response:
         if request.match_info["graph"] != "1":
-            return _json(
-                {
-                    "success": False,
-                    "id": -1,
-                    "start_row": 0,
-                    "num_rows": 0,
-                    "total_rows": 0,
-                    "msg": "Unknown structure graph",
-                }
-            )
-        tree = structure_tree()
-        return _json(
-            {
-                "success": True,
-                "id": 0,
-                "start_row": 0,
-                "num_rows": len(tree),
-                "total_rows": len(tree),
-                "msg": tree,
-            }
-        )
+            return _json(failure("Unknown structure graph"))
+        return _json(success(structure_tree()))
 
     async def query(self, request: web.Request) -> web.Response:
         criteria = request.query.get("criteria", "")
@@ -272,24 +254,14 @@ class EmulatorApp:
             try:
                 return _json(await asyncio.to_thread(catalog.answer, criteria))
             except catalog.BadQuery as exc:
-                return _json(_failure(str(exc)), status=400)
+                return _json(failure(str(exc)), status=400)
         match = _TARGET_SPATIAL.match(criteria)
         if match is None:
-            return _json(_failure(f"Unsupported criteria: {criteria[:200]}"), status=400)
+            return _json(failure(f"Unsupported criteria: {criteria[:200]}"), status=400)
         x, y, z, data_set = (int(g) for g in match.groups())
         if data_set not in self.data_sets:
-            return _json(_failure(f"Data Access error: no section data set with id {data_set}"))
-        records = self._experiment(str(data_set)).spatial_search((x, y, z))
-        return _json(
-            {
-                "success": True,
-                "id": 0,
-                "start_row": 0,
-                "num_rows": len(records),
-                "total_rows": len(records),
-                "msg": records,
-            }
-        )
+            return _json(failure(f"Data Access error: no section data set with id {data_set}"))
+        return _json(success(self._experiment(str(data_set)).spatial_search((x, y, z))))
 
     async def stats_route(self, request: web.Request) -> web.Response:
         return _json({**self.stats.as_dict(), "faults": dict(self.faults.injected)})
@@ -302,17 +274,6 @@ def _data_set_of(request: web.Request) -> int | None:
         return int(raw)
     match = _TARGET_SPATIAL.match(request.query.get("criteria", ""))
     return int(match.group(4)) if match else None
-
-
-def _failure(message: str) -> dict[str, Any]:
-    return {
-        "success": False,
-        "id": -1,
-        "start_row": 0,
-        "num_rows": 0,
-        "total_rows": 0,
-        "msg": message,
-    }
 
 
 def _json(payload: object, status: int = 200) -> web.Response:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from .envelope import failure, success
 from .ontology import BY_ACRONYM, BY_ID, lineage
 from .synthetic import DATA_SET_IDS, Experiment
 
@@ -79,7 +80,7 @@ def answer(criteria: str) -> dict[str, Any]:
     try:
         structures = _structures(params["injection_structures"])
     except LookupError as exc:
-        return _failure(str(exc))
+        return failure(str(exc))
     primary_only = params.get("primary_structure_only", "false").lower() == "true"
     start = _count(params, "start_row", 0)
     size = min(_count(params, "num_rows", MAX_ROWS), MAX_ROWS)
@@ -88,15 +89,7 @@ def answer(criteria: str) -> dict[str, Any]:
         for entry in catalogue()
         if structures & (entry.primary if primary_only else entry.any)
     ]
-    page = matches[start : start + size]
-    return {
-        "success": True,
-        "id": 0,
-        "start_row": start,
-        "num_rows": len(page),
-        "total_rows": len(matches),
-        "msg": page,
-    }
+    return success(matches[start : start + size], start, len(matches))
 
 
 def _parse(criteria: str) -> dict[str, str]:
@@ -134,14 +127,3 @@ def _count(params: dict[str, str], name: str, default: int) -> int:
     if not raw.isdigit() or not raw.isascii():
         raise BadQuery(f"{name} must be a non-negative integer")
     return int(raw)
-
-
-def _failure(message: str) -> dict[str, Any]:
-    return {
-        "success": False,
-        "id": -1,
-        "start_row": 0,
-        "num_rows": 0,
-        "total_rows": 0,
-        "msg": message,
-    }
