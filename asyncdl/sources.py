@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -77,10 +77,13 @@ class VolumeSource:
         self, data_set: int, options: FetchOptions, tally: Tally
     ) -> tuple[Targets, npt.NDArray[np.float64]]:
         """A data set's targets and injection coordinates, from its volumes."""
-        density, injection = await all_of(
+        jobs: list[Awaitable[object]] = [
             self.data_set_volume(data_set, "density", tally),
             self.data_set_volume(data_set, "injection", tally),
-        )
+        ]
+        if not self._masks:  # the first data set also brings the shared fiber volume in
+            jobs.append(self.cache.get(*self._fiber_file(), tally))
+        density, injection, *_ = await all_of(*jobs)  # Volume, Volume[, Path]
         allowed = await self.allowed_mask(density, tally)
         targets = await asyncio.to_thread(select_targets, density, allowed, options.density_range)
         return targets, injection_coordinates(injection, options.injection_threshold)
@@ -113,8 +116,7 @@ class VolumeSource:
                 labels = read_metaimage_zip(path, FIBER_MEMBER, plan.sample).array
                 return plan.allowed(labels != 0)
 
-            url = self.endpoints.fiber_tracts_legacy()
-            return await self._read(url, "fiber_tracts_197646984.zip", tally, legacy_mask)
+            return await self._read(*self._fiber_file(), tally, legacy_mask)
 
         # The tree is small and its JSON is checked (and retried) on the way in: not cached.
         roots = await self.client.get_json(self.endpoints.structure_graph(), tally, rows)
@@ -126,8 +128,13 @@ class VolumeSource:
             labels = read_nrrd(path, plan.sample).array
             return plan.allowed(in_tract_labels(labels, tract_ids))
 
-        url = self.endpoints.annotation_nrrd()
-        return await self._read(url, "annotation_25.nrrd", tally, nrrd_mask)
+        return await self._read(*self._fiber_file(), tally, nrrd_mask)
+
+    def _fiber_file(self) -> tuple[str, str]:
+        """URL and cache name of the shared volume that says where the fiber tracts are."""
+        if self.kind == "legacy":
+            return self.endpoints.fiber_tracts_legacy(), "fiber_tracts_197646984.zip"
+        return self.endpoints.annotation_nrrd(), "annotation_25.nrrd"
 
 
 class FileCache:
