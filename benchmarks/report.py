@@ -1,0 +1,105 @@
+"""results.json (everything, raw measurements included) and results.md (the tables)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .analysis import Results, Row
+from .machine import REPO
+from .settings import Settings
+
+_COLUMNS = (
+    "contender",
+    "data sets",
+    "C",
+    "wall (s)",
+    "target req/s",
+    "ideal (s)",
+    "ideal / actual",
+    "start → 1st target (s)",
+    "target phase (s)",
+    "client CPU (µs/req)",
+    "server CPU (µs/req)",
+    "CPU busy client / server",
+    "peak RSS (MB)",
+    "same data.json",
+    "runs",
+)
+_NOTES = (
+    "Wall and throughput are end to end (process start to exit) over the N target requests; "
+    "ideal = T_vol + N·L/C. CPU per request and busy fractions (1.0 = one core) cover the target "
+    "phase only, from the first target request to exit. Values are medians over the runs; peak "
+    "RSS is the largest. ≈: sampled, extrapolated as the time to the first target request plus "
+    "N times the time per request of the sample. Same data.json: equal in content to asyncdl's."
+)
+
+
+def write(settings: Settings, machine: dict[str, Any], results: Results, folder: Path) -> None:
+    settings_dict = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()}
+    document = {"machine": machine, "settings": settings_dict, **results.as_dict()}
+    (folder / "results.json").write_text(json.dumps(document, indent=2) + "\n")
+    (folder / "results.md").write_text(markdown(settings, machine, results))
+
+
+def markdown(settings: Settings, machine: dict[str, Any], results: Results) -> str:
+    lines = ["# asyncdl benchmark results", "", *_preamble(settings, machine, results), ""]
+    lines += ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
+    lines += [_table_row(row) for row in results.rows]
+    lines += ["", _NOTES, "", "| goal (issue 4) | measured | met |", "|---|---|---|"]
+    lines += [f"| {g.goal} | {g.measured} | {_yes_no(g.met)} |" for g in results.goals]
+    return "\n".join(lines) + "\n"
+
+
+def _preamble(settings: Settings, machine: dict[str, Any], results: Results) -> list[str]:
+    versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v)
+    commit = machine["commit"] + (" + local changes" if machine["asyncdl_modified"] else "")
+    if not str(machine["asyncdl_source"]).startswith(str(REPO)):
+        commit += f" (asyncdl imported from {machine['asyncdl_source']})"
+    lines = [
+        f"{machine['date']}: {machine['nproc']} cores ({machine['cpu']}), Python "
+        f"{machine['python']}, {versions}; commit {commit}; load average at start "
+        f"{machine['load_average_at_start'][0]}. The emulator runs in its own process on "
+        f"loopback with a fixed latency L = {settings.latency_ms:g} ms.",
+        "",
+    ]
+    for job in results.jobs.values():
+        lines.append(
+            f"- {job.name} ({' '.join(map(str, job.data_sets))}): N = {job.targets} target "
+            f"requests; asyncdl makes its first {job.volume_s:.2f} s after it starts (T_vol)."
+        )
+    lines += [
+        f"- {row.label}: {row.per_request_ms:.1f} ms per target request over a sample of "
+        f"{row.sample} at C = {row.concurrency}, so {row.wall_s:.0f} s for N = {row.requests}."
+        for row in results.rows
+        if row.sample is not None
+    ]
+    return lines
+
+
+def _table_row(row: Row) -> str:
+    label = row.label + (f" (sample of {row.sample})" if row.sample else "")
+    cells = [
+        label if row.ok else f"{label} **FAILED**",
+        str(row.data_sets),
+        str(row.concurrency),
+        f"{row.wall_s:.2f}" if row.sample is None else f"≈ {row.wall_s:.1f}",
+        f"{row.req_per_s:.0f}",
+        f"{row.ideal_s:.2f}",
+        f"{row.ideal_over_actual:.2f}",
+        f"{row.volume_s:.2f}",
+        f"{row.target_phase_s:.2f}",
+        f"{row.cpu_us_per_request:.0f}",
+        f"{row.server_cpu_us_per_request:.0f}",
+        f"{row.client_busy:.2f} / {row.server_busy:.2f}",
+        f"{row.peak_rss_mb:.0f}",
+        _yes_no(row.verified),
+        str(row.runs),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def _yes_no(value: bool | None) -> str:
+    return "-" if value is None else "yes" if value else "NO"
