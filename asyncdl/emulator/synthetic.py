@@ -26,6 +26,7 @@ LEGACY_GRID_SHAPE = (133, 81, 115)
 ANNOTATION_SHAPE = (528, 320, 456)
 GRID_SPACING = 100.0
 ANNOTATION_SPACING = 25.0
+_GRID_LIMITS = np.array(GRID_SHAPE)
 
 #: Data sets the emulator knows. 156394513 is the seed's example.
 DATA_SET_IDS = (
@@ -236,8 +237,8 @@ class Experiment:
 
     def density_at(self, points: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         """Projection density of the voxels holding ``points`` (n, 3) in um; 0 outside the grid."""
-        idx = np.floor(points / GRID_SPACING).astype(np.intp)
-        inside = np.all((idx >= 0) & (idx < GRID_SHAPE), axis=1)
+        idx = (points // GRID_SPACING).astype(np.intp)
+        inside = ((idx >= 0) & (idx < _GRID_LIMITS)).all(axis=1)
         out = np.zeros(len(points))
         i, j, k = idx[inside].T
         out[inside] = self._density_grid[i, j, k]
@@ -283,6 +284,10 @@ class Experiment:
         The target-spatial and injection-structure services share these fields, so an experiment
         listed by the one is the same experiment the other answers for.
         """
+        return dict(self._metadata)  # the nested lists are shared: read them, do not change them
+
+    @cached_property
+    def _metadata(self) -> dict[str, Any]:
         lay = self._layout
         sid = self.structure_id
         acronym, name, colour = BY_ID[sid]
@@ -313,34 +318,37 @@ class Experiment:
         if rng.random() < 0.04:
             return []
         record = self.metadata()
-        injection = np.array(record["injection-coordinates"])
-        record["density"] = float(self.density_at(np.array([seed_point], np.float64))[0])
-        record["path"] = self._path(np.array(seed_point, np.float64), injection, rng)
-        return [record]
-
-    def _path(
-        self, seed: npt.NDArray[np.float64], end: npt.NDArray[np.float64], rng: np.random.Generator
-    ) -> list[dict[str, Any]]:
-        """A smooth curve from ``seed`` to ``end`` (a quadratic Bezier), about 100 um a step."""
-        chord = end - seed
-        length = float(np.linalg.norm(chord))
-        bend = rng.normal(0.0, 0.18 * length, 3)
-        bend -= chord * float(bend @ chord) / max(length * length, 1.0)
-        control = (seed + end) / 2 + bend
-        steps = max(2, math.ceil(length / rng.uniform(85.0, 115.0)))
-        t = np.linspace(0.0, 1.0, steps + 1)[1:-1, None]
-        points = np.round((1 - t) ** 2 * seed + 2 * (1 - t) * t * control + t * t * end)
-        density = self.density_at(points)
-        intensity = np.round(density * 5000.0 * rng.uniform(0.8, 1.2, len(density)), 4)
+        seed = np.array(seed_point, np.float64)
+        points = self._curve(seed, np.array(record["injection-coordinates"], np.float64), rng)
+        # One lookup for the seed point (the record's density) and the path's inner points.
+        density = self.density_at(np.vstack([seed, points]))
+        intensity = np.round(density[1:] * 5000.0 * rng.uniform(0.8, 1.2, len(points)), 4)
+        record["density"] = float(density[0])
         path: list[dict[str, Any]] = [{"coord": seed.tolist(), "density": 0.0, "intensity": 0.0}]
         path += [
             {"coord": coord, "density": d, "intensity": i}
             for coord, d, i in zip(
-                points.tolist(), density.tolist(), intensity.tolist(), strict=True
+                points.tolist(), density[1:].tolist(), intensity.tolist(), strict=True
             )
         ]
-        path.append({"coord": [int(v) for v in end], "density": 0, "intensity": 0})
-        return path
+        path.append({"coord": record["injection-coordinates"], "density": 0, "intensity": 0})
+        record["path"] = path
+        return [record]
+
+    @staticmethod
+    def _curve(
+        seed: npt.NDArray[np.float64], end: npt.NDArray[np.float64], rng: np.random.Generator
+    ) -> npt.NDArray[np.float64]:
+        """Inner points of a smooth curve from ``seed`` to ``end`` (a quadratic Bezier), rounded
+        to whole microns, about 100 um apart."""
+        chord = end - seed
+        length = math.hypot(*chord.tolist())
+        bend = rng.normal(0.0, 0.18 * length, 3)
+        bend -= chord * float(bend @ chord) / max(length * length, 1.0)
+        control = (seed + end) / 2 + bend
+        steps = max(2, math.ceil(length / rng.uniform(85.0, 115.0)))
+        t = (np.arange(1, steps) / steps)[:, None]
+        return np.round((1 - t) ** 2 * seed + 2 * (1 - t) * t * control + t * t * end)
 
 
 def _inside(x: Any, y: Any, z: Any) -> npt.NDArray[np.float64]:
