@@ -101,7 +101,6 @@ async def serve(
     latency_ms: float = 0.0,
     latency_spread: float = 0.2,
     faults: FaultPlan | None = None,
-    ready: asyncio.Event | None = None,
 ) -> None:
     """Run the emulator until cancelled, printing where it listens."""
     async with Emulator(
@@ -112,6 +111,4 @@ async def serve(
             f"e.g. {', '.join(map(str, DATA_SET_IDS))})",
             flush=True,
         )
-        if ready is not None:
-            ready.set()
         await asyncio.Event().wait()
