@@ -100,11 +100,12 @@ class DataSetStore:
         if restart or manifest is None:
             return
         old = manifest.get("params")
+        old = old if isinstance(old, dict) else {}
         if old != dict(params):
             changed = ", ".join(
-                f"{key} {old.get(key)!r} -> {value!r}" if isinstance(old, dict) else key
+                f"{key} {old.get(key)!r} -> {value!r}"
                 for key, value in params.items()
-                if not isinstance(old, dict) or old.get(key) != value
+                if old.get(key) != value
             )
             raise UsageError(
                 f"{self.dir} holds results fetched with other parameters ({changed}); "
