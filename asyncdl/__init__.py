@@ -1,5 +1,6 @@
 """asyncdl: fast, reliable, asynchronous bulk downloads of Allen Mouse Connectivity streamlines."""
 
+from ._version import __version__
 from .catalog import Experiment, find_experiments
 from .config import FetchOptions
 from .datafile import Streamlines, read_streamlines
@@ -15,8 +16,6 @@ from .errors import (
 from .events import Events
 from .pipeline import DataSetResult, Survey, fetch, fetch_sync, survey
 from .urls import Endpoints
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ApiError",
