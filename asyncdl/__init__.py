@@ -6,6 +6,7 @@ from .datafile import Streamlines, read_streamlines
 from .errors import (
     ApiError,
     AsyncdlError,
+    CertificateError,
     FetchError,
     HTTPStatusError,
     TransientError,
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ApiError",
     "AsyncdlError",
+    "CertificateError",
     "DataSetResult",
     "Endpoints",
     "Events",

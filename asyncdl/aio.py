@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, TypeVar
+
+E = TypeVar("E", bound=BaseException)
 
 
 async def all_of(*aws: Awaitable[Any]) -> list[Any]:
@@ -20,3 +22,11 @@ async def all_of(*aws: Awaitable[Any]) -> list[Any]:
 
 async def _await(aw: Awaitable[Any]) -> Any:
     return await aw
+
+
+def first_leaf(group: BaseExceptionGroup[E]) -> E:
+    """The first exception in ``group`` that is not itself a group (groups nest)."""
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first  # type: ignore[return-value]  # a group of E holds only E leaves

@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .aio import all_of
+from .aio import all_of, first_leaf
 from .brainrender import streamlines_file, write_brainrender
 from .config import FetchOptions
-from .errors import AsyncdlError, FetchError, UsageError
+from .errors import AsyncdlError, CertificateError, FetchError, UsageError
 from .events import Events
 from .fetcher import HttpClient, Tally
 from .responses import rows
@@ -105,7 +105,8 @@ async def fetch(
     A data set that fails (unknown id, bad volume) or has failed targets gets ``complete=False``
     and the others go on; nothing is silently dropped. Running the same call again resumes: complete
     data sets are skipped and only unanswered targets are requested. Results made with other
-    parameters are refused (``UsageError``) unless ``options.restart`` is set.
+    parameters are refused (``UsageError``) unless ``options.restart`` is set. A server whose TLS
+    certificate does not verify stops the whole run with ``CertificateError``.
     """
     options = options or FetchOptions()
     endpoints = endpoints or Endpoints()
@@ -126,7 +127,11 @@ async def fetch(
     async with HttpClient(options) as client:
         source = VolumeSource(client, endpoints, cache, options.volumes)
         run = _Run(client, source, endpoints, out, options, params, events or Events())
-        return await run.run(ids)
+        try:
+            return await run.run(ids)
+        except* CertificateError as group:  # stops the run: raised as itself, not in a group
+            untrusted = first_leaf(group)
+            raise untrusted from untrusted.__cause__
 
 
 @dataclass(frozen=True)
@@ -160,6 +165,8 @@ async def survey(
             async with slots:
                 try:
                     targets, injection = await source.select(data_set, options, Tally())
+                except CertificateError:
+                    raise
                 except (AsyncdlError, OSError) as exc:
                     return _explain(exc)
                 return len(targets), len(injection)
@@ -287,6 +294,8 @@ class _Run:
         try:
             targets, coords = await self.source.select(data_set, self.options, tally)
             progress = store.begin(self.params, targets.index, self.options.restart)
+        except CertificateError:
+            raise
         except (AsyncdlError, OSError) as exc:
             self._record(
                 store,
@@ -316,6 +325,8 @@ class _Run:
             tally = Tally(on_retry=self._retry_reporter(data_set, url))
             try:
                 records = await self.client.get_json(url, tally, rows)
+            except CertificateError:
+                raise
             except FetchError as exc:
                 run.store.add_failure(rank, index, coord, str(exc), tally.requests)
                 run.failures += 1

@@ -31,7 +31,7 @@ async def search(emulator, structure, **kwargs):
 def test_url_is_the_real_services():
     url = Endpoints().injection_structure_search("VISp", True, 2000, 500)
     assert url == (
-        "http://api.brain-map.org/api/v2/data/query.json?criteria="
+        "https://api.brain-map.org/api/v2/data/query.json?criteria="
         "service::mouse_connectivity_injection_structure"
         "[injection_structures$eqVISp][primary_structure_only$eqtrue]"
         "[start_row$eq2000][num_rows$eq500]"
