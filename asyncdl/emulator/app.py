@@ -51,12 +51,15 @@ class Stats:
     requests: Counter[str] = field(default_factory=Counter)
     in_flight: int = 0
     peak_in_flight: int = 0
+    #: TLS handshakes begun (https only): one per connection a client opened.
+    tls_handshakes: int = 0
     #: (route, data set, start, end) of every request, when the server was asked to record them.
     log: list[tuple[str, int | None, float, float]] | None = None
 
     def reset(self) -> None:
         self.requests.clear()
         self.peak_in_flight = self.in_flight
+        self.tls_handshakes = 0
         if self.log is not None:
             self.log.clear()
 
@@ -65,6 +68,7 @@ class Stats:
             "requests": dict(self.requests),
             "in_flight": self.in_flight,
             "peak_in_flight": self.peak_in_flight,
+            "tls_handshakes": self.tls_handshakes,
         }
 
 
