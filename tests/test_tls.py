@@ -84,9 +84,9 @@ async def test_fetch_over_https_with_the_ca_equals_http(https, over_http, tmp_pa
     [result] = await asyncdl.fetch([SEED_ID], tmp_path, options=options, endpoints=https.endpoints)
     assert result.complete and result.retries == 0
     assert (tmp_path / str(SEED_ID) / "data.json").read_bytes() == over_http
-    # It really went over TLS: every request the server answered came through a handshake.
+    # It really went over TLS: the server answered every request, through TLS connections.
     assert sum(https.stats.requests.values()) == result.requests
-    assert 1 <= https.stats.tls_handshakes <= OPTIONS["concurrency"] + 1
+    assert https.stats.tls_handshakes >= 1
 
 
 def rehashed_directory(ca_file, directory):
