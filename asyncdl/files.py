@@ -27,6 +27,11 @@ def writing(path: Path) -> Iterator[None]:
         raise StorageError(f"cannot write {path}: {exc.strerror or exc}", str(path)) from exc
 
 
+def temp_path(path: Path) -> Path:
+    """A fresh temp file name beside ``path`` (matched by ``TEMP_GLOB``)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
 class _Atomic:
     """A temp file in the same folder as ``path``; ``publish`` fsyncs it and renames it there.
 
@@ -36,7 +41,7 @@ class _Atomic:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        self.tmp = temp_path(path)
         with writing(path):
             self.fh: BinaryIO = self.tmp.open("wb")
 
@@ -48,8 +53,12 @@ class _Atomic:
             os.replace(self.tmp, self.path)
 
     def discard(self) -> None:
-        self.fh.close()
-        self.tmp.unlink(missing_ok=True)
+        try:
+            self.fh.close()  # flushes what is buffered, which fails again on a full disk
+        except OSError:
+            pass
+        finally:
+            self.tmp.unlink(missing_ok=True)
 
 
 @contextmanager
