@@ -158,8 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--format",
         choices=("seed", "brainrender"),
         default="seed",
-        help="brainrender: also write OUT/<id>/streamlines_<id>.json for brainrender and the "
-        "Allen connectivity viewer (data.json is always written)",
+        help="brainrender: also write OUT/<id>/streamlines_<id>.json, which brainrender loads "
+        "with Streamlines(pandas.read_json(path)) (data.json is always written)",
     )
     f.add_argument("--cache-dir", type=Path, help="where volumes are cached (default OUT/.cache)")
     f.add_argument(

@@ -37,7 +37,7 @@ class FetchOptions:
     prefetch: int = 2
     #: Start every data set over instead of resuming it (needed when parameters change).
     restart: bool = False
-    #: Also write ``streamlines_<id>.json`` for brainrender and the Allen connectivity viewer.
+    #: Also write ``streamlines_<id>.json``, the layout brainrender reads (``asyncdl.brainrender``).
     brainrender: bool = False
 
     def __post_init__(self) -> None:
