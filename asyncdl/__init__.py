@@ -13,6 +13,7 @@ from .errors import (
     VolumeError,
 )
 from .events import Events
+from .idsfile import read_ids_file
 from .pipeline import DataSetResult, Survey, fetch, fetch_sync, survey
 from .urls import Endpoints
 
@@ -37,6 +38,7 @@ __all__ = [
     "fetch",
     "fetch_sync",
     "find_experiments",
+    "read_ids_file",
     "read_streamlines",
     "survey",
 ]

@@ -23,6 +23,7 @@ from .catalog import Experiment, find_experiments
 from .config import DEFAULT_ARCHIVE_URL, DEFAULT_BASE_URL, FetchOptions
 from .errors import AsyncdlError, UsageError
 from .events import Events, JsonReporter, LineReporter
+from .idsfile import read_ids_file
 from .pipeline import fetch, survey
 from .urls import Endpoints, data_set_id
 
@@ -117,7 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.add_argument("ids", nargs="*", metavar="ID", help="data set (experiment) ids")
     f.add_argument("-o", "--out", required=True, type=Path, help="output directory")
-    f.add_argument("--ids-file", type=Path, help="file with more ids, one per line (# comments)")
+    f.add_argument(
+        "--ids-file",
+        type=Path,
+        help="file with more ids: one per line (# comments), a CSV with an 'id' column (e.g. "
+        "AllenSDK's get_experiments(dataframe=True).to_csv()), or JSON records with 'id'",
+    )
     f.add_argument(
         "-c",
         "--concurrency",
@@ -232,14 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def read_ids(args: argparse.Namespace) -> list[int]:
-    raw: list[str] = list(args.ids)
+    ids = [data_set_id(value) for value in args.ids]
     if args.ids_file is not None:
-        try:
-            text = args.ids_file.read_text()
-        except OSError as exc:
-            raise UsageError(f"cannot read ids file {args.ids_file}: {exc.strerror}") from exc
-        raw += [line.split("#", 1)[0].strip() for line in text.splitlines()]
-    return [data_set_id(value) for value in raw if value]
+        ids += read_ids_file(args.ids_file)
+    return ids
 
 
 @asynccontextmanager
