@@ -16,8 +16,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import NoReturn
 
-import orjson
-
 from . import __version__
 from .catalog import Experiment, find_experiments
 from .config import DEFAULT_ARCHIVE_URL, DEFAULT_BASE_URL, FetchOptions
@@ -25,6 +23,7 @@ from .errors import AsyncdlError, UsageError
 from .events import Events, JsonReporter, LineReporter
 from .idsfile import read_ids_file
 from .pipeline import fetch, survey
+from .tables import write_csv, write_json_lines
 from .urls import Endpoints, data_set_id
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
@@ -46,6 +45,7 @@ LIST_EXAMPLES = """\
 examples:
   asyncdl list --injection-structure VISp --primary-only
   asyncdl list --injection-structure grey --transgenic-line Rbp4-Cre_KL100 --json
+  asyncdl list --injection-structure VISp --csv > visp.csv
 """
 
 
@@ -196,7 +196,17 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=LIST_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ls.add_argument("--json", action="store_true", help="one JSON object per line")
+    output = ls.add_mutually_exclusive_group()
+    output.add_argument(
+        "--json",
+        action="store_true",
+        help="the service's records, one JSON object per line (pandas.read_json(f, lines=True))",
+    )
+    output.add_argument(
+        "--csv",
+        action="store_true",
+        help="the same fields as CSV, nested values as JSON text (pandas.read_csv(f))",
+    )
 
     pv = sub.add_parser(
         "preview",
@@ -345,9 +355,8 @@ async def dry_run(
 async def run_list(args: argparse.Namespace) -> int:
     async with serving(args) as endpoints:
         experiments = await search(args, endpoints)
-    if args.json:
-        for experiment in experiments:
-            sys.stdout.write(orjson.dumps(dict(experiment.record)).decode() + "\n")
+    if args.json or args.csv:
+        (write_json_lines if args.json else write_csv)(experiments, sys.stdout)
         return EXIT_OK
     print(f"{'id':>10}  {'structure':<10}  {'transgenic line':<24}  injection volume")
     for x in experiments:
