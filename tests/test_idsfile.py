@@ -3,51 +3,21 @@
 import json
 import subprocess
 
-import pandas as pd
 import pytest
 
 from asyncdl import UsageError, idsfile, read_ids_file
 from asyncdl.emulator.catalog import catalogue
 
+from .allensdk_standin import experiments, raw_rows, to_dataframe
 from .conftest import SEED_ID, command, server_args
 
 IDS = [SEED_ID, 100141219, 112514202]
 
 
-def raw_rows(ids):
-    """Rows as AllenSDK caches them in experiments.json (``ApiConnectivity``: ``data_set_id``,
-    ``transgenic_line`` as a record, ``injection_structures`` as "a/b"), shaped like the fixture
-    of AllenSDK's own tests (allensdk/test/core/test_mouse_connectivity_cache.py)."""
-    return [
-        {
-            "data_set_id": data_set,
-            "name": f'experiment {n}, "quoted"',
-            "storage_directory": f"/external/{data_set}/",
-            "transgenic_line": {"name": "Rbp4-Cre_KL100"} if n % 2 else None,
-            "injection_structures": "385/593",
-            "structure_id": 385,
-            "structure_abbrev": "VISp",
-            "injection_volume": 0.25 + n,
-            "injection_x": 9000 + n,
-        }
-        for n, data_set in enumerate(ids)
-    ]
-
-
 def get_experiments(ids):
-    """What ``MouseConnectivityCache.get_experiments(dataframe=True)`` does to those rows
-    (AllenSDK allensdk/core/mouse_connectivity_cache.py): id renamed, line and structures parsed,
-    storage directory dropped, then a frame indexed by id that keeps the id column."""
-    records = []
-    for row in raw_rows(ids):
-        record = dict(row, id=row["data_set_id"])
-        del record["data_set_id"], record["storage_directory"]
-        line = record["transgenic_line"]
-        record["transgenic_line"] = line["name"] if line else None
-        record["injection_structures"] = [int(s) for s in row["injection_structures"].split("/")]
-        record["primary_injection_structure"] = record["structure_id"]
-        records.append(record)
-    return records, pd.DataFrame(records).set_index(["id"], drop=False)
+    """AllenSDK's records and DataFrame for ``ids`` (see allensdk_standin)."""
+    records = experiments(raw_rows(ids))
+    return records, to_dataframe(records)
 
 
 def test_one_id_per_line_with_comments(tmp_path):
