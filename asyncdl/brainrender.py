@@ -25,13 +25,23 @@ import orjson
 from .datafile import Array, Streamlines, read_streamlines
 from .store import atomic_write
 
-#: The one row's label in pandas' "columns" layout (``DataFrame.to_json()`` of a default index).
-ROW = b'"0"'
+#: How the file starts: the one row's label is "0", as ``DataFrame.to_json()`` writes a default index.
+HEAD = b'{"lines":{"0":['
 
 
 def streamlines_file(directory: Path, data_set: int) -> Path:
     """Where a data set's brainrender file goes: ``OUT/<id>/streamlines_<id>.json``."""
     return Path(directory) / f"streamlines_{int(data_set)}.json"
+
+
+def has_brainrender(directory: Path, data_set: int) -> bool:
+    """Whether the data set's brainrender file is there in this layout. asyncdl 0.1.0 wrote the
+    viewer's plain layout, which brainrender cannot read: a rerun replaces such a file."""
+    try:
+        with streamlines_file(directory, data_set).open("rb") as fh:
+            return fh.read(len(HEAD)) == HEAD
+    except OSError:
+        return False
 
 
 def write_brainrender(directory: Path) -> Path:
@@ -46,10 +56,10 @@ def write_brainrender(directory: Path) -> Path:
 
 
 def _chunks(lines: Streamlines) -> Iterator[bytes]:
-    yield b'{"lines":{' + ROW + b":["
+    yield HEAD
     for n, path in enumerate(lines.paths):
         yield (b"," if n else b"") + orjson.dumps(_points(path))
-    yield b']},"injection_sites":{' + ROW + b":"
+    yield b']},"injection_sites":{"0":'
     xyz = np.rint(lines.injection).astype(np.int64).tolist()
     yield orjson.dumps([{"x": x, "y": y, "z": z} for x, y, z in xyz])
     yield b"}}"

@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .aio import all_of
-from .brainrender import streamlines_file, write_brainrender
+from .brainrender import has_brainrender, write_brainrender
 from .config import FetchOptions
 from .errors import AsyncdlError, FetchError, UsageError
 from .events import Events
@@ -270,7 +270,7 @@ class _Run:
         store = DataSetStore(self.out, data_set)
         summary = None if self.options.restart else store.completed(self.params)
         if summary is not None:
-            if self.options.brainrender and not streamlines_file(store.dir, data_set).exists():
+            if self.options.brainrender and not has_brainrender(store.dir, data_set):
                 await asyncio.to_thread(write_brainrender, store.dir)
             self._report(
                 DataSetResult(
