@@ -39,6 +39,7 @@ examples:
   asyncdl fetch 156394513 100141219 -c 64 -o data     # against api.brain-map.org
   asyncdl fetch --injection-structure VISp --primary-only --dry-run -o data
   asyncdl fetch --ids-file ids.txt --volumes legacy --format brainrender -o data
+  asyncdl fetch --ids-file experiments.csv -o data    # AllenSDK's get_experiments(...).to_csv()
 
 {EXIT_CODES}"""
 LIST_EXAMPLES = """\
