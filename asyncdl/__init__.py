@@ -1,5 +1,6 @@
 """asyncdl: fast, reliable, asynchronous bulk downloads of Allen Mouse Connectivity streamlines."""
 
+from .api import fetch, fetch_sync, survey
 from .catalog import Experiment, find_experiments
 from .config import FetchOptions
 from .datafile import Streamlines, read_streamlines
@@ -8,13 +9,14 @@ from .errors import (
     AsyncdlError,
     FetchError,
     HTTPStatusError,
+    StorageError,
     TransientError,
     UsageError,
     VolumeError,
 )
 from .events import Events
 from .idsfile import read_ids_file
-from .pipeline import DataSetResult, Survey, fetch, fetch_sync, survey
+from .results import DataSetResult, Survey
 from .urls import Endpoints
 
 __version__ = "0.1.0"
@@ -29,6 +31,7 @@ __all__ = [
     "FetchError",
     "FetchOptions",
     "HTTPStatusError",
+    "StorageError",
     "Streamlines",
     "Survey",
     "TransientError",

@@ -23,7 +23,7 @@ import numpy as np
 import orjson
 
 from .datafile import Array, Streamlines, read_streamlines
-from .store import atomic_write
+from .files import atomic_write
 
 #: How the file starts: the one row's label is "0", as ``DataFrame.to_json()`` writes a default index.
 HEAD = b'{"lines":{"0":['

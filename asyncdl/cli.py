@@ -1,7 +1,8 @@
 """The command line: argument parsing, then library calls, then exit codes. Nothing else lives here.
 
 Exit status: 0 everything fetched; 1 some targets or data sets failed (the rest is written);
-2 usage error; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM). Interrupted runs resume.
+2 usage error; 3 results or cache could not be written (disk full, permissions); 130 interrupted
+(Ctrl-C); 143 terminated (SIGTERM). Interrupted runs resume.
 """
 
 from __future__ import annotations
@@ -17,21 +18,23 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import __version__
+from .api import fetch, survey
 from .catalog import Experiment, find_experiments
-from .config import DEFAULT_ARCHIVE_URL, DEFAULT_BASE_URL, FetchOptions
-from .errors import AsyncdlError, UsageError
+from .config import DEFAULT_ARCHIVE_URL, DEFAULT_BASE_URL, VOLUME_KINDS, FetchOptions
+from .errors import AsyncdlError, StorageError, UsageError
 from .events import Events, JsonReporter, LineReporter
 from .idsfile import read_ids_file
-from .pipeline import fetch, survey
 from .tables import write_csv, write_json_lines
 from .urls import Endpoints, data_set_id
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STORAGE = 0, 1, 2, 3
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
 EXIT_CODES = """\
 exit status:
   0    everything fetched         1    some targets or data sets failed (the rest is written)
-  2    usage error                130  interrupted (Ctrl-C); 143 terminated: run again to resume
+  2    usage error                3    cannot write results or cache (disk full, permissions)
+  130  interrupted (Ctrl-C); 143 terminated (SIGTERM); 3, 130, 143: run again to resume
 """
 FETCH_EXAMPLES = f"""\
 examples:
@@ -125,42 +128,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="file with more ids: one per line (# comments), a CSV with an 'id' column (e.g. "
         "AllenSDK's get_experiments(dataframe=True).to_csv()), or JSON records with 'id'",
     )
-    f.add_argument(
-        "-c",
-        "--concurrency",
-        type=int,
-        default=32,
-        help="requests in flight at once, across all data sets (default 32)",
-    )
-    f.add_argument(
-        "--rate", type=float, help="at most this many requests per second, for shared servers"
-    )
-    f.add_argument(
-        "--retries", type=int, default=5, help="retries of a failing request (default 5)"
-    )
-    f.add_argument(
-        "--timeout", type=float, default=60.0, help="seconds per request attempt (default 60)"
-    )
+    option = FetchOptions.describe
+    default, text = option("concurrency")
+    f.add_argument("-c", "--concurrency", type=int, default=default, help=text)
+    f.add_argument("--rate", type=float, help=option("rate")[1])
+    for name, kind in (("retries", int), ("timeout", float), ("injection_threshold", float)):
+        default, text = option(name)
+        f.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, help=text)
+    default, text = option("density_range")
     f.add_argument(
         "--density-range",
         nargs=2,
         type=float,
         metavar=("LO", "HI"),
-        default=(0.04, 0.3),
-        help="target density range, inclusive (default 0.04 0.3)",
+        default=default,
+        help=text,
     )
-    f.add_argument(
-        "--injection-threshold",
-        type=float,
-        default=0.5,
-        help="injection fraction above which a voxel is in the injection (default 0.5)",
-    )
-    f.add_argument(
-        "--volumes",
-        choices=("nrrd", "legacy"),
-        default="nrrd",
-        help="NRRD grid files + CCF annotation (default), or the seed's zipped MetaImage",
-    )
+    default, text = option("volumes")
+    f.add_argument("--volumes", choices=VOLUME_KINDS, default=default, help=text)
     f.add_argument(
         "--format",
         choices=("seed", "brainrender"),
@@ -169,11 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         "with Streamlines(pandas.read_json(path)) (data.json is always written)",
     )
     f.add_argument("--cache-dir", type=Path, help="where volumes are cached (default OUT/.cache)")
-    f.add_argument(
-        "--restart",
-        action="store_true",
-        help="start the data sets over instead of resuming them (needed to change parameters)",
-    )
+    f.add_argument("--restart", action="store_true", help=option("restart")[1])
     f.add_argument(
         "--dry-run",
         action="store_true",
@@ -380,10 +361,7 @@ async def run_emulate(args: argparse.Namespace) -> int:
     from .emulator.faults import DEFAULT_KINDS
 
     kinds = tuple(args.faults.split(",")) if args.faults else DEFAULT_KINDS
-    try:
-        faults = FaultPlan(args.fault_rate, args.fault_seed, kinds)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
+    faults = FaultPlan(args.fault_rate, args.fault_seed, kinds)
     await serve(
         host=args.host,
         port=args.port,
@@ -429,6 +407,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"asyncdl: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except StorageError as exc:
+        print(
+            f"asyncdl: error: {exc}; run the same command again once it is fixed", file=sys.stderr
+        )
+        return EXIT_STORAGE
     except (AsyncdlError, OSError) as exc:
         print(f"asyncdl: error: {exc}", file=sys.stderr)
         return EXIT_FAILED

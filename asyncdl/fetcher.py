@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -36,6 +34,7 @@ from yarl import URL
 
 from .config import MAX_JSON_BYTES, MAX_VOLUME_BYTES, FetchOptions
 from .errors import FetchError, HTTPStatusError, TransientError
+from .files import atomic_file, writing
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -266,19 +265,14 @@ def _check_length(resp: aiohttp.ClientResponse, url: str, limit: int) -> None:
 
 async def _stream_to_file(resp: aiohttp.ClientResponse, url: str, dest: Path) -> int:
     _check_length(resp, url, MAX_VOLUME_BYTES)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
     size = 0
-    try:
-        with tmp.open("wb") as fh:
-            async for chunk in resp.content.iter_chunked(_CHUNK):
-                size += len(chunk)
-                if size > MAX_VOLUME_BYTES:
-                    raise FetchError(f"download larger than {MAX_VOLUME_BYTES} bytes", url)
+    with atomic_file(dest) as fh:
+        async for chunk in resp.content.iter_chunked(_CHUNK):
+            size += len(chunk)
+            if size > MAX_VOLUME_BYTES:
+                raise FetchError(f"download larger than {MAX_VOLUME_BYTES} bytes", url)
+            with writing(dest):
                 fh.write(chunk)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return size
 
 
