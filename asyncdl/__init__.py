@@ -1,5 +1,6 @@
 """asyncdl: fast, reliable, asynchronous bulk downloads of Allen Mouse Connectivity streamlines."""
 
+from ._version import __version__
 from .api import fetch, fetch_sync, survey
 from .catalog import Experiment, find_experiments
 from .config import FetchOptions
@@ -18,8 +19,6 @@ from .events import Events
 from .idsfile import read_ids_file
 from .results import DataSetResult, Survey
 from .urls import Endpoints
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ApiError",

@@ -17,6 +17,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import NoReturn
 
+import orjson
+
 from . import __version__
 from .api import fetch, survey
 from .catalog import Experiment, find_experiments
@@ -51,6 +53,12 @@ examples:
   asyncdl list --injection-structure grey --transgenic-line Rbp4-Cre_KL100 --json
   asyncdl list --injection-structure VISp --csv > visp.csv
 """
+
+LEGACY_WARNING = (
+    "--volumes legacy asks for the 2013 zipped MetaImage grids (old CCF v2 frame), which the Allen "
+    "servers may no longer serve, and the spatial search now answers in CCF v3 coordinates; "
+    "--volumes nrrd is the current data"
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -87,7 +95,9 @@ def _search_options(required: bool) -> _Parser:
         help="experiments injected in this structure or below it (acronym or id, e.g. VISp)",
     )
     p.add_argument(
-        "--primary-only", action="store_true", help="match the primary injection structure only"
+        "--primary-only",
+        action="store_true",
+        help="match the primary injection structure only (default: primary or secondary)",
     )
     p.add_argument(
         "--transgenic-line",
@@ -260,6 +270,14 @@ async def serving(args: argparse.Namespace) -> AsyncIterator[Endpoints]:
                 )
 
 
+def warn(args: argparse.Namespace, message: str) -> None:
+    """One warning line on stderr (a JSON event with ``--log-format json``)."""
+    if args.log_format == "json":
+        print(orjson.dumps({"event": "warning", "message": message}).decode(), file=sys.stderr)
+    else:
+        print(f"asyncdl: warning: {message}", file=sys.stderr)
+
+
 async def search(args: argparse.Namespace, endpoints: Endpoints) -> list[Experiment]:
     return await find_experiments(
         args.injection_structure,
@@ -294,6 +312,8 @@ async def run_fetch(args: argparse.Namespace) -> int:
         brainrender=args.format == "brainrender",
     )
     async with serving(args) as endpoints, AsyncExitStack() as stack:
+        if options.volumes == "legacy" and endpoints.is_allen_api:
+            warn(args, LEGACY_WARNING)
         if args.injection_structure:
             ids += [experiment.id for experiment in await search(args, endpoints)]
         if not ids:

@@ -59,7 +59,9 @@ class FetchOptions:
     volumes: VolumeKind = field(
         default="nrrd",
         metadata=_help(
-            "nrrd: NRRD grid files + CCF annotation; legacy: the seed's zipped MetaImage"
+            "nrrd: NRRD grid files + CCF 2017 annotation. legacy: the seed's 2013 zipped "
+            "MetaImage grids (133x81x115, old CCF v2 frame), which the Allen servers may no longer "
+            "serve, while the spatial search answers in CCF v3 coordinates"
         ),
     )
     #: Data sets whose volumes are read ahead of the one whose targets are being queued.

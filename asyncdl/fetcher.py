@@ -32,6 +32,7 @@ from tenacity import (
 )
 from yarl import URL
 
+from ._version import __version__
 from .config import MAX_JSON_BYTES, MAX_VOLUME_BYTES, FetchOptions
 from .errors import FetchError, HTTPStatusError, TransientError
 from .files import atomic_file, writing
@@ -39,7 +40,8 @@ from .files import atomic_file, writing
 T = TypeVar("T")
 R = TypeVar("R")
 _CHUNK = 256 * 1024
-_USER_AGENT = "asyncdl/0.1 (+https://github.com/asyncdl)"
+#: Who is asking, for the server's logs: the package and its version (it has no public home page).
+_USER_AGENT = f"asyncdl/{__version__}"
 
 
 @dataclass
