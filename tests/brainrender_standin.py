@@ -1,7 +1,8 @@
 """What brainrender's ``Streamlines`` actor takes from its data, without brainrender (vtk, a GPU).
 
 It mirrors brainglobe/brainrender ``brainrender/actors/streamlines.py`` (``Streamlines.__init__``
-and ``_make_mesh``, unchanged from v2.1.x to v2.1.20): a path is read with ``pd.read_json(path)``;
+and ``_make_mesh``; the file is unchanged since June 2023, through v2.1.20 and the default
+branch at 9251a52): a path is read with ``pd.read_json(path)``;
 anything else must be a DataFrame; with one row, ``data["lines"][0]`` is the list of lines, each
 drawn as a tube through ``[p["x"], p["y"], p["z"]]``; the injection sites are
 ``np.vstack([list(p.values()) for p in data.injection_sites.iloc[0]])``, drawn as spheres.
