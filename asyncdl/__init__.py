@@ -8,6 +8,7 @@ from .datafile import Streamlines, read_streamlines
 from .errors import (
     ApiError,
     AsyncdlError,
+    CertificateError,
     FetchError,
     HTTPStatusError,
     StorageError,
@@ -23,6 +24,7 @@ from .urls import Endpoints
 __all__ = [
     "ApiError",
     "AsyncdlError",
+    "CertificateError",
     "DataSetResult",
     "Endpoints",
     "Events",

@@ -11,8 +11,8 @@ from typing import Any
 
 from .aio import all_of
 from .config import FetchOptions
-from .dataset import RunContext, explain, refuse_mixing, run_parameters
-from .errors import AsyncdlError, StorageError, UsageError
+from .dataset import ENDS_THE_RUN, RunContext, explain, refuse_mixing, run_parameters
+from .errors import AsyncdlError, UsageError
 from .events import Events
 from .fetcher import HttpClient, Tally
 from .pipeline import Scheduler
@@ -36,8 +36,9 @@ async def fetch(
     and the others go on; nothing is silently dropped. Running the same call again resumes: complete
     data sets are skipped and only unanswered targets are requested. Results made with other
     parameters are refused (``UsageError``) unless ``options.restart`` is set. If results or the
-    cache cannot be written (disk full, permissions), the run stops with a ``StorageError``;
-    what was answered is on disk, and the same call resumes once the cause is gone.
+    cache cannot be written (disk full, permissions), the run stops with a ``StorageError``, and a
+    server whose TLS certificate does not verify stops it with ``CertificateError``; what was
+    answered is on disk, and the same call resumes once the cause is gone.
     """
     options = options or FetchOptions()
     endpoints = endpoints or Endpoints()
@@ -90,7 +91,7 @@ async def survey(
             async with slots:
                 try:
                     targets, injection = await source.select(data_set, options, Tally())
-                except StorageError:
+                except ENDS_THE_RUN:
                     raise
                 except (AsyncdlError, OSError) as exc:
                     return Survey(data_set, error=explain(exc))

@@ -1,8 +1,9 @@
 """The command line: argument parsing, then library calls, then exit codes. Nothing else lives here.
 
 Exit status: 0 everything fetched; 1 some targets or data sets failed (the rest is written);
-2 usage error; 3 results or cache could not be written (disk full, permissions); 130 interrupted
-(Ctrl-C); 143 terminated (SIGTERM). Interrupted runs resume.
+2 usage error; 3 results or cache could not be written (disk full, permissions); 4 the server's
+TLS certificate did not verify (the run stopped at once); 130 interrupted (Ctrl-C); 143 terminated
+(SIGTERM). Interrupted runs resume.
 """
 
 from __future__ import annotations
@@ -23,19 +24,20 @@ from . import __version__
 from .api import fetch, survey
 from .catalog import Experiment, find_experiments
 from .config import DEFAULT_ARCHIVE_URL, DEFAULT_BASE_URL, VOLUME_KINDS, FetchOptions
-from .errors import AsyncdlError, StorageError, UsageError
+from .errors import AsyncdlError, CertificateError, StorageError, UsageError
 from .events import Events, JsonReporter, LineReporter
 from .idsfile import read_ids_file
 from .tables import write_csv, write_json_lines
 from .urls import Endpoints, data_set_id
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STORAGE = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STORAGE, EXIT_UNTRUSTED = 0, 1, 2, 3, 4
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
 EXIT_CODES = """\
 exit status:
   0    everything fetched         1    some targets or data sets failed (the rest is written)
   2    usage error                3    cannot write results or cache (disk full, permissions)
+  4    the server's TLS certificate did not verify (see --ca-bundle)
   130  interrupted (Ctrl-C); 143 terminated (SIGTERM); 3, 130, 143: run again to resume
 """
 FETCH_EXAMPLES = f"""\
@@ -52,6 +54,10 @@ examples:
   asyncdl list --injection-structure VISp --primary-only
   asyncdl list --injection-structure grey --transgenic-line Rbp4-Cre_KL100 --json
   asyncdl list --injection-structure VISp --csv > visp.csv
+
+exit status:
+  0    listed                     1    the search failed
+  2    usage error                4    the server's TLS certificate did not verify (see --ca-bundle)
 """
 
 LEGACY_WARNING = (
@@ -74,9 +80,16 @@ def _server_options() -> _Parser:
         "--archive-url", help=f"archive holding the CCF annotation (default {DEFAULT_ARCHIVE_URL})"
     )
     p.add_argument(
+        "--ca-bundle",
+        type=Path,
+        metavar="FILE",
+        help="trust the CAs in this PEM file instead of the system's (for a proxy or private CA; "
+        "SSL_CERT_FILE and SSL_CERT_DIR are honoured without it); certificates are always checked",
+    )
+    p.add_argument(
         "--emulator",
         action="store_true",
-        help="start the bundled Allen API emulator on loopback and use it",
+        help="start the bundled Allen API emulator on loopback (plain http) and use it",
     )
     # For demos and tests of the emulator: its latency and fault rate.
     p.add_argument("--latency-ms", type=float, default=0.0, help=argparse.SUPPRESS)
@@ -232,6 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--fault-seed", type=int, default=0, help="seed of the faults (default 0)")
     e.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve https with a certificate made at start for 127.0.0.1 and localhost; prints "
+        "the path of its CA certificate to pass to --ca-bundle (needs: pip install "
+        "'asyncdl[emulator-tls]')",
+    )
+    e.add_argument(
         "--faults",
         help="comma-separated fault kinds, of: 503,429,500,502,drop,truncate,badjson,slow,apierror "
         "(default: all but apierror)",
@@ -278,10 +298,13 @@ def warn(args: argparse.Namespace, message: str) -> None:
         print(f"asyncdl: warning: {message}", file=sys.stderr)
 
 
-async def search(args: argparse.Namespace, endpoints: Endpoints) -> list[Experiment]:
+async def search(
+    args: argparse.Namespace, endpoints: Endpoints, options: FetchOptions
+) -> list[Experiment]:
     return await find_experiments(
         args.injection_structure,
         endpoints=endpoints,
+        options=options,
         primary_only=args.primary_only,
         transgenic_lines=args.transgenic_line,
     )
@@ -310,12 +333,13 @@ async def run_fetch(args: argparse.Namespace) -> int:
         rate=args.rate,
         restart=args.restart,
         brainrender=args.format == "brainrender",
+        ca_bundle=args.ca_bundle,
     )
     async with serving(args) as endpoints, AsyncExitStack() as stack:
         if options.volumes == "legacy" and endpoints.is_allen_api:
             warn(args, LEGACY_WARNING)
         if args.injection_structure:
-            ids += [experiment.id for experiment in await search(args, endpoints)]
+            ids += [experiment.id for experiment in await search(args, endpoints, options)]
         if not ids:
             raise UsageError("no data set ids given (as arguments, --ids-file or a search)")
         if args.dry_run:
@@ -356,7 +380,7 @@ async def dry_run(
 
 async def run_list(args: argparse.Namespace) -> int:
     async with serving(args) as endpoints:
-        experiments = await search(args, endpoints)
+        experiments = await search(args, endpoints, FetchOptions(ca_bundle=args.ca_bundle))
     if args.json or args.csv:
         (write_json_lines if args.json else write_csv)(experiments, sys.stdout)
         return EXIT_OK
@@ -388,6 +412,7 @@ async def run_emulate(args: argparse.Namespace) -> int:
         latency_ms=args.latency_ms,
         latency_spread=args.latency_spread,
         faults=faults,
+        tls=args.tls,
     )
     return EXIT_OK
 
@@ -424,6 +449,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         how = "interrupted" if isinstance(exc, KeyboardInterrupt) else "terminated"
         print(f"asyncdl: {how}; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED if how == "interrupted" else EXIT_TERMINATED
+    except CertificateError as exc:
+        print(f"asyncdl: error: {exc}", file=sys.stderr)
+        return EXIT_UNTRUSTED
     except UsageError as exc:
         print(f"asyncdl: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -6,7 +6,8 @@
 
 The scheduler (``pipeline``) decides when each step runs and shares one request queue among many
 data sets; everything that concerns one data set is here. A data set that cannot be prepared, or
-whose targets fail, is recorded as such and the run goes on; a ``StorageError`` (the disk) ends it.
+whose targets fail, is recorded as such and the run goes on; an error in ``ENDS_THE_RUN`` (the disk,
+an untrusted server) ends the whole run instead.
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ import numpy.typing as npt
 
 from .brainrender import has_brainrender, write_brainrender
 from .config import FetchOptions
-from .errors import AsyncdlError, FetchError, StorageError, UsageError, VolumeError
+from .errors import (
+    AsyncdlError,
+    CertificateError,
+    FetchError,
+    StorageError,
+    UsageError,
+    VolumeError,
+)
 from .events import Events
 from .fetcher import HttpClient, Tally
 from .responses import rows
@@ -33,6 +41,9 @@ from .sources import VolumeSource
 from .store import DataSetStore, Progress, targets_digest
 from .targets import Targets
 from .urls import Endpoints
+
+#: Errors that no other data set or target would escape either: they stop the run at once.
+ENDS_THE_RUN = (StorageError, CertificateError)
 
 
 @dataclass(frozen=True)
@@ -122,7 +133,7 @@ class DataSet:
             if decision.action is Action.REFUSE:
                 raise VolumeError(f"{decision.reason}; rerun with --restart to start over")
             self._progress = self.store.open(decision, expected)
-        except StorageError:
+        except ENDS_THE_RUN:
             raise
         except (AsyncdlError, OSError) as exc:
             self._record(self._result(complete=False, targets=0, error=explain(exc)))
@@ -166,6 +177,8 @@ class DataSet:
         try:
             try:
                 records = await self.ctx.client.get_json(url, tally, rows)
+            except ENDS_THE_RUN:
+                raise
             except FetchError as exc:
                 self.store.add_failure(rank, index, coord, str(exc), tally.requests)
                 self._failures += 1
@@ -175,7 +188,7 @@ class DataSet:
                 self.store.add_lines(rank, index, coord, records)
                 self._lines += len(records)
                 ok = True
-        except Exception as exc:  # the disk, or a bug: this data set cannot go on
+        except Exception as exc:  # ENDS_THE_RUN, or a bug: this data set cannot go on
             self.abort(exc)
             return
         self._tally.add(tally)
