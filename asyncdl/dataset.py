@@ -127,16 +127,15 @@ class DataSet:
             expected = manifest(
                 self.id, ctx.params, len(self._targets), targets_digest(self._targets.index)
             )
-            decision = decide(
-                self.store.read(scan=True), ctx.params, restart=restart, expected=expected
-            )
+            earlier = await asyncio.to_thread(self.store.read, scan=True)
+            decision = decide(earlier, ctx.params, restart=restart, expected=expected)
             if decision.action is Action.REFUSE:
                 raise VolumeError(f"{decision.reason}; rerun with --restart to start over")
-            self._progress = self.store.open(decision, expected)
+            self._progress = await asyncio.to_thread(self.store.open, decision, expected)
         except ENDS_THE_RUN:
             raise
         except (AsyncdlError, OSError) as exc:
-            self._record(self._result(complete=False, targets=0, error=explain(exc)))
+            await self._record(self._result(complete=False, targets=0, error=explain(exc)))
             return []
         done = self._progress.done
         self._lines = self._progress.lines
@@ -234,7 +233,7 @@ class DataSet:
         result = self._result(
             complete=failures == 0, targets=len(self._targets), error=error, lines=lines
         )
-        self._record(result)
+        await self._record(result)
         return result
 
     def close(self) -> None:
@@ -260,9 +259,10 @@ class DataSet:
             resumed=len(self._progress.done),
         )
 
-    def _record(self, result: DataSetResult) -> None:
-        """Write the data set's summary.json, then report it."""
-        self.store.write_summary({**result.as_dict(), "parameters": dict(self.ctx.params)})
+    async def _record(self, result: DataSetResult) -> None:
+        """Write the data set's summary.json (off the loop: it is fsynced), then report it."""
+        summary = {**result.as_dict(), "parameters": dict(self.ctx.params)}
+        await asyncio.to_thread(self.store.write_summary, summary)
         self._report(result)
 
     def _report(self, result: DataSetResult) -> None:

@@ -41,7 +41,7 @@ from yarl import URL
 from ._version import __version__
 from .config import MAX_JSON_BYTES, MAX_VOLUME_BYTES, FetchOptions
 from .errors import CertificateError, FetchError, HTTPStatusError, TransientError, UsageError
-from .files import atomic_file, writing
+from .files import atomic_file_async, writing
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -315,7 +315,7 @@ def _check_length(resp: aiohttp.ClientResponse, url: str, limit: int) -> None:
 async def _stream_to_file(resp: aiohttp.ClientResponse, url: str, dest: Path) -> int:
     _check_length(resp, url, MAX_VOLUME_BYTES)
     size = 0
-    with atomic_file(dest) as fh:
+    async with atomic_file_async(dest) as fh:
         async for chunk in resp.content.iter_chunked(_CHUNK):
             size += len(chunk)
             if size > MAX_VOLUME_BYTES:

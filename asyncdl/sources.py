@@ -217,7 +217,7 @@ class FileCache:
                 self.dir.mkdir(parents=True, exist_ok=True)
             size = await self.client.download(url, path, tally)
             digest = await asyncio.to_thread(_sha256, path)
-            self._record(name, key, size, digest)
+            await asyncio.to_thread(self._record, name, key, size, digest)
             return path
 
     def put(self, key: str, name: str, data: bytes) -> Path:
