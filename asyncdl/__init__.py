@@ -17,6 +17,7 @@ from .errors import (
     VolumeError,
 )
 from .events import Events
+from .idsfile import read_ids_file
 from .results import DataSetResult, Survey
 from .urls import Endpoints
 
@@ -41,6 +42,7 @@ __all__ = [
     "fetch",
     "fetch_sync",
     "find_experiments",
+    "read_ids_file",
     "read_streamlines",
     "survey",
 ]

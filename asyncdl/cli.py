@@ -26,6 +26,8 @@ from .catalog import Experiment, find_experiments
 from .config import DEFAULT_ARCHIVE_URL, DEFAULT_BASE_URL, VOLUME_KINDS, FetchOptions
 from .errors import AsyncdlError, CertificateError, StorageError, UsageError
 from .events import Events, JsonReporter, LineReporter
+from .idsfile import read_ids_file
+from .tables import write_csv, write_json_lines
 from .urls import Endpoints, data_set_id
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STORAGE, EXIT_UNTRUSTED = 0, 1, 2, 3, 4
@@ -44,12 +46,14 @@ examples:
   asyncdl fetch 156394513 100141219 -c 64 -o data     # against api.brain-map.org
   asyncdl fetch --injection-structure VISp --primary-only --dry-run -o data
   asyncdl fetch --ids-file ids.txt --volumes legacy --format brainrender -o data
+  asyncdl fetch --ids-file experiments.csv -o data    # AllenSDK's get_experiments(...).to_csv()
 
 {EXIT_CODES}"""
 LIST_EXAMPLES = """\
 examples:
   asyncdl list --injection-structure VISp --primary-only
   asyncdl list --injection-structure grey --transgenic-line Rbp4-Cre_KL100 --json
+  asyncdl list --injection-structure VISp --csv > visp.csv
 
 exit status:
   0    listed                     1    the search failed
@@ -141,7 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.add_argument("ids", nargs="*", metavar="ID", help="data set (experiment) ids")
     f.add_argument("-o", "--out", required=True, type=Path, help="output directory")
-    f.add_argument("--ids-file", type=Path, help="file with more ids, one per line (# comments)")
+    f.add_argument(
+        "--ids-file",
+        type=Path,
+        help="file with more ids: one per line (# comments), a CSV with an 'id' column (e.g. "
+        "AllenSDK's get_experiments(dataframe=True).to_csv()), or JSON records with 'id'",
+    )
     option = FetchOptions.describe
     default, text = option("concurrency")
     f.add_argument("-c", "--concurrency", type=int, default=default, help=text)
@@ -164,8 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--format",
         choices=("seed", "brainrender"),
         default="seed",
-        help="brainrender: also write OUT/<id>/streamlines_<id>.json for brainrender and the "
-        "Allen connectivity viewer (data.json is always written)",
+        help="brainrender: also write OUT/<id>/streamlines_<id>.json, which brainrender loads "
+        "with Streamlines(pandas.read_json(path)) (data.json is always written)",
     )
     f.add_argument("--cache-dir", type=Path, help="where volumes are cached (default OUT/.cache)")
     f.add_argument("--restart", action="store_true", help=option("restart")[1])
@@ -192,7 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=LIST_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ls.add_argument("--json", action="store_true", help="one JSON object per line")
+    output = ls.add_mutually_exclusive_group()
+    output.add_argument(
+        "--json",
+        action="store_true",
+        help="the service's records, one JSON object per line (pandas.read_json(f, lines=True))",
+    )
+    output.add_argument(
+        "--csv",
+        action="store_true",
+        help="the same fields as CSV, nested values as JSON text (pandas.read_csv(f))",
+    )
 
     pv = sub.add_parser(
         "preview",
@@ -241,14 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def read_ids(args: argparse.Namespace) -> list[int]:
-    raw: list[str] = list(args.ids)
+    ids = [data_set_id(value) for value in args.ids]
     if args.ids_file is not None:
-        try:
-            text = args.ids_file.read_text()
-        except OSError as exc:
-            raise UsageError(f"cannot read ids file {args.ids_file}: {exc.strerror}") from exc
-        raw += [line.split("#", 1)[0].strip() for line in text.splitlines()]
-    return [data_set_id(value) for value in raw if value]
+        ids += read_ids_file(args.ids_file)
+    return ids
 
 
 @asynccontextmanager
@@ -366,9 +381,8 @@ async def dry_run(
 async def run_list(args: argparse.Namespace) -> int:
     async with serving(args) as endpoints:
         experiments = await search(args, endpoints, FetchOptions(ca_bundle=args.ca_bundle))
-    if args.json:
-        for experiment in experiments:
-            sys.stdout.write(orjson.dumps(dict(experiment.record)).decode() + "\n")
+    if args.json or args.csv:
+        (write_json_lines if args.json else write_csv)(experiments, sys.stdout)
         return EXIT_OK
     print(f"{'id':>10}  {'structure':<10}  {'transgenic line':<24}  injection volume")
     for x in experiments:

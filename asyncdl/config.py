@@ -74,7 +74,7 @@ class FetchOptions:
             "start the data sets over instead of resuming them (needed to change parameters)"
         ),
     )
-    #: Also write ``streamlines_<id>.json`` for brainrender and the Allen connectivity viewer.
+    #: Also write ``streamlines_<id>.json``, the layout brainrender reads (``asyncdl.brainrender``).
     brainrender: bool = False
     #: PEM file of the CAs to trust instead of the system's (SSL_CERT_FILE/SSL_CERT_DIR otherwise).
     #: Certificates are always verified; there is no way to turn that off.

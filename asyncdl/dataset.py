@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .brainrender import streamlines_file, write_brainrender
+from .brainrender import has_brainrender, write_brainrender
 from .config import FetchOptions
 from .errors import (
     AsyncdlError,
@@ -147,8 +147,9 @@ class DataSet:
         return todo
 
     async def _skip(self, summary: Mapping[str, Any]) -> None:
-        """Complete already: request nothing (but write the brainrender file if it is missing)."""
-        if self.ctx.options.brainrender and not streamlines_file(self.store.dir, self.id).exists():
+        """Complete already: request nothing (but write the brainrender file if it is missing or
+        in the old layout)."""
+        if self.ctx.options.brainrender and not has_brainrender(self.store.dir, self.id):
             await asyncio.to_thread(write_brainrender, self.store.dir)
         self._report(
             DataSetResult(

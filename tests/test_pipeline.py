@@ -1,5 +1,6 @@
 """The library end to end against the emulator on a loopback socket."""
 
+import dataclasses
 import itertools
 
 import orjson
@@ -120,3 +121,22 @@ def test_fetch_sync_for_scripts(emulator, tmp_path):
         [str(SEED_ID)], tmp_path, options=options, endpoints=emulator.endpoints
     )
     assert result.complete and (tmp_path / str(SEED_ID) / "data.json").exists()
+
+
+async def test_rerun_with_brainrender_replaces_only_an_old_layout_file(emulator, tmp_path):
+    options = FetchOptions(concurrency=8, density_range=(0.1, 0.11))
+    fetch = dict(options=options, endpoints=emulator.endpoints)
+    [first] = await asyncdl.fetch([SEED_ID], tmp_path, **fetch)
+    assert first.complete
+    viewer = tmp_path / str(SEED_ID) / f"streamlines_{SEED_ID}.json"
+    viewer.write_bytes(b'{"lines":[[{"x":1,"y":2,"z":3}]],"injection_sites":[]}')  # asyncdl 0.1.0
+    with_brainrender = dict(fetch, options=dataclasses.replace(options, brainrender=True))
+    [again] = await asyncdl.fetch([SEED_ID], tmp_path, **with_brainrender)
+    assert again.complete and again.requests == 0
+    body = viewer.read_bytes()
+    assert (
+        body.startswith(b'{"lines":{"0":[') and len(orjson.loads(body)["lines"]["0"]) == again.lines
+    )
+    stamp = viewer.stat().st_mtime_ns, viewer.stat().st_ino
+    await asyncdl.fetch([SEED_ID], tmp_path, **with_brainrender)
+    assert (viewer.stat().st_mtime_ns, viewer.stat().st_ino) == stamp  # a current file stays

@@ -24,6 +24,7 @@ def test_public_api_is_exactly_what_is_meant():
             "fetch",
             "fetch_sync",
             "find_experiments",
+            "read_ids_file",
             "read_streamlines",
             "survey",
         ]
