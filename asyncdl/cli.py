@@ -16,11 +16,12 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import orjson
 
 from . import __version__
+from .aio import run
 from .api import fetch, survey
 from .catalog import Experiment, find_experiments
 from .config import DEFAULT_ARCHIVE_URL, DEFAULT_BASE_URL, VOLUME_KINDS, FetchOptions
@@ -46,6 +47,7 @@ examples:
   asyncdl fetch 156394513 100141219 -c 64 -o data     # against api.brain-map.org
   asyncdl fetch --injection-structure VISp --primary-only --dry-run -o data
   asyncdl fetch --ids-file ids.txt --volumes legacy --format brainrender -o data
+  asyncdl fetch --ids-file ids.txt --workers 8 -c 512 -o /shared/data   # a local Dask cluster
   asyncdl fetch --ids-file experiments.csv -o data    # AllenSDK's get_experiments(...).to_csv()
 
 {EXIT_CODES}"""
@@ -192,6 +194,20 @@ def build_parser() -> argparse.ArgumentParser:
         default="text",
         help="json: one JSON event per line on stderr, for batch systems",
     )
+    spread = f.add_mutually_exclusive_group()
+    spread.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="spread the run over N worker processes of a Dask cluster started for it "
+        "(pip install 'asyncdl[dask]'); -c and --rate are shared out between them",
+    )
+    spread.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="spread the run over a running Dask cluster, e.g. tcp://head:8786; OUT must be on a "
+        "file system all its workers see",
+    )
 
     ls = sub.add_parser(
         "list",
@@ -310,6 +326,18 @@ async def search(
     )
 
 
+@asynccontextmanager
+async def dask_client(args: argparse.Namespace) -> AsyncIterator[Any]:
+    """A Dask client for ``--workers``/``--scheduler``, or None for a run in this process."""
+    if args.workers is None and args.scheduler is None:
+        yield None
+        return
+    from .cluster import connect
+
+    async with connect(workers=args.workers, scheduler=args.scheduler) as client:
+        yield client
+
+
 def reporter(args: argparse.Namespace, stack: AsyncExitStack) -> Events:
     """JSON events if asked; live bars on a terminal; otherwise a line per data set."""
     if args.log_format == "json":
@@ -344,6 +372,7 @@ async def run_fetch(args: argparse.Namespace) -> int:
             raise UsageError("no data set ids given (as arguments, --ids-file or a search)")
         if args.dry_run:
             return await dry_run(ids, args, options, endpoints)
+        client = await stack.enter_async_context(dask_client(args))
         events = reporter(args, stack)
         started = time.monotonic()
         results = await fetch(
@@ -353,6 +382,7 @@ async def run_fetch(args: argparse.Namespace) -> int:
             endpoints=endpoints,
             cache_dir=args.cache_dir,
             events=events,
+            client=client,
         )
         events.finished(results, time.monotonic() - started)
     return EXIT_OK if all(r.complete for r in results) else EXIT_FAILED
@@ -442,7 +472,7 @@ async def _stoppable(
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return asyncio.run(_stoppable(COMMANDS[args.command], args))
+        return run(_stoppable(COMMANDS[args.command], args))
     except (KeyboardInterrupt, asyncio.CancelledError) as exc:
         if args.command == "emulate":  # a signal is how an emulator is meant to stop
             return EXIT_OK

@@ -103,9 +103,7 @@ class Emulator:
         await site.start()
         self._runner = runner
         if self.port == 0:
-            server = site._server
-            assert isinstance(server, asyncio.Server)
-            self.port = server.sockets[0].getsockname()[1]
+            self.port = runner.addresses[0][1]
 
     def _tls_context(self) -> ssl.SSLContext:
         """Write the CA (for clients) and the server's PEM to a private directory, and load it."""
