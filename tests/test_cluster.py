@@ -13,7 +13,6 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import orjson
 import pytest
@@ -135,7 +134,9 @@ async def test_a_killed_worker_is_replaced_and_the_output_stays_identical(
         async with distributed.Client(cluster.scheduler_address, asynchronous=True) as client:
             pids = await client.run(os.getpid)
             run = asyncio.create_task(
-                asyncdl.fetch(IDS, tmp_path, options=options, endpoints=emu.endpoints, client=client)
+                asyncdl.fetch(
+                    IDS, tmp_path, options=options, endpoints=emu.endpoints, client=client
+                )
             )
             # Kill a worker while answers are being written.
             while not any((tmp_path / str(ds) / "lines.ndjson").exists() for ds in IDS):
