@@ -6,6 +6,9 @@ time asyncdl takes from its start to its first target request: interpreter start
 decoding, target selection (median over its runs at C >= 4, where the four volume downloads are
 not serialized by the slots). A sampled run is extrapolated the same way: its own time to the
 first target request, plus N times its measured time per target request.
+
+The strict ideal (issue 10) takes T_vol instead from a separate run of ``asyncdl fetch --dry-run``
+on an empty cache: the volume phase alone, without the overlap of a real run's first data sets.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 from .contenders import CONTENDERS
 from .measure import Measurement
 from .settings import Settings
-from .trials import BULK, SINGLE, Run, Trial
+from .trials import BULK, DRY_RUN, FETCH, NOTHING_TO_DO, SINGLE, Run, Trial
 
 
 @dataclass(frozen=True)
@@ -32,9 +35,16 @@ class Job:
     targets: int
     #: asyncdl's time from its start to the first target request (T_vol).
     volume_s: float
+    #: asyncdl's ``--dry-run`` of the job on an empty cache, start to exit (None: not measured).
+    dry_run_s: float | None = None
 
     def ideal_s(self, latency_s: float, concurrency: int) -> float:
         return self.volume_s + self.targets * latency_s / concurrency
+
+    def strict_ideal_s(self, latency_s: float, concurrency: int) -> float | None:
+        if self.dry_run_s is None:
+            return None
+        return self.dry_run_s + self.targets * latency_s / concurrency
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,9 @@ class Row:
     req_per_s: float
     ideal_s: float
     ideal_over_actual: float
+    #: The dry run's T_vol + N·L/C, and its ratio to the wall time (None: no dry run measured).
+    strict_ideal_s: float | None
+    strict_ideal_over_actual: float | None
     #: From the process start to its first target request.
     volume_s: float
     #: From the first target request to exit (extrapolated to N when sampled).
@@ -66,6 +79,8 @@ class Row:
     client_busy: float
     server_busy: float
     peak_rss_mb: float
+    #: The largest peak RSS of each kind of process in the tree (client, worker, ...).
+    peak_rss_by_role: dict[str, float]
     #: Every data.json equal in content to asyncdl's (None: a sample writes none).
     verified: bool | None
     #: Every run exited 0 and made the requests it should have.
@@ -83,45 +98,94 @@ class Goal:
 
 
 @dataclass(frozen=True)
+class FixedCost:
+    """A run with nothing left to do (every data set complete): what any run costs on top."""
+
+    contender: str
+    label: str
+    job: str
+    runs: int
+    wall_s: float
+    cpu_s: float
+    peak_rss_by_role: dict[str, float]
+    ok: bool
+
+
+@dataclass(frozen=True)
 class Results:
     jobs: dict[str, Job]
     rows: list[Row]
     goals: list[Goal]
+    fixed_costs: list[FixedCost] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "jobs": {name: asdict(job) for name, job in self.jobs.items()},
             "results": [asdict(row) for row in self.rows],
+            "fixed_costs": [asdict(cost) for cost in self.fixed_costs],
             "goals": [asdict(goal) for goal in self.goals],
         }
 
 
 def analyse(settings: Settings, runs: list[Run]) -> Results:
     latency_s = settings.latency_ms / 1000
-    found = {name: _job(name, [r for r in runs if r.trial.job == name]) for name in (SINGLE, BULK)}
+    fetches = [r for r in runs if r.trial.kind == FETCH]
+    found = {
+        name: _job(
+            name,
+            [r for r in fetches if r.trial.job == name],
+            [r for r in runs if r.trial.job == name and r.trial.kind == DRY_RUN],
+        )
+        for name in (SINGLE, BULK)
+    }
     jobs = {name: job for name, job in found.items() if job is not None}
-    references = _reference_outputs(runs)
-    trials = list(dict.fromkeys(r.trial for r in runs))
+    references = _reference_outputs(fetches)
+    trials = list(dict.fromkeys(r.trial for r in fetches))
     rows = [
         _row(trial, [r for r in runs if r.trial == trial], jobs[trial.job], latency_s, references)
         for trial in trials
         if trial.job in jobs
     ]
-    return Results(jobs, rows, goals(rows))
+    idle = list(dict.fromkeys(r.trial for r in runs if r.trial.kind == NOTHING_TO_DO))
+    fixed = [_fixed_cost(trial, [r for r in runs if r.trial == trial]) for trial in idle]
+    return Results(jobs, rows, goals(rows), fixed)
 
 
-def _job(name: str, runs: list[Run]) -> Job | None:
+def _job(name: str, runs: list[Run], dry_runs: list[Run]) -> Job | None:
     whole = [r for r in runs if r.trial.sample is None and r.measurement.exit_code == 0]
     ours = [r for r in whole if r.trial.contender == "asyncdl"]
     if not whole:
         return None
     parallel = [r for r in ours if r.trial.concurrency >= 4] or ours or whole
     starts = [r.measurement.first_target_s for r in parallel]
+    dry = [r.measurement.wall_s for r in dry_runs if r.measurement.exit_code == 0]
     return Job(
         name,
         whole[0].trial.data_sets,
         round(statistics.median(r.measurement.requests for r in ours or whole)),
         statistics.median([s for s in starts if s is not None] or [0.0]),
+        statistics.median(dry) if dry else None,
+    )
+
+
+def _peaks_by_role(ms: Iterable[Measurement]) -> dict[str, float]:
+    peaks: dict[str, float] = {}
+    for p in (p for m in ms for p in m.processes):
+        peaks[p.role] = max(peaks.get(p.role, 0.0), p.peak_rss_mb)
+    return peaks
+
+
+def _fixed_cost(trial: Trial, runs: list[Run]) -> FixedCost:
+    ms = [r.measurement for r in runs]
+    return FixedCost(
+        contender=trial.contender,
+        label=CONTENDERS[trial.contender].label,
+        job=trial.job,
+        runs=len(ms),
+        wall_s=statistics.median(m.wall_s for m in ms),
+        cpu_s=statistics.median(m.cpu_s for m in ms),
+        peak_rss_by_role=_peaks_by_role(ms),
+        ok=all(m.exit_code == 0 and m.requests == 0 for m in ms),
     )
 
 
@@ -142,6 +206,7 @@ def _row(
 
     wall = median(whole_job_s)
     ideal = job.ideal_s(latency_s, trial.concurrency)
+    strict = job.strict_ideal_s(latency_s, trial.concurrency)
     expected = trial.sample if trial.sample is not None else n
     return Row(
         contender=trial.contender,
@@ -156,6 +221,8 @@ def _row(
         req_per_s=n / wall,
         ideal_s=ideal,
         ideal_over_actual=ideal / wall,
+        strict_ideal_s=strict,
+        strict_ideal_over_actual=None if strict is None else strict / wall,
         volume_s=median(lambda m: m.first_target_s or 0.0),
         target_phase_s=median(lambda m: n * m.target_phase_s / m.requests),
         per_request_ms=median(lambda m: 1e3 * m.target_phase_s / m.requests),
@@ -166,6 +233,7 @@ def _row(
         client_busy=median(lambda m: (m.cpu_s - m.cpu_at_first_s) / m.target_phase_s),
         server_busy=median(lambda m: (m.server_cpu_s - m.server_cpu_at_first_s) / m.target_phase_s),
         peak_rss_mb=max(m.peak_rss_mb for m in ms),
+        peak_rss_by_role=_peaks_by_role(ms),
         verified=None
         if trial.sample is not None
         else all(r.outputs.get(d) == references.get(d) for r in runs for d in trial.data_sets),
@@ -190,6 +258,37 @@ def goals(rows: list[Row]) -> list[Goal]:
     out.append(_seed_goal(rows))
     out += [_memory_goal(rows, job, 150.0) for job in (SINGLE, BULK)]
     out.append(_cpu_goal(rows))
+    return out + _workers_goals(rows)
+
+
+def _workers_goals(rows: list[Row]) -> list[Goal]:
+    """The targets of issue 10: two Dask workers against one process (bulk run), client CPU."""
+    out = []
+    wide = _find(rows, "asyncdl_workers", BULK, 256)
+    strict = None if wide is None else wide.strict_ideal_over_actual
+    out.append(
+        Goal(
+            "(issue 10) asyncdl --workers 2 >= 0.75 of the strict ideal, bulk run at C = 256",
+            "not measured" if strict is None else f"{strict:.2f}",
+            None if strict is None else strict >= 0.75,
+        )
+    )
+    for c, goal in ((256, "faster than"), (64, "no slower than")):
+        single, workers = _find(rows, "asyncdl", BULK, c), _find(rows, "asyncdl_workers", BULK, c)
+        text = f"(issue 10) asyncdl --workers 2 {goal} one process, bulk run at C = {c}"
+        if single is None or workers is None:
+            out.append(Goal(text, "not measured", None))
+            continue
+        measured = f"{workers.wall_s:.2f} s vs {single.wall_s:.2f} s"
+        met = workers.wall_s < single.wall_s if c == 256 else workers.wall_s <= single.wall_s
+        out.append(Goal(text, measured, met))
+    single = _find(rows, "asyncdl", BULK, 256)
+    text = "(issue 10) asyncdl's client CPU <= 250 µs per target request, bulk run at C = 256"
+    if single is None:
+        out.append(Goal(text, "not measured", None))
+    else:
+        cpu = single.cpu_us_per_request
+        out.append(Goal(text, f"{cpu:.0f} µs", cpu <= 250))
     return out
 
 

@@ -4,24 +4,46 @@ The run is split at the first target request: before it, the process starts, dow
 decodes volumes and selects targets; after it, it fetches targets and writes its output. The server
 answers a spatial search ``L`` (its fixed latency) after it arrives and only then counts it, so the
 parent polls the server's counter and dates the first target request ``L`` before the first count
-it sees. CPU time of both processes is sampled at each poll, so it too is split at that moment.
+it sees. CPU time of both is sampled at each poll, so it too is split at that moment.
+
+The contender is a tree of processes when it starts a Dask cluster (its workers, multiprocessing's
+resource tracker). Its CPU is that of the whole tree: ``wait4`` reports the root's own CPU plus that
+of every descendant reaped below it. A descendant that outlives the root (the resource tracker
+exits just after it) is orphaned to this process, a child subreaper, and reaped here with
+``wait4`` too. The tree is sampled every ``TREE_POLL_S`` in the target phase too, for each
+process's peak RSS (``VmHWM``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import resource
 import select
 import subprocess
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .procstat import cpu_seconds
+from . import procstat
 from .server import EmulatorProcess
 
 POLL_S = 0.005
+TREE_POLL_S = 0.02
+#: How long to wait for a descendant that outlives the contender before using its last sample.
+ORPHAN_WAIT_S = 5.0
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+@dataclass(frozen=True)
+class ProcessPeak:
+    """One process of the contender's tree, at its last sample before the contender exited."""
+
+    role: str
+    peak_rss_mb: float
+    #: Its own CPU (not its children's), up to that sample.
+    cpu_s: float
 
 
 @dataclass(frozen=True)
@@ -31,8 +53,10 @@ class Measurement:
     wall_s: float
     #: When the first target request reached the server (None if none did).
     first_target_s: float | None
+    #: CPU of the whole process tree (see the module doc).
     cpu_s: float
     cpu_at_first_s: float
+    #: The largest ``ru_maxrss`` of the tree (``wait4`` reports the largest over reaped processes).
     peak_rss_mb: float
     #: The runner's own high-water mark when it spawned the run: a floor under ``peak_rss_mb``,
     #: since Linux starts a child's ``ru_maxrss`` there (kept far below any contender's).
@@ -42,6 +66,10 @@ class Measurement:
     server_cpu_s: float
     server_cpu_at_first_s: float
     exit_code: int
+    #: Every process of the tree seen, the root (``client``) first.
+    processes: tuple[ProcessPeak, ...] = ()
+    #: CPU of descendants that outlived the root, so its ``wait4`` did not count it (in ``cpu_s``).
+    orphans_cpu_s: float = 0.0
 
     @property
     def target_phase_s(self) -> float:
@@ -65,6 +93,7 @@ def run_measured(
     timeout_s: float,
 ) -> Measurement:
     """Spawn ``argv``, watch it until it exits (killed after ``timeout_s``), and measure it."""
+    _become_subreaper()
     served_before = server.target_requests()
     server_cpu_before = server.cpu_seconds()
     parent_peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -75,10 +104,12 @@ def run_measured(
     exited = os.pidfd_open(proc.pid)
     try:
         samples = [_Sample(0.0, 0.0, server_cpu_before)]
+        tree = _Tree(proc.pid)
         first_seen = _poll_first_target(
-            proc.pid, exited, server, served_before, started, deadline, samples
+            tree, exited, server, served_before, started, deadline, samples
         )
-        if not _exits(exited, max(deadline - time.monotonic(), 0.0)):
+        tree.watch(exited, deadline)
+        if not _exits(exited, 0.0):
             proc.kill()
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.monotonic() - started
@@ -87,10 +118,11 @@ def run_measured(
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4 above, not by Popen
     first = None if first_seen is None else max(first_seen - latency_s, 0.0)
     at_first = [s for s in samples if s.at <= (wall if first is None else first)][-1]
+    orphans = tree.reap_orphans(time.monotonic() + ORPHAN_WAIT_S)
     return Measurement(
         wall_s=wall,
         first_target_s=first,
-        cpu_s=usage.ru_utime + usage.ru_stime,
+        cpu_s=usage.ru_utime + usage.ru_stime + orphans,
         cpu_at_first_s=at_first.cpu,
         peak_rss_mb=usage.ru_maxrss / 1024,  # kilobytes on Linux
         parent_peak_rss_mb=parent_peak_rss_mb,
@@ -98,11 +130,69 @@ def run_measured(
         server_cpu_s=server.cpu_seconds() - server_cpu_before,
         server_cpu_at_first_s=at_first.server_cpu - server_cpu_before,
         exit_code=proc.returncode,
+        processes=tree.processes(),
+        orphans_cpu_s=orphans,
     )
 
 
+class _Tree:
+    """What has been seen of the contender's process tree: each process's largest figures."""
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self.seen: dict[tuple[int, int], procstat.ProcessSample] = {}
+
+    def sample(self) -> float:
+        """Sample every process of the tree now; the CPU seconds of the whole tree so far."""
+        now = procstat.tree(self.root)
+        for s in now:
+            before = self.seen.get((s.pid, s.start))
+            if before is not None:  # keep what an exiting process no longer shows
+                s = replace(
+                    s,
+                    role=before.role if s.role == "other" else s.role,
+                    cpu_s=max(s.cpu_s, before.cpu_s),
+                    peak_rss_mb=max(s.peak_rss_mb, before.peak_rss_mb),
+                )
+            self.seen[s.pid, s.start] = s
+        return sum(s.cpu_s + s.reaped_cpu_s for s in now)
+
+    def watch(self, exited: int, deadline: float) -> None:
+        """Sample every ``TREE_POLL_S`` until the root exits or the deadline passes."""
+        while True:
+            self.sample()
+            if _exits(exited, min(TREE_POLL_S, max(deadline - time.monotonic(), 0.0))):
+                return
+            if time.monotonic() > deadline:
+                return
+
+    def reap_orphans(self, deadline: float) -> float:
+        """Reap the descendants that outlived the root (orphaned to this subreaper) and return
+        their CPU; one still running at ``deadline`` counts with its last sample."""
+        cpu, pending = 0.0, [s for s in self.seen.values() if s.pid != self.root]
+        while pending:
+            for s in list(pending):
+                try:
+                    pid, _, usage = os.wait4(s.pid, os.WNOHANG)
+                except ChildProcessError:  # reaped by the root (counted in its wait4) or gone
+                    pending.remove(s)
+                    continue
+                if pid:
+                    cpu += usage.ru_utime + usage.ru_stime
+                    pending.remove(s)
+            if pending and time.monotonic() > deadline:
+                return cpu + sum(s.cpu_s + s.reaped_cpu_s for s in pending)
+            if pending:
+                time.sleep(POLL_S)
+        return cpu
+
+    def processes(self) -> tuple[ProcessPeak, ...]:
+        ordered = sorted(self.seen.values(), key=lambda s: (s.role != "client", s.start))
+        return tuple(ProcessPeak(s.role, s.peak_rss_mb, s.cpu_s) for s in ordered)
+
+
 def _poll_first_target(
-    pid: int,
+    tree: _Tree,
     exited: int,
     server: EmulatorProcess,
     served_before: int,
@@ -119,10 +209,17 @@ def _poll_first_target(
         now = time.monotonic()
         if now > deadline:
             return None
-        samples.append(_Sample(now - started, cpu_seconds(pid), server.cpu_seconds()))
+        samples.append(_Sample(now - started, tree.sample(), server.cpu_seconds()))
         if server.target_requests() > served_before:
             return now - started
     return None
+
+
+def _become_subreaper() -> None:
+    """Have the contender's orphans reparented to this process, to reap and count them (Linux)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
 def _exits(pidfd: int, timeout: float) -> bool:

@@ -23,6 +23,8 @@ _STYLE = {
     "thread_pool": ("tab:orange", "^", 6.0),
     "naive_asyncio": ("tab:purple", "D", 6.0),
     "asyncdl": ("tab:blue", "o", 6.0),
+    "asyncdl_workers": ("tab:green", "v", 6.0),
+    "asyncdl_no_uvloop": ("tab:cyan", "x", 6.0),
 }
 
 
@@ -46,6 +48,14 @@ def _panel(ax: Axes, settings: Settings, results: Results, job: Job) -> None:
         color="black",
         label=f"ideal: N / (T_vol + N·L/C), T_vol = {job.volume_s:.2f} s",
     )
+    if job.dry_run_s is not None:
+        ax.plot(
+            c,
+            job.targets / (job.dry_run_s + job.targets * latency_s / c),
+            color="black",
+            linestyle="-.",
+            label=f"strict ideal: T_dry = {job.dry_run_s:.2f} s (a dry run)",
+        )
     ax.plot(c, c / latency_s, color="grey", linestyle=":", label="C / L (latency alone)")
     # The emulator serves on one core: at the least CPU per request it was seen to need in this
     # job, no contender can do better than this, whatever its C.

@@ -19,12 +19,13 @@ _COLUMNS = (
     "target req/s",
     "ideal (s)",
     "ideal / actual",
+    "strict ideal / actual",
     "start → 1st target (s)",
     "target phase (s)",
     "client CPU (µs/req)",
     "server CPU (µs/req)",
     "CPU busy client / server",
-    "peak RSS (MB)",
+    "peak RSS (MB), per process",
     "same data.json",
     "runs",
 )
@@ -33,7 +34,11 @@ _NOTES = (
     "ideal = T_vol + N·L/C. CPU per request and busy fractions (1.0 = one core) cover the target "
     "phase only, from the first target request to exit. Values are medians over the runs; peak "
     "RSS is the largest. ≈: sampled, extrapolated as the time to the first target request plus "
-    "N times the time per request of the sample. Same data.json: equal in content to asyncdl's."
+    "N times the time per request of the sample. Same data.json: equal in content to asyncdl's. "
+    "Strict ideal = T_dry + N·L/C, T_dry being a separate `asyncdl fetch --dry-run` on an empty "
+    "cache. CPU is that of all the contender's processes (with --workers: the client, which also "
+    "runs the Dask scheduler and nannies, and each worker); peak RSS per process is each one's "
+    "VmHWM, sampled every 20 ms."
 )
 
 
@@ -48,7 +53,17 @@ def markdown(settings: Settings, machine: dict[str, Any], results: Results) -> s
     lines = ["# asyncdl benchmark results", "", *_preamble(settings, machine, results), ""]
     lines += ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
     lines += [_table_row(row) for row in results.rows]
-    lines += ["", _NOTES, "", "| goal (issue 4) | measured | met |", "|---|---|---|"]
+    lines += ["", _NOTES]
+    if results.fixed_costs:
+        lines += ["", "Runs with nothing left to do (every data set already complete):", ""]
+        lines += ["| contender | data sets | wall (s) | CPU (s) | peak RSS (MB) | runs |"]
+        lines += ["|---|---|---|---|---|---|"]
+        lines += [
+            f"| {c.label}{'' if c.ok else ' **FAILED**'} | {c.job} | {c.wall_s:.2f} | "
+            f"{c.cpu_s:.2f} | {_by_role(c.peak_rss_by_role)} | {c.runs} |"
+            for c in results.fixed_costs
+        ]
+    lines += ["", "| goal (issue 4 unless said) | measured | met |", "|---|---|---|"]
     lines += [f"| {g.goal} | {g.measured} | {_yes_no(g.met)} |" for g in results.goals]
     return "\n".join(lines) + "\n"
 
@@ -68,7 +83,12 @@ def _preamble(settings: Settings, machine: dict[str, Any], results: Results) -> 
     for job in results.jobs.values():
         lines.append(
             f"- {job.name} ({' '.join(map(str, job.data_sets))}): N = {job.targets} target "
-            f"requests; asyncdl makes its first {job.volume_s:.2f} s after it starts (T_vol)."
+            f"requests; asyncdl makes its first {job.volume_s:.2f} s after it starts (T_vol)"
+            + (
+                "."
+                if job.dry_run_s is None
+                else f"; its dry run on an empty cache takes {job.dry_run_s:.2f} s (T_dry)."
+            )
         )
     lines += [
         f"- {row.label}: {row.per_request_ms:.1f} ms per target request over a sample of "
@@ -89,16 +109,23 @@ def _table_row(row: Row) -> str:
         f"{row.req_per_s:.0f}",
         f"{row.ideal_s:.2f}",
         f"{row.ideal_over_actual:.2f}",
+        "-" if row.strict_ideal_over_actual is None else f"{row.strict_ideal_over_actual:.2f}",
         f"{row.volume_s:.2f}",
         f"{row.target_phase_s:.2f}",
         f"{row.cpu_us_per_request:.0f}",
         f"{row.server_cpu_us_per_request:.0f}",
         f"{row.client_busy:.2f} / {row.server_busy:.2f}",
-        f"{row.peak_rss_mb:.0f}",
+        _by_role(row.peak_rss_by_role)
+        if len(row.peak_rss_by_role) > 1
+        else f"{row.peak_rss_mb:.0f}",
         _yes_no(row.verified),
         str(row.runs),
     ]
     return "| " + " | ".join(cells) + " |"
+
+
+def _by_role(peaks: dict[str, float]) -> str:
+    return ", ".join(f"{role} {mb:.0f}" for role, mb in peaks.items())
 
 
 def _yes_no(value: bool | None) -> str:

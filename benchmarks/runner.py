@@ -20,7 +20,7 @@ from .contenders import CONTENDERS, Spec
 from .measure import run_measured
 from .server import EmulatorProcess
 from .settings import Settings, parse_args
-from .trials import Run, Trial, plan
+from .trials import DRY_RUN, FETCH, NOTHING_TO_DO, Run, Trial, plan
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,19 +76,38 @@ def _run(
         cache=folder / "cache",
         concurrency=trial.concurrency,
         sample=trial.sample,
+        dry_run=trial.kind == DRY_RUN,
     )
+    contender = CONTENDERS[trial.contender]
+    argv = contender.command(spec)
+    env = _hiding(contender.hides, env, folder)
+    if trial.kind == NOTHING_TO_DO:  # the job done first, unmeasured
+        with (folder / "first.log").open("wb") as log:
+            subprocess.run(argv, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
     measurement = run_measured(
-        CONTENDERS[trial.contender].command(spec),
+        argv,
         cwd=folder,
         env=env,
         server=server,
         latency_s=settings.latency_ms / 1000,
         timeout_s=settings.timeout_s,
     )
-    if trial.sample:  # a sample writes no data.json worth comparing
+    if trial.sample or trial.kind != FETCH:  # no data.json worth comparing
         return Run(trial, measurement, {})
     digests = _digests([spec.out / str(d) / "data.json" for d in trial.data_sets], env)
     return Run(trial, measurement, dict(zip(trial.data_sets, digests, strict=True)))
+
+
+def _hiding(modules: tuple[str, ...], env: dict[str, str], folder: Path) -> dict[str, str]:
+    """``env`` with a folder first on PYTHONPATH in which importing any of ``modules`` raises
+    ImportError, as if it were not installed (Dask's worker processes inherit it)."""
+    if not modules:
+        return env
+    shim = folder / "hidden"
+    for module in modules:
+        (shim / module).mkdir(parents=True)
+        (shim / module / "__init__.py").write_text(f"raise ImportError('{module} is hidden')\n")
+    return {**env, "PYTHONPATH": os.pathsep.join([str(shim), env.get("PYTHONPATH", "")])}
 
 
 def _digests(paths: list[Path], env: dict[str, str]) -> list[str]:
@@ -104,8 +123,10 @@ def _describe(run: Run) -> str:
     return (
         f"{t.contender} {t.job} C={t.concurrency}"
         + (f" sample={t.sample}" if t.sample else "")
+        + (f" ({t.kind})" if t.kind != FETCH else "")
         + f": {m.wall_s:.2f} s, {m.requests} target requests, first at {first}, "
-        f"CPU {m.cpu_s:.2f} s, peak RSS {m.peak_rss_mb:.0f} MB, exit {m.exit_code}"
+        f"CPU {m.cpu_s:.2f} s, peak RSS {m.peak_rss_mb:.0f} MB ({len(m.processes)} processes), "
+        f"exit {m.exit_code}"
     )
 
 
