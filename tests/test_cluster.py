@@ -231,3 +231,43 @@ async def test_an_output_folder_a_worker_cannot_see_is_refused(tmp_path):
     with pytest.raises(UsageError, match=r"not on a file system every Dask worker can see.*b:2"):
         await _check_shared(Blind(), tmp_path)  # type: ignore[arg-type]
     assert not list(tmp_path.iterdir())  # the sentinel is removed
+
+
+async def test_when_dask_gives_up_the_data_set_is_failed_and_a_rerun_completes_it(
+    server, single_process, tmp_path
+):
+    import dask
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        local = await distributed.LocalCluster(
+            n_workers=1,
+            threads_per_worker=3,
+            processes=True,
+            asynchronous=True,
+            dashboard_address="127.0.0.1:0",
+            scheduler_kwargs={"dashboard": False},
+            silence_logs=logging.CRITICAL,
+        )
+    options = FetchOptions(concurrency=4, density_range=NARROW)
+    kwargs = {"options": options, "endpoints": server.endpoints}
+    try:
+        async with distributed.Client(local, asynchronous=True) as client:
+            (pid,) = (await client.run(os.getpid)).values()
+            run = asyncio.create_task(asyncdl.fetch([SEED_ID], tmp_path, client=client, **kwargs))
+            lines = tmp_path / str(SEED_ID) / "lines.ndjson"
+            while not (lines.exists() and lines.stat().st_size > 0):
+                await asyncio.sleep(0.05)
+                assert not run.done(), run
+            os.kill(pid, signal.SIGKILL)
+            (failed,) = await asyncio.wait_for(run, 240)
+            assert not failed.complete and failed.status == "failed"
+            assert failed.error is not None and failed.error.startswith("KilledWorker")
+            summary = orjson.loads((tmp_path / str(SEED_ID) / "summary.json").read_bytes())
+            assert summary["status"] == "failed"
+
+            await client.wait_for_workers(1, timeout=120)  # the nanny started a new worker
+            (done,) = await asyncdl.fetch([SEED_ID], tmp_path, client=client, **kwargs)
+    finally:
+        await local.close()
+    assert done.complete and done.resumed > 0
+    assert (tmp_path / str(SEED_ID) / "data.json").read_bytes() == single_process[SEED_ID]
