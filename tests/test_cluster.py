@@ -181,10 +181,19 @@ def test_ctrl_c_then_rerun_resumes_with_local_workers(server, single_process, tm
             proc.kill()
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and "interrupted" in stderr
-    again = subprocess.run(command(*args), capture_output=True, text=True, timeout=300)
+    # The rerun resumes, and the workers' progress reaches the JSON log as a local run's does.
+    json_args = [a for a in args if a != "-q"] + ["--log-format", "json"]
+    again = subprocess.run(command(*json_args), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
-    assert "2 Dask workers, each with -c 4" in again.stderr
-    assert "resumed after" in again.stderr or "already complete" in again.stderr
+    events = [orjson.loads(line) for line in again.stderr.splitlines() if line.startswith("{")]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "workers" and kinds[-1] == "summary", kinds
+    assert events[0]["workers"] == 2 and events[0]["concurrency"] == 4
+    done = {e["data_set"]: e for e in events if e["event"] == "data_set_done"}
+    assert sorted(done) == sorted(IDS) and all(e["complete"] for e in done.values())
+    assert any(e["resumed"] > 0 for e in done.values())  # what was answered was not asked again
+    started = [e["data_set"] for e in events if e["event"] == "data_set_start"]
+    assert len(started) == len(set(started))  # reported once each, however many attempts
     for ds in IDS:
         assert (tmp_path / str(ds) / "data.json").read_bytes() == single_process[ds]
 
