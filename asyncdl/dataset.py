@@ -155,10 +155,10 @@ class DataSet:
             DataSetResult(
                 self.id,
                 True,
-                targets=summary["targets"],
-                lines=summary["lines"],
+                targets=int(summary.get("targets") or 0),
+                lines=int(summary.get("lines") or 0),
                 directory=str(self.store.dir),
-                resumed=summary["targets"],
+                resumed=int(summary.get("targets") or 0),
                 skipped=True,
             )
         )

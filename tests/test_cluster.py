@@ -181,10 +181,19 @@ def test_ctrl_c_then_rerun_resumes_with_local_workers(server, single_process, tm
             proc.kill()
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and "interrupted" in stderr
-    again = subprocess.run(command(*args), capture_output=True, text=True, timeout=300)
+    # The rerun resumes, and the workers' progress reaches the JSON log as a local run's does.
+    json_args = [a for a in args if a != "-q"] + ["--log-format", "json"]
+    again = subprocess.run(command(*json_args), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
-    assert "2 Dask workers, each with -c 4" in again.stderr
-    assert "resumed after" in again.stderr or "already complete" in again.stderr
+    events = [orjson.loads(line) for line in again.stderr.splitlines() if line.startswith("{")]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "workers" and kinds[-1] == "summary", kinds
+    assert events[0]["workers"] == 2 and events[0]["concurrency"] == 4
+    done = {e["data_set"]: e for e in events if e["event"] == "data_set_done"}
+    assert sorted(done) == sorted(IDS) and all(e["complete"] for e in done.values())
+    assert any(e["resumed"] > 0 for e in done.values())  # what was answered was not asked again
+    started = [e["data_set"] for e in events if e["event"] == "data_set_start"]
+    assert len(started) == len(set(started))  # reported once each, however many attempts
     for ds in IDS:
         assert (tmp_path / str(ds) / "data.json").read_bytes() == single_process[ds]
 
@@ -231,3 +240,43 @@ async def test_an_output_folder_a_worker_cannot_see_is_refused(tmp_path):
     with pytest.raises(UsageError, match=r"not on a file system every Dask worker can see.*b:2"):
         await _check_shared(Blind(), tmp_path)  # type: ignore[arg-type]
     assert not list(tmp_path.iterdir())  # the sentinel is removed
+
+
+async def test_when_dask_gives_up_the_data_set_is_failed_and_a_rerun_completes_it(
+    server, single_process, tmp_path
+):
+    import dask
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        local = await distributed.LocalCluster(
+            n_workers=1,
+            threads_per_worker=3,
+            processes=True,
+            asynchronous=True,
+            dashboard_address="127.0.0.1:0",
+            scheduler_kwargs={"dashboard": False},
+            silence_logs=logging.CRITICAL,
+        )
+    options = FetchOptions(concurrency=4, density_range=NARROW)
+    kwargs = {"options": options, "endpoints": server.endpoints}
+    try:
+        async with distributed.Client(local, asynchronous=True) as client:
+            (pid,) = (await client.run(os.getpid)).values()
+            run = asyncio.create_task(asyncdl.fetch([SEED_ID], tmp_path, client=client, **kwargs))
+            lines = tmp_path / str(SEED_ID) / "lines.ndjson"
+            while not (lines.exists() and lines.stat().st_size > 0):
+                await asyncio.sleep(0.05)
+                assert not run.done(), run
+            os.kill(pid, signal.SIGKILL)
+            (failed,) = await asyncio.wait_for(run, 240)
+            assert not failed.complete and failed.status == "failed"
+            assert failed.error is not None and failed.error.startswith("KilledWorker")
+            summary = orjson.loads((tmp_path / str(SEED_ID) / "summary.json").read_bytes())
+            assert summary["status"] == "failed"
+
+            await client.wait_for_workers(1, timeout=120)  # the nanny started a new worker
+            (done,) = await asyncdl.fetch([SEED_ID], tmp_path, client=client, **kwargs)
+    finally:
+        await local.close()
+    assert done.complete and done.resumed > 0
+    assert (tmp_path / str(SEED_ID) / "data.json").read_bytes() == single_process[SEED_ID]
