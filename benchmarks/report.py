@@ -38,7 +38,7 @@ _NOTES = (
     "Strict ideal = T_dry + N·L/C, T_dry being a separate `asyncdl fetch --dry-run` on an empty "
     "cache. CPU is that of all the contender's processes (with --workers: the client, which also "
     "runs the Dask scheduler and nannies, and each worker); peak RSS per process is each one's "
-    "VmHWM, sampled every 20 ms."
+    "VmHWM, sampled every 20 ms (the largest per kind of process)."
 )
 
 
@@ -125,7 +125,9 @@ def _table_row(row: Row) -> str:
 
 
 def _by_role(peaks: dict[str, float]) -> str:
-    return ", ".join(f"{role} {mb:.0f}" for role, mb in peaks.items())
+    """Peak RSS per kind of process. ``other`` is left out: a child seen only between fork and exec
+    (or after exit), whose VmHWM is a copy-on-write image of its parent's (kept in results.json)."""
+    return ", ".join(f"{role} {mb:.0f}" for role, mb in peaks.items() if role != "other")
 
 
 def _yes_no(value: bool | None) -> str:
