@@ -87,8 +87,9 @@ async def test_many_data_sets_keep_the_pipe_full(tmp_path):
     # With one queue for all data sets, the next data set's first query goes out when the first
     # worker frees up after the previous data set's last target was taken, about latency / 16
     # later, while that last query takes the whole latency. A fixed latency of 100 ms leaves a
-    # margin of about 90 ms for scheduling noise on a busy machine; a pipeline that waited for a
-    # data set to drain has no overlap at all, whatever the timing.
+    # margin of that order for scheduling noise on a busy machine (measured: 100-150 ms, idle or
+    # beside a CPU hog per core); a pipeline that waited for a data set to drain has no overlap
+    # at all, whatever the timing.
     ids = [SEED_ID, 100141219, 112514202]
     options = FetchOptions(concurrency=16, density_range=(0.1, 0.12))
     async with Emulator(latency_ms=100, latency_spread=0.0, record=True) as emu:
