@@ -1,5 +1,7 @@
 """asyncdl: fast, reliable, asynchronous bulk downloads of Allen Mouse Connectivity streamlines."""
 
+from ._version import __version__
+from .api import fetch, fetch_sync, survey
 from .catalog import Experiment, find_experiments
 from .config import FetchOptions
 from .datafile import Streamlines, read_streamlines
@@ -8,15 +10,14 @@ from .errors import (
     AsyncdlError,
     FetchError,
     HTTPStatusError,
+    StorageError,
     TransientError,
     UsageError,
     VolumeError,
 )
 from .events import Events
-from .pipeline import DataSetResult, Survey, fetch, fetch_sync, survey
+from .results import DataSetResult, Survey
 from .urls import Endpoints
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ApiError",
@@ -28,6 +29,7 @@ __all__ = [
     "FetchError",
     "FetchOptions",
     "HTTPStatusError",
+    "StorageError",
     "Streamlines",
     "Survey",
     "TransientError",

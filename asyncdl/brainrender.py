@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 
 from .datafile import Array, Streamlines, read_streamlines
-from .store import atomic_write
+from .files import atomic_write
 
 
 def streamlines_file(directory: Path, data_set: int) -> Path:

@@ -1,29 +1,33 @@
 """Finding data sets: the experiments injected in a structure, from the injection-structure service.
 
-The service answers at most 2000 rows a call, so a search is paged with ``start_row``/``num_rows``
-until ``total_rows``: the first page says how many there are, the others are then fetched at once
-(the client bounds how many requests are in flight).
+The structures asked for are first checked against the structure tree, so a typo gets a one-line
+error with the close matches rather than the service's bare "unknown". The service answers at most
+2000 rows a call and what its ``total_rows`` means is not documented, so a search pages with
+``start_row``/``num_rows`` until a page does not come back full, as AllenSDK's ``RmaPager`` does for
+``total_rows='all'`` (allensdk/api/queries/rma_pager.py), and gives up after ``MAX_PAGES`` pages.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping, Sequence
+import difflib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .aio import all_of
 from .config import FetchOptions
-from .errors import FetchError, TransientError, UsageError
+from .errors import FetchError, UsageError, VolumeError
 from .fetcher import HttpClient, Tally
 from .responses import rows
 from .urls import MAX_PAGE_ROWS, Endpoints, data_set_id
 from .urls import injection_structure as valid_structure
 
-#: More rows than the whole Allen connectivity atlas holds, many times over: a larger ``total_rows``
-#: is a broken answer, not a reason to send thousands of requests.
-MAX_TOTAL_ROWS = 200_000
+#: At most this many pages a search: 200,000 rows at 2000 a page, far more than the whole Allen
+#: connectivity atlas holds, so a server that never sends a short page cannot cause a flood.
+MAX_PAGES = 100
 #: The Allen convention (``transgenic_lines$eq0``): line "0" means wild type, no transgenic line.
 WILD_TYPE = "0"
+#: How many close matches an unknown acronym's error lists.
+_SUGGESTIONS = 5
 
 
 @dataclass(frozen=True)
@@ -55,19 +59,77 @@ class Experiment:
         )
 
 
+def _page(payload: Any, url: str) -> list[Experiment]:
+    """One answer of the service as experiments (its ``total_rows`` is not used, see above)."""
+    return [Experiment.from_record(r, url) for r in rows(payload, url)]
+
+
 @dataclass(frozen=True)
-class _Page:
-    experiments: list[Experiment]
-    total_rows: int
+class StructureNames:
+    """The acronyms and ids of a structure tree: what an injection-structure search may name."""
+
+    acronyms: frozenset[str]
+    ids: frozenset[int]
+
+    @classmethod
+    def from_tree(cls, roots: Iterable[Mapping[str, Any]]) -> StructureNames:
+        """Every node of a tree as ``structure_graph_download`` sends it (nested ``children``);
+        a flat list of structures, as AllenSDK's ``StructureTree`` dumps it, works too."""
+        acronyms: set[str] = set()
+        ids: set[int] = set()
+        stack = list(roots)
+        while stack:
+            node = stack.pop()
+            try:
+                acronym, number = node["acronym"], node["id"]
+                children = node.get("children") or []
+            except (KeyError, TypeError, AttributeError) as exc:
+                raise VolumeError(f"malformed structure tree node: {exc!r}") from exc
+            if not isinstance(acronym, str) or not isinstance(number, int):
+                raise VolumeError(f"malformed structure tree node: id {number!r}, {acronym!r}")
+            if not isinstance(children, list):
+                raise VolumeError("malformed structure tree: children is not a list")
+            acronyms.add(acronym)
+            ids.add(number)
+            stack.extend(children)
+        return cls(frozenset(acronyms), frozenset(ids))
+
+    def resolve(self, structures: str) -> str:
+        """``structures`` (acronyms or ids, comma-separated) checked against the tree and spelled
+        as the tree spells them; ``UsageError`` naming the close matches for one that is not there.
+
+        An acronym matches exactly, or else case-insensitively if only one does ("visp" is VISp;
+        "cm" stays ambiguous, the tree has both CM and cm).
+        """
+        resolved = []
+        for item in valid_structure(structures).split(","):
+            if item.isdigit():
+                if int(item) not in self.ids:
+                    raise UsageError(f"unknown structure id {item}: not in the structure tree")
+                resolved.append(str(int(item)))
+                continue
+            same = [a for a in self.acronyms if a.lower() == item.lower()]
+            if item not in self.acronyms and len(same) != 1:
+                raise UsageError(self._unknown(item, same))
+            resolved.append(item if item in self.acronyms else same[0])
+        return ",".join(resolved)
+
+    def _unknown(self, item: str, same: list[str]) -> str:
+        if same:
+            either = " or ".join(sorted(same))
+            return f"structure acronym {item!r} is ambiguous: did you mean {either}?"
+        by_lower: dict[str, list[str]] = {}
+        for acronym in self.acronyms:
+            by_lower.setdefault(acronym.lower(), []).append(acronym)
+        close = difflib.get_close_matches(item.lower(), by_lower, n=_SUGGESTIONS)
+        names = [a for lower in close for a in sorted(by_lower[lower])][:_SUGGESTIONS]
+        hint = f"close matches: {', '.join(names)}" if names else "no close match"
+        return f"unknown structure acronym {item!r} (not in the structure tree); {hint}"
 
 
-def _page(payload: Any, url: str) -> _Page:
-    """One answer of the service: its rows as experiments, and how many rows there are in all."""
-    records = rows(payload, url)
-    total = payload.get("total_rows")
-    if not isinstance(total, int) or isinstance(total, bool) or not 0 <= total <= MAX_TOTAL_ROWS:
-        raise TransientError(f"answer's total_rows is not a plausible count: {total!r}", url)
-    return _Page([Experiment.from_record(r, url) for r in records], total)
+async def structure_names(client: HttpClient, endpoints: Endpoints, tally: Tally) -> StructureNames:
+    """The acronyms and ids of the server's structure tree (structure graph 1)."""
+    return StructureNames.from_tree(await client.get_json(endpoints.structure_graph(), tally, rows))
 
 
 async def list_experiments(
@@ -78,6 +140,7 @@ async def list_experiments(
     primary_only: bool = False,
     transgenic_lines: Sequence[str] | None = None,
     page_size: int = MAX_PAGE_ROWS,
+    max_pages: int = MAX_PAGES,
     tally: Tally | None = None,
 ) -> list[Experiment]:
     """Every experiment injected in a structure (acronym or id, or a comma-separated list).
@@ -85,25 +148,48 @@ async def list_experiments(
     An experiment matches when its injection structure is the structure or one of its descendants;
     with ``primary_only``, only its primary injection structure counts. ``transgenic_lines`` keeps
     those lines only (case-insensitive; ``"0"`` is wild type). Order is the service's, each id once.
+    A structure that is not in the server's structure tree is a ``UsageError`` naming close matches.
     """
-    structure = valid_structure(injection_structure)
+    valid_structure(injection_structure)
     wanted = _line_filter(transgenic_lines)
     tally = tally if tally is not None else Tally()
-
-    def get(start: int) -> Awaitable[_Page]:
-        url = endpoints.injection_structure_search(structure, primary_only, start, page_size)
-        return client.get_json(url, tally, _page)
-
-    first = await get(0)
-    starts = range(page_size, first.total_rows, page_size)
-    pages = [first, *await all_of(*(get(start) for start in starts))]
+    names = await structure_names(client, endpoints, tally)
+    structure = names.resolve(injection_structure)
+    listed = await _search(client, endpoints, structure, primary_only, page_size, max_pages, tally)
     seen: set[int] = set()
     found = []
-    for exp in (exp for page in pages for exp in page.experiments):
+    for exp in listed:
         if exp.id not in seen and (wanted is None or exp.transgenic_line.lower() in wanted):
             seen.add(exp.id)
             found.append(exp)
     return found
+
+
+async def _search(
+    client: HttpClient,
+    endpoints: Endpoints,
+    structure: str,
+    primary_only: bool,
+    page_size: int,
+    max_pages: int,
+    tally: Tally,
+) -> list[Experiment]:
+    """The search's rows, page after page until one is not full (shorter, empty or, oddly, longer).
+
+    Sequential on purpose: the atlas needs two pages, and only a page's length says whether
+    another follows.
+    """
+    if max_pages < 1:
+        raise UsageError(f"max_pages must be at least 1, got {max_pages}")
+    found: list[Experiment] = []
+    for number in range(max_pages):
+        start = number * page_size
+        url = endpoints.injection_structure_search(structure, primary_only, start, page_size)
+        page = await client.get_json(url, tally, _page)
+        found += page
+        if len(page) != page_size:
+            return found
+    raise FetchError(f"the search still sent full pages after {max_pages}; giving up", url)
 
 
 async def find_experiments(

@@ -1,7 +1,8 @@
 """The command line: argument parsing, then library calls, then exit codes. Nothing else lives here.
 
 Exit status: 0 everything fetched; 1 some targets or data sets failed (the rest is written);
-2 usage error; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM). Interrupted runs resume.
+2 usage error; 3 results or cache could not be written (disk full, permissions); 130 interrupted
+(Ctrl-C); 143 terminated (SIGTERM). Interrupted runs resume.
 """
 
 from __future__ import annotations
@@ -19,19 +20,21 @@ from typing import NoReturn
 import orjson
 
 from . import __version__
+from .api import fetch, survey
 from .catalog import Experiment, find_experiments
-from .config import DEFAULT_ARCHIVE_URL, DEFAULT_BASE_URL, FetchOptions
-from .errors import AsyncdlError, UsageError
+from .config import DEFAULT_ARCHIVE_URL, DEFAULT_BASE_URL, VOLUME_KINDS, FetchOptions
+from .errors import AsyncdlError, StorageError, UsageError
 from .events import Events, JsonReporter, LineReporter
-from .pipeline import fetch, survey
 from .urls import Endpoints, data_set_id
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STORAGE = 0, 1, 2, 3
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
 EXIT_CODES = """\
 exit status:
   0    everything fetched         1    some targets or data sets failed (the rest is written)
-  2    usage error                130  interrupted (Ctrl-C); 143 terminated: run again to resume
+  2    usage error                3    cannot write results or cache (disk full, permissions)
+  130  interrupted (Ctrl-C); 143 terminated (SIGTERM); 3, 130, 143: run again to resume
 """
 FETCH_EXAMPLES = f"""\
 examples:
@@ -46,6 +49,12 @@ examples:
   asyncdl list --injection-structure VISp --primary-only
   asyncdl list --injection-structure grey --transgenic-line Rbp4-Cre_KL100 --json
 """
+
+LEGACY_WARNING = (
+    "--volumes legacy asks for the 2013 zipped MetaImage grids (old CCF v2 frame), which the Allen "
+    "servers may no longer serve, and the spatial search now answers in CCF v3 coordinates; "
+    "--volumes nrrd is the current data"
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,7 +91,9 @@ def _search_options(required: bool) -> _Parser:
         help="experiments injected in this structure or below it (acronym or id, e.g. VISp)",
     )
     p.add_argument(
-        "--primary-only", action="store_true", help="match the primary injection structure only"
+        "--primary-only",
+        action="store_true",
+        help="match the primary injection structure only (default: primary or secondary)",
     )
     p.add_argument(
         "--transgenic-line",
@@ -118,42 +129,24 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("ids", nargs="*", metavar="ID", help="data set (experiment) ids")
     f.add_argument("-o", "--out", required=True, type=Path, help="output directory")
     f.add_argument("--ids-file", type=Path, help="file with more ids, one per line (# comments)")
-    f.add_argument(
-        "-c",
-        "--concurrency",
-        type=int,
-        default=32,
-        help="requests in flight at once, across all data sets (default 32)",
-    )
-    f.add_argument(
-        "--rate", type=float, help="at most this many requests per second, for shared servers"
-    )
-    f.add_argument(
-        "--retries", type=int, default=5, help="retries of a failing request (default 5)"
-    )
-    f.add_argument(
-        "--timeout", type=float, default=60.0, help="seconds per request attempt (default 60)"
-    )
+    option = FetchOptions.describe
+    default, text = option("concurrency")
+    f.add_argument("-c", "--concurrency", type=int, default=default, help=text)
+    f.add_argument("--rate", type=float, help=option("rate")[1])
+    for name, kind in (("retries", int), ("timeout", float), ("injection_threshold", float)):
+        default, text = option(name)
+        f.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, help=text)
+    default, text = option("density_range")
     f.add_argument(
         "--density-range",
         nargs=2,
         type=float,
         metavar=("LO", "HI"),
-        default=(0.04, 0.3),
-        help="target density range, inclusive (default 0.04 0.3)",
+        default=default,
+        help=text,
     )
-    f.add_argument(
-        "--injection-threshold",
-        type=float,
-        default=0.5,
-        help="injection fraction above which a voxel is in the injection (default 0.5)",
-    )
-    f.add_argument(
-        "--volumes",
-        choices=("nrrd", "legacy"),
-        default="nrrd",
-        help="NRRD grid files + CCF annotation (default), or the seed's zipped MetaImage",
-    )
+    default, text = option("volumes")
+    f.add_argument("--volumes", choices=VOLUME_KINDS, default=default, help=text)
     f.add_argument(
         "--format",
         choices=("seed", "brainrender"),
@@ -162,11 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Allen connectivity viewer (data.json is always written)",
     )
     f.add_argument("--cache-dir", type=Path, help="where volumes are cached (default OUT/.cache)")
-    f.add_argument(
-        "--restart",
-        action="store_true",
-        help="start the data sets over instead of resuming them (needed to change parameters)",
-    )
+    f.add_argument("--restart", action="store_true", help=option("restart")[1])
     f.add_argument(
         "--dry-run",
         action="store_true",
@@ -266,6 +255,14 @@ async def serving(args: argparse.Namespace) -> AsyncIterator[Endpoints]:
                 )
 
 
+def warn(args: argparse.Namespace, message: str) -> None:
+    """One warning line on stderr (a JSON event with ``--log-format json``)."""
+    if args.log_format == "json":
+        print(orjson.dumps({"event": "warning", "message": message}).decode(), file=sys.stderr)
+    else:
+        print(f"asyncdl: warning: {message}", file=sys.stderr)
+
+
 async def search(args: argparse.Namespace, endpoints: Endpoints) -> list[Experiment]:
     return await find_experiments(
         args.injection_structure,
@@ -300,6 +297,8 @@ async def run_fetch(args: argparse.Namespace) -> int:
         brainrender=args.format == "brainrender",
     )
     async with serving(args) as endpoints, AsyncExitStack() as stack:
+        if options.volumes == "legacy" and endpoints.is_allen_api:
+            warn(args, LEGACY_WARNING)
         if args.injection_structure:
             ids += [experiment.id for experiment in await search(args, endpoints)]
         if not ids:
@@ -368,10 +367,7 @@ async def run_emulate(args: argparse.Namespace) -> int:
     from .emulator.faults import DEFAULT_KINDS
 
     kinds = tuple(args.faults.split(",")) if args.faults else DEFAULT_KINDS
-    try:
-        faults = FaultPlan(args.fault_rate, args.fault_seed, kinds)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
+    faults = FaultPlan(args.fault_rate, args.fault_seed, kinds)
     await serve(
         host=args.host,
         port=args.port,
@@ -417,6 +413,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"asyncdl: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except StorageError as exc:
+        print(
+            f"asyncdl: error: {exc}; run the same command again once it is fixed", file=sys.stderr
+        )
+        return EXIT_STORAGE
     except (AsyncdlError, OSError) as exc:
         print(f"asyncdl: error: {exc}", file=sys.stderr)
         return EXIT_FAILED

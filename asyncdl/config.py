@@ -1,8 +1,13 @@
-"""Defaults and limits in one place, as frozen dataclasses validated when built."""
+"""Defaults and limits in one place, as frozen dataclasses validated when built.
+
+``FetchOptions`` is also where the command line takes its defaults and help texts from, so that a
+default is stated once.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Literal, get_args
 
 from .errors import UsageError
 
@@ -17,26 +22,56 @@ DEFAULT_INJECTION_THRESHOLD = 0.5
 MAX_JSON_BYTES = 64 * 1024 * 1024
 MAX_VOLUME_BYTES = 1024 * 1024 * 1024
 
+#: Where the volumes come from: the NRRD grid files + CCF annotation, or the seed's zipped MetaImage.
+VolumeKind = Literal["nrrd", "legacy"]
+VOLUME_KINDS: tuple[VolumeKind, ...] = get_args(VolumeKind)
+
+
+def _help(text: str) -> dict[str, str]:
+    """A field's command-line help text (the CLI adds the default)."""
+    return {"help": text}
+
 
 @dataclass(frozen=True)
 class FetchOptions:
     """How one run fetches: concurrency, retry policy, selection parameters, volume source."""
 
-    concurrency: int = 32
-    retries: int = 5
-    timeout: float = 60.0
+    concurrency: int = field(
+        default=32, metadata=_help("requests in flight at once, across all data sets")
+    )
+    retries: int = field(default=5, metadata=_help("retries of a failing request"))
+    timeout: float = field(default=60.0, metadata=_help("seconds per request attempt"))
     backoff_base: float = 0.5
     backoff_max: float = 30.0
     #: A server's Retry-After is honoured up to this many seconds.
     retry_after_max: float = 60.0
-    #: Requests per second across the run (None: as fast as ``concurrency`` allows).
-    rate: float | None = None
-    density_range: tuple[float, float] = DEFAULT_DENSITY_RANGE
-    injection_threshold: float = DEFAULT_INJECTION_THRESHOLD
-    volumes: str = "nrrd"
+    rate: float | None = field(
+        default=None,
+        metadata=_help("at most this many requests per second across the run, for shared servers"),
+    )
+    density_range: tuple[float, float] = field(
+        default=DEFAULT_DENSITY_RANGE, metadata=_help("target density range, inclusive")
+    )
+    injection_threshold: float = field(
+        default=DEFAULT_INJECTION_THRESHOLD,
+        metadata=_help("injection fraction above which a voxel is in the injection"),
+    )
+    volumes: VolumeKind = field(
+        default="nrrd",
+        metadata=_help(
+            "nrrd: NRRD grid files + CCF 2017 annotation. legacy: the seed's 2013 zipped "
+            "MetaImage grids (133x81x115, old CCF v2 frame), which the Allen servers may no longer "
+            "serve, while the spatial search answers in CCF v3 coordinates"
+        ),
+    )
+    #: Data sets whose volumes are read ahead of the one whose targets are being queued.
     prefetch: int = 2
-    #: Start every data set over instead of resuming it (needed when parameters change).
-    restart: bool = False
+    restart: bool = field(
+        default=False,
+        metadata=_help(
+            "start the data sets over instead of resuming them (needed to change parameters)"
+        ),
+    )
     #: Also write ``streamlines_<id>.json`` for brainrender and the Allen connectivity viewer.
     brainrender: bool = False
 
@@ -58,7 +93,16 @@ class FetchOptions:
             raise UsageError(
                 f"injection threshold must be in [0, 1], got {self.injection_threshold}"
             )
-        if self.volumes not in ("nrrd", "legacy"):
-            raise UsageError(f"volumes must be 'nrrd' or 'legacy', got {self.volumes!r}")
+        if self.volumes not in VOLUME_KINDS:
+            raise UsageError(f"volumes must be one of {VOLUME_KINDS}, got {self.volumes!r}")
         if self.prefetch < 1:
             raise UsageError(f"prefetch must be at least 1, got {self.prefetch}")
+
+    @staticmethod
+    def describe(name: str) -> tuple[Any, str]:
+        """A command-line option's default and help text (with the default), from the field."""
+        (spec,) = (f for f in fields(FetchOptions) if f.name == name)
+        default = None if spec.default is MISSING else spec.default
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        suffix = f" (default {shown})" if default not in (None, False) else ""
+        return default, spec.metadata["help"] + suffix

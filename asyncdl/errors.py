@@ -3,6 +3,7 @@
 AsyncdlError
 ├── UsageError (ValueError)         bad options or ids given by the user
 ├── VolumeError (ValueError)        a volume or structure tree that cannot be trusted or parsed
+├── StorageError                    results or the cache cannot be written (disk full, permissions)
 └── FetchError                      a request that did not give usable data
     ├── TransientError              worth retrying: connection, timeout, 5xx, 429, bad body
     ├── HTTPStatusError             a status that retrying will not change (4xx but 429)
@@ -22,6 +23,18 @@ class UsageError(AsyncdlError, ValueError):
 
 class VolumeError(AsyncdlError, ValueError):
     """A downloaded volume (NRRD, MetaImage, zip) or structure tree is malformed, truncated or too large."""
+
+
+class StorageError(AsyncdlError):
+    """Writing results or the cache failed (disk full, permissions, read-only, too many open files).
+
+    It ends the whole run: everything answered so far is on disk, and the same call resumes once the
+    cause is gone. ``path`` says where; the ``OSError`` is chained as the cause.
+    """
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class FetchError(AsyncdlError):

@@ -11,12 +11,11 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 import orjson
 
-if TYPE_CHECKING:
-    from .pipeline import DataSetResult
+from .results import DataSetResult
 
 
 class Events:

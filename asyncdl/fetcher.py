@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -34,13 +32,16 @@ from tenacity import (
 )
 from yarl import URL
 
+from ._version import __version__
 from .config import MAX_JSON_BYTES, MAX_VOLUME_BYTES, FetchOptions
 from .errors import FetchError, HTTPStatusError, TransientError
+from .files import atomic_file, writing
 
 T = TypeVar("T")
 R = TypeVar("R")
 _CHUNK = 256 * 1024
-_USER_AGENT = "asyncdl/0.1 (+https://github.com/asyncdl)"
+#: Who is asking, for the server's logs: the package and its version (it has no public home page).
+_USER_AGENT = f"asyncdl/{__version__}"
 
 
 @dataclass
@@ -266,19 +267,14 @@ def _check_length(resp: aiohttp.ClientResponse, url: str, limit: int) -> None:
 
 async def _stream_to_file(resp: aiohttp.ClientResponse, url: str, dest: Path) -> int:
     _check_length(resp, url, MAX_VOLUME_BYTES)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
     size = 0
-    try:
-        with tmp.open("wb") as fh:
-            async for chunk in resp.content.iter_chunked(_CHUNK):
-                size += len(chunk)
-                if size > MAX_VOLUME_BYTES:
-                    raise FetchError(f"download larger than {MAX_VOLUME_BYTES} bytes", url)
+    with atomic_file(dest) as fh:
+        async for chunk in resp.content.iter_chunked(_CHUNK):
+            size += len(chunk)
+            if size > MAX_VOLUME_BYTES:
+                raise FetchError(f"download larger than {MAX_VOLUME_BYTES} bytes", url)
+            with writing(dest):
                 fh.write(chunk)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return size
 
 

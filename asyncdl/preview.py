@@ -16,7 +16,7 @@ import numpy as np
 
 from .datafile import Array, Streamlines, read_streamlines
 from .errors import UsageError
-from .store import atomic_write
+from .files import atomic_write
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -22,7 +22,7 @@ from rich.progress import (
 from rich.table import Table
 
 from .events import Events, describe, describe_run
-from .pipeline import DataSetResult
+from .results import DataSetResult
 
 
 class RichProgress(Events):

@@ -3,15 +3,18 @@
 Two sources, as ``--volumes`` chooses: ``nrrd`` (grid NRRD files, the CCF 2017 annotation and the
 structure tree; a fiber tract is any label in the 1009 subtree) and ``legacy`` (the seed's zipped
 MetaImage files and its 25 um fiber-tract mask). The shared files are fetched once per run, and the
-tract mask once per coarse grid, however many data sets ask for them at once. A cached file that
-does not read is dropped from the cache, so a rerun fetches it again instead of failing forever.
+tract mask is built once per coarse grid and kept in the cache beside the volumes, keyed by the
+digest of the file it was built from (and of the tract ids) and by the grid, so later runs read a
+1 MB mask instead of decoding the 300 MB annotation. A cached file that does not read is dropped
+from the cache, so a rerun fetches it again instead of failing forever.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable
+import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -19,12 +22,12 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from .aio import all_of
-from .config import FetchOptions
+from .aio import all_of, both
+from .config import FetchOptions, VolumeKind
 from .errors import VolumeError
 from .fetcher import HttpClient, Tally
+from .files import atomic_write, writing
 from .responses import rows
-from .store import atomic_write
 from .targets import (
     BoolArray,
     Targets,
@@ -51,10 +54,8 @@ class VolumeSource:
     """Fetches and reads the volumes of a run, through a cache of verified files."""
 
     def __init__(
-        self, client: HttpClient, endpoints: Endpoints, cache_dir: Path, kind: str
+        self, client: HttpClient, endpoints: Endpoints, cache_dir: Path, kind: VolumeKind
     ) -> None:
-        if kind not in ("nrrd", "legacy"):
-            raise ValueError(f"unknown volume source {kind!r}")
         self.client = client
         self.endpoints = endpoints
         self.cache = FileCache(client, cache_dir, endpoints.key)
@@ -77,13 +78,17 @@ class VolumeSource:
         self, data_set: int, options: FetchOptions, tally: Tally
     ) -> tuple[Targets, npt.NDArray[np.float64]]:
         """A data set's targets and injection coordinates, from its volumes."""
-        jobs: list[Awaitable[object]] = [
+        volumes = [
             self.data_set_volume(data_set, "density", tally),
             self.data_set_volume(data_set, "injection", tally),
         ]
-        if not self._masks:  # the first data set also brings the shared fiber volume in
-            jobs.append(self.cache.get(*self._fiber_file(), tally))
-        density, injection, *_ = await all_of(*jobs)  # Volume, Volume[, Path]
+        fiber_url, fiber_name = self._fiber_file()
+        if not self._masks and self.cache.digest(fiber_url, fiber_name) is None:
+            # The first data set of a cold cache brings the shared fiber volume in with its own.
+            download = self.cache.get(fiber_url, fiber_name, tally)
+            (density, injection), _ = await both(all_of(*volumes), download)
+        else:
+            density, injection = await all_of(*volumes)
         allowed = await self.allowed_mask(density, tally)
         targets = await asyncio.to_thread(select_targets, density, allowed, options.density_range)
         return targets, injection_coordinates(injection, options.injection_threshold)
@@ -100,13 +105,47 @@ class VolumeSource:
 
     async def allowed_mask(self, density: Volume, tally: Tally) -> BoolArray:
         """Per voxel of ``density``'s grid: inside the fiber volume and not in a fiber tract."""
-        key = (density.array.shape, tuple(density.spacing.tolist()))
+        grid = (density.array.shape, tuple(density.spacing.tolist()))
         async with self._mask_lock:
-            if key not in self._masks:
-                self._masks[key] = await self._build_mask(density, tally)
-            return self._masks[key]
+            if grid not in self._masks:
+                self._masks[grid] = await self._cached_mask(density, tally)
+            return self._masks[grid]
 
-    async def _build_mask(self, density: Volume, tally: Tally) -> BoolArray:
+    async def _cached_mask(self, density: Volume, tally: Tally) -> BoolArray:
+        """The mask from the cache if it was built from the same file and tract ids for this grid;
+        otherwise built (which downloads the fiber volume if needed) and cached."""
+        fiber_url, fiber_name = self._fiber_file()
+        tract_ids: frozenset[int] = frozenset()
+        if self.kind == "nrrd":
+            # The tree is small and its JSON is checked (and retried) on the way in: not cached.
+            roots = await self.client.get_json(self.endpoints.structure_graph(), tally, rows)
+            tract_ids = fiber_tract_ids(roots)
+        ids = hashlib.sha256(repr(sorted(tract_ids)).encode()).hexdigest()
+        shape = density.array.shape
+
+        def entry() -> tuple[str, str] | None:
+            """The mask's cache key and name, from the recorded digest of its source file."""
+            source = self.cache.digest(fiber_url, fiber_name)
+            if source is None:
+                return None
+            key = f"fiber-mask|{source}|{ids}|{shape}|{density.spacing.tolist()}"
+            return key, f"fiber_mask_{hashlib.sha256(key.encode()).hexdigest()[:16]}.npy"
+
+        cached = entry()
+        if cached is not None and self.cache.has(*cached):
+            try:
+                return await asyncio.to_thread(_read_mask, self.cache.dir / cached[1], shape)
+            except VolumeError:
+                self.cache.forget(cached[1])
+        mask = await self._build_mask(density, tract_ids, tally)  # verifies the source file
+        built = entry()
+        if built is not None:
+            await asyncio.to_thread(self.cache.put, *built, _mask_bytes(mask))
+        return mask
+
+    async def _build_mask(
+        self, density: Volume, tract_ids: frozenset[int], tally: Tally
+    ) -> BoolArray:
         shape, spacing = density.array.shape, density.spacing
         if self.kind == "legacy":
 
@@ -117,10 +156,6 @@ class VolumeSource:
                 return plan.allowed(labels != 0)
 
             return await self._read(*self._fiber_file(), tally, legacy_mask)
-
-        # The tree is small and its JSON is checked (and retried) on the way in: not cached.
-        roots = await self.client.get_json(self.endpoints.structure_graph(), tally, rows)
-        tract_ids = fiber_tract_ids(roots)
 
         def nrrd_mask(path: Path) -> BoolArray:
             fine = nrrd_layout_of(path)
@@ -137,11 +172,28 @@ class VolumeSource:
         return self.endpoints.annotation_nrrd(), "annotation_25.nrrd"
 
 
+def _mask_bytes(mask: BoolArray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, mask, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _read_mask(path: Path, shape: tuple[int, ...]) -> BoolArray:
+    try:
+        mask = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise VolumeError(f"cached fiber mask {path.name} does not read: {exc}") from exc
+    if mask.dtype != np.bool_ or mask.shape != shape:
+        raise VolumeError(f"cached fiber mask {path.name} is not a {shape} boolean grid")
+    return mask  # type: ignore[no-any-return]
+
+
 class FileCache:
-    """Downloaded files with their source, size and SHA-256, reused only if all three still match.
+    """Cached files with their source key, size and SHA-256, reused only if all three still match.
 
     Files are written by temp file + rename, and their record after them, so processes sharing a
-    cache never see a half-written file; a file whose record does not match is downloaded again.
+    cache never see a half-written file; a file whose record does not match is fetched again.
+    Downloads (``get``) and files derived from them (``put``, e.g. the fiber mask) are kept alike.
     """
 
     def __init__(self, client: HttpClient, directory: Path, key: Callable[[str], str]) -> None:
@@ -150,25 +202,52 @@ class FileCache:
         self.key = key
         self._locks: dict[str, asyncio.Lock] = {}
 
+    def _meta(self, name: str) -> Path:
+        return self.dir / f"{name}.meta.json"
+
     async def get(self, url: str, name: str, tally: Tally) -> Path:
         """The cached file for ``url``, downloading it if it is missing or does not verify."""
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             path = self.dir / name
-            meta = self.dir / f"{name}.meta.json"
             key = self.key(url)
-            if await asyncio.to_thread(_verified, path, meta, key):
+            if await asyncio.to_thread(_verified, path, self._meta(name), key):
                 return path
-            self.dir.mkdir(parents=True, exist_ok=True)
+            with writing(self.dir):
+                self.dir.mkdir(parents=True, exist_ok=True)
             size = await self.client.download(url, path, tally)
             digest = await asyncio.to_thread(_sha256, path)
-            record = {"key": key, "size": size, "sha256": digest}
-            atomic_write(meta, [orjson.dumps(record)])
+            self._record(name, key, size, digest)
             return path
+
+    def put(self, key: str, name: str, data: bytes) -> Path:
+        """Cache ``data`` under ``name``, recorded with ``key`` (what it was made from)."""
+        with writing(self.dir):
+            self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / name
+        atomic_write(path, [data])
+        self._record(name, key, len(data), hashlib.sha256(data).hexdigest())
+        return path
+
+    def _record(self, name: str, key: str, size: int, digest: str) -> None:
+        record = {"key": key, "size": size, "sha256": digest}
+        atomic_write(self._meta(name), [orjson.dumps(record)])
+
+    def has(self, key: str, name: str) -> bool:
+        """Whether ``name`` is cached, recorded with ``key`` (as ``put`` was given it), and verifies."""
+        return _verified(self.dir / name, self._meta(name), key)
+
+    def digest(self, url: str, name: str) -> str | None:
+        """The SHA-256 recorded when ``url`` was cached as ``name`` (the record, not the file)."""
+        record = _record_of(self._meta(name))
+        if record is None or record.get("key") != self.key(url):
+            return None
+        digest = record.get("sha256")
+        return digest if isinstance(digest, str) else None
 
     def forget(self, name: str) -> None:
         """Stop trusting a cached file (its record goes; the file is replaced on next use)."""
-        (self.dir / f"{name}.meta.json").unlink(missing_ok=True)
+        self._meta(name).unlink(missing_ok=True)
 
 
 def _sha256(path: Path) -> str:
@@ -179,13 +258,22 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _verified(path: Path, meta: Path, key: str) -> bool:
+def _record_of(meta: Path) -> dict[str, object] | None:
     try:
         record = orjson.loads(meta.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _verified(path: Path, meta: Path, key: str) -> bool:
+    record = _record_of(meta)
+    try:
         return bool(
-            record.get("key") == key
+            record is not None
+            and record.get("key") == key
             and path.stat().st_size == record.get("size")
             and _sha256(path) == record.get("sha256")
         )
-    except (OSError, orjson.JSONDecodeError, AttributeError):
+    except OSError:
         return False

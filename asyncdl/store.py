@@ -1,33 +1,32 @@
-"""Output files of one data set, under ``OUT/<id>/``, and how an interrupted run is resumed.
+"""Output files of one data set, under ``OUT/<id>/``: reading what is there, writing what comes.
 
 ``run.json`` records the parameters and the targets of the data set's run; ``lines.ndjson`` gets one
 JSON object per target as its answer arrives (any order), written unbuffered so that a killed
 process loses at most the requests it had in flight; ``failures.ndjson`` lists targets that failed for
 good. ``data.json`` is then assembled from ``lines.ndjson`` in the seed's order without holding all
 lines in memory: one pass records where each target's line starts, a second copies the records out in
-rank order. Final files are written to a temp file in the same folder and renamed, so a final path
-never holds a half-written file.
+rank order. Final files are written atomically (``files.atomic_write``).
 
-A rerun with the same parameters resumes: a cut last line is dropped, answered targets are kept, and
-only the others (failures included) are requested again. Other parameters are refused unless the
-caller restarts the data set.
+Whether to resume is ``resume.decide``'s call; the store only reads (``read``) and carries it out
+(``open``): a resumed run drops a line cut by a crash and the failures (they are asked again).
+Every write that fails raises ``StorageError`` naming the file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import secrets
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
 import orjson
 
-from .errors import UsageError, VolumeError
+from .files import TEMP_GLOB, append, atomic_write, writing
+from .resume import Action, Decision, Earlier
 from .urls import data_set_id
 
 MANIFEST = "run.json"
@@ -35,22 +34,6 @@ LINES = "lines.ndjson"
 FAILURES = "failures.ndjson"
 DATA = "data.json"
 SUMMARY = "summary.json"
-_FORMAT = 1
-
-
-def atomic_write(path: Path, chunks: Iterable[bytes]) -> None:
-    """Write ``chunks`` to ``path`` via a temp file in the same folder, fsync, then rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with tmp.open("wb") as fh:
-            for chunk in chunks:
-                fh.write(chunk)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def targets_digest(index: npt.NDArray[np.int64]) -> str:
@@ -80,85 +63,45 @@ class DataSetStore:
     def __init__(self, out_dir: Path, data_set: int) -> None:
         self.data_set = data_set_id(data_set)
         self.dir = Path(out_dir) / str(self.data_set)
-        self._lines: IO[bytes] | None = None
-        self._failures: IO[bytes] | None = None
+        self._lines: BinaryIO | None = None
+        self._failures: BinaryIO | None = None
+        self._scan: _Scan | None = None  # the last scan of lines.ndjson, reused when resuming
 
-    # -- before a run ------------------------------------------------------------------------------
+    def read(self, *, scan: bool = False) -> Earlier:
+        """What an earlier run left here; with ``scan``, also which targets it answered."""
+        manifest = _read_object(self.dir / MANIFEST, missing=None, broken={})
+        answered: frozenset[int] = frozenset()
+        self._scan = None
+        if scan and manifest and isinstance(manifest.get("targets"), int):
+            self._scan = _scan_lines(self.dir / LINES, manifest["targets"])
+            answered = frozenset(self._scan.offsets)
+        return Earlier(
+            manifest=manifest,
+            summary=_read_object(self.dir / SUMMARY, missing=None, broken=None),
+            has_data=(self.dir / DATA).is_file(),
+            answered=answered,
+        )
 
-    def _manifest(self) -> dict[str, Any] | None:
-        try:
-            manifest = orjson.loads((self.dir / MANIFEST).read_bytes())
-        except FileNotFoundError:
-            return None
-        except (OSError, orjson.JSONDecodeError):
-            return {}  # unreadable: it cannot vouch for anything
-        return manifest if isinstance(manifest, dict) else {}
-
-    def check(self, params: Mapping[str, Any], restart: bool) -> None:
-        """Refuse to mix results of different parameters in one folder (unless restarting)."""
-        manifest = self._manifest()
-        if restart or manifest is None:
-            return
-        old = manifest.get("params")
-        old = old if isinstance(old, dict) else {}
-        if old != dict(params):
-            changed = ", ".join(
-                f"{key} {old.get(key)!r} -> {value!r}"
-                for key, value in params.items()
-                if old.get(key) != value
-            )
-            raise UsageError(
-                f"{self.dir} holds results fetched with other parameters ({changed}); "
-                "rerun with --restart to start it over"
-            )
-
-    def completed(self, params: Mapping[str, Any]) -> dict[str, Any] | None:
-        """The summary of a finished, complete run with these parameters, if there is one."""
-        manifest = self._manifest()
-        if not manifest or manifest.get("params") != dict(params):
-            return None
-        try:
-            summary = orjson.loads((self.dir / SUMMARY).read_bytes())
-        except (OSError, orjson.JSONDecodeError):
-            return None
-        if not (isinstance(summary, dict) and summary.get("complete") is True):
-            return None
-        return summary if (self.dir / DATA).is_file() else None
-
-    # -- a run -------------------------------------------------------------------------------------
-
-    def begin(
-        self, params: Mapping[str, Any], index: npt.NDArray[np.int64], restart: bool
-    ) -> Progress:
-        """Open the data set for writing: resume what an earlier run left, or start afresh."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.dir.glob(".*.tmp"):  # temp files of a run killed while writing
-            stale.unlink(missing_ok=True)
-        expected = {
-            "format": _FORMAT,
-            "data_set": self.data_set,
-            "params": dict(params),
-            "targets": len(index),
-            "targets_sha256": targets_digest(index),
-        }
-        manifest = self._manifest()
-        if manifest == expected and not restart:
-            return self._resume(len(index))
-        if manifest and not restart and manifest.get("params") == expected["params"]:
-            raise VolumeError(
-                "the targets differ from those of the interrupted run (did the server's volumes "
-                "change?); rerun with --restart to start over"
-            )
-        for name in (MANIFEST, LINES, FAILURES, DATA, SUMMARY):
-            (self.dir / name).unlink(missing_ok=True)
-        atomic_write(self.dir / MANIFEST, [orjson.dumps(expected, option=orjson.OPT_INDENT_2)])
-        self._lines = (self.dir / LINES).open("wb", buffering=0)
+    def open(self, decision: Decision, manifest: Mapping[str, Any]) -> Progress:
+        """Open the data set for writing, as ``decision`` (FRESH or RESUME) says."""
+        assert decision.action in (Action.FRESH, Action.RESUME), decision
+        with writing(self.dir):
+            self.dir.mkdir(parents=True, exist_ok=True)
+            for stale in self.dir.glob(TEMP_GLOB):  # temp files of a run killed while writing
+                stale.unlink(missing_ok=True)
+            if decision.action is Action.RESUME:
+                return self._resume(manifest["targets"])
+            for name in (MANIFEST, LINES, FAILURES, DATA, SUMMARY):
+                (self.dir / name).unlink(missing_ok=True)
+        atomic_write(self.dir / MANIFEST, [orjson.dumps(manifest, option=orjson.OPT_INDENT_2)])
+        with writing(self.dir / LINES):
+            self._lines = (self.dir / LINES).open("wb", buffering=0)
         return Progress(frozenset(), 0)
 
     def _resume(self, targets: int) -> Progress:
         path = self.dir / LINES
         path.touch()
-        scan = _scan_lines(path, targets)
+        scan = self._scan or _scan_lines(path, targets)
         repaired = path.stat().st_size - scan.valid_end
         if repaired:
             os.truncate(path, scan.valid_end)  # a line cut by a crash is not trusted
@@ -178,16 +121,18 @@ class DataSetStore:
         """Append one target's answer (unbuffered: a line is on disk once this returns)."""
         assert self._lines is not None, "store is not open"
         line = {"rank": rank, "index": index, "coord": coord, "msg": records}
-        self._lines.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
+        append(self._lines, orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE), self.dir / LINES)
 
     def add_failure(
         self, rank: int, index: Sequence[int], coord: Sequence[float], error: str, attempts: int
     ) -> None:
         """Record a target that failed for good."""
+        path = self.dir / FAILURES
         if self._failures is None:
-            self._failures = (self.dir / FAILURES).open("ab", buffering=0)
+            with writing(path):
+                self._failures = path.open("ab", buffering=0)
         line = {"rank": rank, "index": index, "coord": coord, "error": error, "attempts": attempts}
-        self._failures.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
+        append(self._failures, orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE), path)
 
     def finalize(self, targets: int, injection: npt.NDArray[np.float64]) -> int:
         """Write ``data.json`` in the seed's order from ``lines.ndjson``; return how many lines it has.
@@ -214,19 +159,38 @@ class DataSetStore:
             yield orjson.dumps(injection.tolist())
             yield b"}"
 
-        atomic_write(self.dir / DATA, chunks())
+        with writing(self.dir / DATA):  # reading lines.ndjson back is part of writing data.json
+            atomic_write(self.dir / DATA, chunks())
         return count
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        with writing(self.dir):
+            self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.dir / SUMMARY, [orjson.dumps(summary, option=orjson.OPT_INDENT_2)])
+
+
+def _read_object(
+    path: Path, *, missing: dict[str, Any] | None, broken: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """A JSON object from ``path``: ``missing`` if there is no file, ``broken`` if it does not read."""
+    try:
+        value = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        return missing
+    except (OSError, orjson.JSONDecodeError):
+        return broken
+    return value if isinstance(value, dict) else broken
 
 
 def _scan_lines(path: Path, targets: int) -> _Scan:
     """Where each rank's first line starts in ``lines.ndjson``, up to the first damaged line."""
     offsets: dict[int, tuple[int, int]] = {}
     lines = pos = 0
-    with path.open("rb") as fh:
+    try:
+        fh = path.open("rb")
+    except FileNotFoundError:
+        return _Scan(offsets, 0, 0)
+    with fh:
         for line in fh:
             try:
                 if not line.endswith(b"\n"):

@@ -1,7 +1,10 @@
 """The Allen API's endpoints, built from validated parameters (pure, no I/O).
 
 The paths and query strings are exactly those of api.brain-map.org and
-download.alleninstitute.org, so pointing ``Endpoints`` at the real hosts works unchanged.
+download.alleninstitute.org, so pointing ``Endpoints`` at the real hosts works unchanged. RMA
+queries go out percent-encoded the way AllenSDK sends them (``Api.retrieve_parsed_json_over_http``
+quotes every query URL with ``quote(url, ';/?:@&=+$,')``): a criterion's ``[`` and ``]`` become
+``%5B`` and ``%5D``. The HTTP client sends these strings as they are (``encoded=True``).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from urllib.parse import quote, urlsplit
 
 from .config import DEFAULT_ARCHIVE_URL, DEFAULT_BASE_URL
 from .errors import UsageError
@@ -17,6 +21,14 @@ from .errors import UsageError
 FIBER_TRACT_FILE_ID = 197646984
 #: The adult mouse structure graph (CCF 2017 ontology).
 STRUCTURE_GRAPH_ID = 1
+#: The real Allen API's host: legacy volumes served from here get a warning (see ``is_allen_api``).
+ALLEN_API_HOST = "api.brain-map.org"
+#: What AllenSDK leaves unescaped when it percent-encodes a query URL (allensdk/api/api.py).
+RMA_SAFE = ";/?:@&=+$,"
+#: The spatial search up to its seed point, already encoded: the hot path only appends to it.
+_SPATIAL_QUERY = (
+    "/api/v2/data/query.json?criteria=service::mouse_connectivity_target_spatial%5Bseed_point$eq"
+)
 #: ``image=`` names of the NRRD grid files and ``include=`` names of the legacy zips.
 NRRD_IMAGES = {"density": "projection_density", "injection": "injection_fraction"}
 LEGACY_INCLUDES = {"density": "density", "injection": "injection"}
@@ -52,6 +64,20 @@ def injection_structure(value: object) -> str:
     return value
 
 
+def rma_query(criteria: str) -> str:
+    """The path and query of an RMA ``query.json`` call, percent-encoded as AllenSDK encodes it."""
+    return quote(f"/api/v2/data/query.json?criteria={criteria}", RMA_SAFE)
+
+
+def is_allen_api(url: str) -> bool:
+    """Whether ``url`` is on the real Allen API host (any scheme or port), not an emulator."""
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return False
+    return host is not None and host.rstrip(".") == ALLEN_API_HOST
+
+
 def _base(url: str) -> str:
     if not url.startswith(("http://", "https://")):
         raise UsageError(f"not an http(s) URL: {url!r}")
@@ -75,6 +101,11 @@ class Endpoints:
         object.__setattr__(self, "archive_url", _base(self.archive_url))
         if not self.name:
             object.__setattr__(self, "name", f"{self.base_url} {self.archive_url}")
+
+    @property
+    def is_allen_api(self) -> bool:
+        """Whether the API (grid files, spatial search) is the real Allen host."""
+        return is_allen_api(self.base_url)
 
     def key(self, url: str) -> str:
         """``url`` with its host replaced by ``name``: the same key for the same data anywhere."""
@@ -115,14 +146,15 @@ class Endpoints:
     def target_spatial(self, coordinate: Sequence[float], data_set: int) -> str:
         """Spatial search: streamlines from ``data_set``'s injection site to ``coordinate`` (um).
 
-        Coordinates are formatted with ``%d`` (truncation), exactly as the seed does.
+        Coordinates are formatted with ``%d`` (truncation), exactly as the seed does. Built
+        encoded (``%5B``/``%5D``) by concatenation: this runs for every target, thousands a second,
+        and digits, ``-`` and ``,`` are what ``quote`` leaves alone (the tests check it equals
+        ``base_url + rma_query(...)`` of the plain criteria).
         """
         x, y, z = coordinate
         return (
-            f"{self.base_url}/api/v2/data/query.json?criteria="
-            "service::mouse_connectivity_target_spatial"
-            f"[seed_point$eq{'%d,%d,%d' % (x, y, z)}]"  # noqa: UP031 (the seed's %d)
-            f"[section_data_set$eq{data_set_id(data_set)}]"
+            f"{self.base_url}{_SPATIAL_QUERY}{'%d,%d,%d' % (x, y, z)}"  # noqa: UP031 (seed's %d)
+            f"%5D%5Bsection_data_set$eq{data_set_id(data_set)}%5D"
         )
 
     def injection_structure_search(
@@ -130,16 +162,17 @@ class Endpoints:
     ) -> str:
         """Experiments injected in ``structure`` (or its descendants): rows ``start_row`` on.
 
-        ``primary_only`` counts only each experiment's primary injection structure.
+        ``primary_only`` counts only each experiment's primary injection structure; without it the
+        parameter is not sent at all, as AllenSDK's ``experiment_source_search`` sends only what it
+        is given (the service then matches primary and secondary injection structures).
         """
         if not (isinstance(start_row, int) and start_row >= 0):
             raise UsageError(f"start_row must be 0 or more, got {start_row!r}")
         if not (isinstance(num_rows, int) and 1 <= num_rows <= MAX_PAGE_ROWS):
             raise UsageError(f"num_rows must be in [1, {MAX_PAGE_ROWS}], got {num_rows!r}")
-        return (
-            f"{self.base_url}/api/v2/data/query.json?criteria="
+        primary = "[primary_structure_only$eqtrue]" if primary_only else ""
+        return self.base_url + rma_query(
             "service::mouse_connectivity_injection_structure"
-            f"[injection_structures$eq{injection_structure(structure)}]"
-            f"[primary_structure_only$eq{'true' if primary_only else 'false'}]"
+            f"[injection_structures$eq{injection_structure(structure)}]{primary}"
             f"[start_row$eq{start_row}][num_rows$eq{num_rows}]"
         )

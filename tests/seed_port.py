@@ -16,6 +16,8 @@ from typing import Any
 import nrrd
 import numpy as np
 
+#: The seed's own URL, raw brackets and all, sent through urllib as the seed sent it (AllenSDK and
+#: asyncdl send them as %5B/%5D): the end-to-end tests thus also check both forms get the same data.
 LINES_FMT = (
     "%s/api/v2/data/query.json?criteria=service::mouse_connectivity_target_spatial["
     "seed_point$eq%d,%d,%d][section_data_set$eq%d]"

@@ -6,8 +6,10 @@ import numpy as np
 import orjson
 import pytest
 
-from asyncdl import UsageError, VolumeError
-from asyncdl.store import DataSetStore
+from asyncdl import UsageError
+from asyncdl.dataset import refuse_mixing
+from asyncdl.resume import Action, decide, manifest
+from asyncdl.store import DataSetStore, targets_digest
 
 PARAMS = {
     "density_range": [0.04, 0.3],
@@ -18,6 +20,20 @@ PARAMS = {
 INDEX = np.arange(150, dtype=np.int64).reshape(50, 3)
 INJECTION = np.array([[100.0, 200.0, 300.0]])
 ANSWERS = [(rank, [{"rank": rank, "k": k} for k in range(rank % 3)]) for rank in range(50)]
+
+
+def begin(store, params, index, restart=False):
+    """Open a store as a run does: ask ``decide`` with the targets, then carry it out."""
+    expected = manifest(store.data_set, params, len(index), targets_digest(index))
+    decision = decide(store.read(scan=True), params, restart=restart, expected=expected)
+    assert decision.action in (Action.FRESH, Action.RESUME), decision
+    return store.open(decision, expected)
+
+
+def completed(store, params):
+    """The earlier summary if ``decide`` says the data set can be skipped."""
+    decision = decide(store.read(), params, restart=False)
+    return decision.summary if decision.action is Action.SKIP else None
 
 
 def write(store, answers):
@@ -33,7 +49,7 @@ def test_data_json_order_does_not_depend_on_arrival_order(tmp_path):
     outputs = []
     for seed in (1, 2):
         store = DataSetStore(tmp_path / str(seed), 7)
-        store.begin(PARAMS, INDEX, restart=False)
+        begin(store, PARAMS, INDEX)
         shuffled = ANSWERS[:]
         random.Random(seed).shuffle(shuffled)
         write(store, shuffled)
@@ -52,7 +68,7 @@ def test_data_json_order_does_not_depend_on_arrival_order(tmp_path):
 
 def test_resume_keeps_answers_repairs_a_cut_line_and_forgets_failures(tmp_path):
     store = DataSetStore(tmp_path, 7)
-    store.begin(PARAMS, INDEX, restart=False)
+    begin(store, PARAMS, INDEX)
     write(store, ANSWERS[:20])
     store.add_failure(20, [60, 61, 62], [6000.0, 6100.0, 6200.0], "HTTP 503", 6)
     store.close()
@@ -64,8 +80,8 @@ def test_resume_keeps_answers_repairs_a_cut_line_and_forgets_failures(tmp_path):
     (tmp_path / "7" / ".data.json.123.abcd.tmp").write_bytes(b'{"lines":[')  # a killed finalize
 
     again = DataSetStore(tmp_path, 7)
-    again.check(PARAMS, restart=False)
-    progress = again.begin(PARAMS, INDEX, restart=False)
+    refuse_mixing(tmp_path, 7, PARAMS, restart=False)
+    progress = begin(again, PARAMS, INDEX)
     assert progress.done == frozenset(range(20))
     assert progress.lines == len(expected_lines(ANSWERS[:20]))
     assert progress.repaired_bytes == cut_size - good_size > 0
@@ -80,15 +96,15 @@ def test_resume_keeps_answers_repairs_a_cut_line_and_forgets_failures(tmp_path):
 
 def test_other_parameters_are_refused_unless_restarting(tmp_path):
     store = DataSetStore(tmp_path, 7)
-    store.begin(PARAMS, INDEX, restart=False)
+    begin(store, PARAMS, INDEX)
     write(store, ANSWERS[:5])
     store.close()
     other = {**PARAMS, "density_range": [0.1, 0.2]}
     with pytest.raises(UsageError, match=r"other parameters \(density_range .* --restart"):
-        DataSetStore(tmp_path, 7).check(other, restart=False)
-    DataSetStore(tmp_path, 7).check(other, restart=True)
+        refuse_mixing(tmp_path, 7, other, restart=False)
+    refuse_mixing(tmp_path, 7, other, restart=True)
     fresh = DataSetStore(tmp_path, 7)
-    assert fresh.begin(other, INDEX, restart=True).done == frozenset()
+    assert begin(fresh, other, INDEX, restart=True).done == frozenset()
     fresh.close()
     assert (tmp_path / "7" / "lines.ndjson").stat().st_size == 0
     assert orjson.loads((tmp_path / "7" / "run.json").read_bytes())["params"] == other
@@ -96,24 +112,27 @@ def test_other_parameters_are_refused_unless_restarting(tmp_path):
 
 def test_changed_targets_are_refused(tmp_path):
     store = DataSetStore(tmp_path, 7)
-    store.begin(PARAMS, INDEX, restart=False)
+    begin(store, PARAMS, INDEX)
     store.close()
-    with pytest.raises(VolumeError, match="targets differ"):
-        DataSetStore(tmp_path, 7).begin(PARAMS, INDEX[:-1], restart=False)
+    again = DataSetStore(tmp_path, 7)
+    expected = manifest(7, PARAMS, len(INDEX) - 1, targets_digest(INDEX[:-1]))
+    decision = decide(again.read(scan=True), PARAMS, restart=False, expected=expected)
+    assert decision.action is Action.REFUSE
+    assert "targets differ" in decision.reason
 
 
 def test_completed_needs_matching_parameters_a_complete_summary_and_data(tmp_path):
     store = DataSetStore(tmp_path, 7)
-    store.begin(PARAMS, INDEX, restart=False)
+    begin(store, PARAMS, INDEX)
     write(store, ANSWERS)
     store.close()
-    assert store.completed(PARAMS) is None  # no summary yet
+    assert completed(store, PARAMS) is None  # no summary yet
     store.finalize(50, INJECTION)
     store.write_summary({"complete": True, "targets": 50, "lines": 49})
-    assert store.completed(PARAMS) == {"complete": True, "targets": 50, "lines": 49}
-    assert store.completed({**PARAMS, "volumes": "legacy"}) is None
+    assert completed(store, PARAMS) == {"complete": True, "targets": 50, "lines": 49}
+    assert completed(store, {**PARAMS, "volumes": "legacy"}) is None
     store.write_summary({"complete": False, "targets": 50, "lines": 40})
-    assert store.completed(PARAMS) is None
+    assert completed(store, PARAMS) is None
 
 
 def test_paths_come_only_from_validated_ids(tmp_path):

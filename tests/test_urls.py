@@ -1,9 +1,20 @@
+from urllib.parse import quote, unquote
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from asyncdl import Endpoints, UsageError
-from asyncdl.urls import data_set_id
+from asyncdl.urls import RMA_SAFE, data_set_id, is_allen_api
 
 REAL = Endpoints()
+#: AllenSDK's quoting of a query URL before a GET (allensdk/api/api.py), spelled out for the tests.
+SAFE = ";/?:@&=+$,"
+#: The seed's spatial-search URL (download_data.py), with raw brackets.
+SEED_FMT = (
+    "%s/api/v2/data/query.json?criteria=service::mouse_connectivity_target_spatial"
+    "[seed_point$eq%d,%d,%d][section_data_set$eq%d]"
+)
 
 
 def test_urls_are_the_real_apis():
@@ -30,14 +41,67 @@ def test_urls_are_the_real_apis():
     )
 
 
-def test_target_spatial_formats_coordinates_like_the_seed():
-    # The seed formats numpy floats with %d: truncation, not rounding.
+def test_target_spatial_formats_coordinates_like_the_seed_and_encodes_like_allensdk():
+    # The seed formats numpy floats with %d: truncation, not rounding; AllenSDK sends [ ] encoded.
     url = REAL.target_spatial([9500.0, 2700.9, 9800.4], 156394513)
     assert url == (
         "http://api.brain-map.org/api/v2/data/query.json?criteria="
         "service::mouse_connectivity_target_spatial"
-        "[seed_point$eq9500,2700,9800][section_data_set$eq156394513]"
+        "%5Bseed_point$eq9500,2700,9800%5D%5Bsection_data_set$eq156394513%5D"
     )
+    assert unquote(url) == SEED_FMT % ("http://api.brain-map.org", 9500, 2700, 9800, 156394513)
+
+
+coordinates = st.floats(min_value=-1e7, max_value=1e7, allow_nan=False)
+ids = st.integers(min_value=1, max_value=2**63 - 1)
+
+
+@given(x=coordinates, y=coordinates, z=coordinates, data_set=ids)
+def test_target_spatial_is_the_quoted_seed_url(x, y, z, data_set):
+    assert SAFE == RMA_SAFE
+    plain = SEED_FMT % (REAL.base_url, x, y, z, data_set)
+    assert REAL.target_spatial((x, y, z), data_set) == quote(plain, SAFE)
+    # Another host: only what asyncdl appends is quoted; the base URL is taken as given.
+    for base in ("http://127.0.0.1:8000", "https://[::1]:8443/allen"):
+        url = Endpoints(base).target_spatial([x, y, z], str(data_set))
+        assert url == base + quote((SEED_FMT % ("", x, y, z, data_set)), SAFE)
+
+
+@given(
+    structures=st.lists(
+        st.from_regex(r"[A-Za-z0-9/-]{1,12}", fullmatch=True), min_size=1, max_size=4
+    ).map(",".join),
+    primary=st.booleans(),
+    start=st.integers(min_value=0, max_value=10**6),
+    rows=st.integers(min_value=1, max_value=2000),
+)
+def test_injection_structure_search_is_the_quoted_plain_url(structures, primary, start, rows):
+    plain = (
+        f"{REAL.base_url}/api/v2/data/query.json?criteria="
+        f"service::mouse_connectivity_injection_structure[injection_structures$eq{structures}]"
+        + ("[primary_structure_only$eqtrue]" if primary else "")
+        + f"[start_row$eq{start}][num_rows$eq{rows}]"
+    )
+    url = REAL.injection_structure_search(structures, primary, start, rows)
+    assert url == quote(plain, SAFE)
+    assert "[" not in url and "]" not in url
+
+
+@pytest.mark.parametrize(
+    ("url", "real"),
+    [
+        ("http://api.brain-map.org", True),
+        ("https://api.brain-map.org", True),
+        ("https://API.Brain-Map.org.:443/", True),
+        ("http://127.0.0.1:8000", False),
+        ("http://api.brain-map.org.example.com", False),
+        ("http://mirror.example/api.brain-map.org", False),
+        ("http://download.alleninstitute.org", False),
+    ],
+)
+def test_is_allen_api_looks_at_the_host_only(url, real):
+    assert is_allen_api(url) is real
+    assert Endpoints(url).is_allen_api is real
 
 
 def test_base_urls_are_normalised_and_checked():

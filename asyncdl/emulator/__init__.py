@@ -14,7 +14,7 @@ from aiohttp import web
 
 from ..urls import Endpoints
 from .app import EmulatorApp, Stats
-from .catalog import CATALOGUE_IDS
+from .catalog import CATALOGUE_IDS, TotalRows
 from .faults import KINDS as FAULT_KINDS
 from .faults import FaultPlan
 from .synthetic import DATA_SET_IDS
@@ -43,6 +43,7 @@ class Emulator:
         data_sets: Iterable[int] = CATALOGUE_IDS,
         record: bool = False,
         faults: FaultPlan | None = None,
+        search_total_rows: TotalRows = "matches",
     ) -> None:
         self.host = host
         self.port = port
@@ -52,6 +53,7 @@ class Emulator:
             data_sets=data_sets,
             record=record,
             faults=faults,
+            search_total_rows=search_total_rows,
         )
         self._runner: web.AppRunner | None = None
 

@@ -10,6 +10,9 @@ Routes (all GET):
     /api/v2/data/query.json?criteria=service::mouse_connectivity_injection_structure[...]  (paged)
     /__emulator__/stats                                     counters and faults (not an Allen route)
 
+Queries are read decoded, so ``[`` and ``%5B`` mean the same, as on the real server: AllenSDK
+sends criteria percent-encoded, the 2013 script sent raw brackets.
+
 Every route can be made to misbehave, reproducibly, with a ``FaultPlan`` (see ``faults``).
 """
 
@@ -53,12 +56,16 @@ class Stats:
     peak_in_flight: int = 0
     #: (route, data set, start, end) of every request, when the server was asked to record them.
     log: list[tuple[str, int | None, float, float]] | None = None
+    #: (request target exactly as sent, User-Agent) of every request, when recording.
+    wire: list[tuple[str, str]] | None = None
 
     def reset(self) -> None:
         self.requests.clear()
         self.peak_in_flight = self.in_flight
         if self.log is not None:
             self.log.clear()
+        if self.wire is not None:
+            self.wire.clear()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -128,11 +135,13 @@ class EmulatorApp:
         seed: int = 0,
         record: bool = False,
         faults: FaultPlan | None = None,
+        search_total_rows: catalog.TotalRows = "matches",
     ) -> None:
         self.latency = latency_ms / 1000.0
         self.spread = latency_spread
         self.data_sets = frozenset(data_sets)
-        self.stats = Stats(log=[] if record else None)
+        self.stats = Stats(log=[] if record else None, wire=[] if record else None)
+        self.search_total_rows = search_total_rows
         self.faults = faults or FaultPlan()
         self._random = random.Random(seed)
         # Experiments hold their density grid (10 MB): keep the recently used ones only.
@@ -169,11 +178,14 @@ class EmulatorApp:
         stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
         route = request.match_info.route.name or "unmatched"
         started = time.monotonic()
+        if stats.wire is not None:
+            stats.wire.append((request.raw_path, request.headers.get("User-Agent", "")))
         try:
+            # Faults are drawn per decoded URL: the same whether brackets came encoded or raw.
             fault = (
                 None
                 if route == "stats"
-                else self.faults.pick(str(request.rel_url), route, route in _JSON_ROUTES)
+                else self.faults.pick(request.rel_url.path_qs, route, route in _JSON_ROUTES)
             )
             response = await (
                 handler(request)
@@ -252,7 +264,8 @@ class EmulatorApp:
         criteria = request.query.get("criteria", "")
         if criteria.startswith(catalog.SERVICE):
             try:
-                return _json(await asyncio.to_thread(catalog.answer, criteria))
+                answer = await asyncio.to_thread(catalog.answer, criteria, self.search_total_rows)
+                return _json(answer)
             except catalog.BadQuery as exc:
                 return _json(failure(str(exc)), status=400)
         match = _TARGET_SPATIAL.match(criteria)

@@ -12,7 +12,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 from .envelope import failure, success
 from .ontology import BY_ACRONYM, BY_ID, lineage
@@ -22,6 +22,10 @@ SERVICE = "service::mouse_connectivity_injection_structure"
 #: The most rows the real service sends in one answer, whatever ``num_rows`` asks.
 MAX_ROWS = 2000
 CATALOGUE_SIZE = 2600
+
+#: What an answer's ``total_rows`` says (undocumented for the real connected services): the number
+#: of matches, the number of rows in this page, or nothing at all.
+TotalRows = Literal["matches", "page", "absent"]
 
 _PARAMS = re.compile(r"(?:\[[a-z_]+\$eq[^\[\]]*\])*")
 _PARAM = re.compile(r"\[([a-z_]+)\$eq([^\[\]]*)\]")
@@ -71,10 +75,11 @@ class BadQuery(ValueError):
     """Criteria the service cannot run: an HTTP 400, as for any unsupported query."""
 
 
-def answer(criteria: str) -> dict[str, Any]:
+def answer(criteria: str, total_rows: TotalRows = "matches") -> dict[str, Any]:
     """The service's answer to ``criteria``: a page of matching records, or ``success: false``.
 
     Raises ``BadQuery`` for criteria that are not a well-formed call of this service.
+    ``total_rows`` chooses what the answer's ``total_rows`` holds, for clients' tests.
     """
     params = _parse(criteria)
     try:
@@ -89,7 +94,12 @@ def answer(criteria: str) -> dict[str, Any]:
         for entry in catalogue()
         if structures & (entry.primary if primary_only else entry.any)
     ]
-    return success(matches[start : start + size], start, len(matches))
+    page = success(matches[start : start + size], start, len(matches))
+    if total_rows == "page":
+        page["total_rows"] = page["num_rows"]
+    elif total_rows == "absent":
+        del page["total_rows"]
+    return page
 
 
 def _parse(criteria: str) -> dict[str, str]:

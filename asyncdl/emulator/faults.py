@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from ..errors import UsageError
+
 #: Every kind of fault, and what it does:
 KINDS = {
     "503": "503 Service Unavailable with Retry-After",
@@ -50,9 +52,9 @@ class FaultPlan:
     def __post_init__(self) -> None:
         unknown = set(self.kinds) - set(KINDS)
         if unknown or not self.kinds:
-            raise ValueError(f"unknown fault kinds {sorted(unknown)}; known: {', '.join(KINDS)}")
+            raise UsageError(f"unknown fault kinds {sorted(unknown)}; known: {', '.join(KINDS)}")
         if not 0.0 <= self.rate <= 1.0:
-            raise ValueError(f"fault rate must be in [0, 1], got {self.rate}")
+            raise UsageError(f"fault rate must be in [0, 1], got {self.rate}")
 
     def pick(self, url: str, route: str, json_route: bool) -> str | None:
         """The fault for this request of ``url``, or None; counts the attempt."""

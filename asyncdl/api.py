@@ -1,0 +1,108 @@
+"""The library's entry points: ``fetch`` (and ``fetch_sync``) and ``survey`` (a dry run)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .aio import all_of
+from .config import FetchOptions
+from .dataset import RunContext, explain, refuse_mixing, run_parameters
+from .errors import AsyncdlError, StorageError, UsageError
+from .events import Events
+from .fetcher import HttpClient, Tally
+from .pipeline import Scheduler
+from .results import DataSetResult, Survey
+from .sources import VolumeSource
+from .urls import Endpoints, data_set_id
+
+
+async def fetch(
+    data_sets: Iterable[int | str],
+    out_dir: str | Path,
+    *,
+    options: FetchOptions | None = None,
+    endpoints: Endpoints | None = None,
+    cache_dir: str | Path | None = None,
+    events: Events | None = None,
+) -> list[DataSetResult]:
+    """Fetch the streamlines of ``data_sets`` into ``out_dir/<id>/``; one result per data set.
+
+    A data set that fails (unknown id, bad volume) or has failed targets gets ``complete=False``
+    and the others go on; nothing is silently dropped. Running the same call again resumes: complete
+    data sets are skipped and only unanswered targets are requested. Results made with other
+    parameters are refused (``UsageError``) unless ``options.restart`` is set. If results or the
+    cache cannot be written (disk full, permissions), the run stops with a ``StorageError``;
+    what was answered is on disk, and the same call resumes once the cause is gone.
+    """
+    options = options or FetchOptions()
+    endpoints = endpoints or Endpoints()
+    ids = list(dict.fromkeys(data_set_id(d) for d in data_sets))
+    if not ids:
+        raise UsageError("no data set ids given")
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create output directory {out}: {exc.strerror}") from exc
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UsageError(f"output directory {out} is not writable")
+    params = run_parameters(options, endpoints)
+    for data_set in ids:  # before any request: never mix old and new results
+        refuse_mixing(out, data_set, params, options.restart)
+    cache = Path(cache_dir) if cache_dir is not None else out / ".cache"
+    events = events or Events()
+    async with HttpClient(options) as client:
+        source = VolumeSource(client, endpoints, cache, options.volumes)
+        ctx = RunContext(client, source, endpoints, out, options, params, events)
+        events.started(ids)
+        async with Scheduler(ctx) as scheduler:
+            return await all_of(*(scheduler.run(data_set) for data_set in ids))
+
+
+def fetch_sync(
+    data_sets: Iterable[int | str], out_dir: str | Path, **kwargs: Any
+) -> list[DataSetResult]:
+    """``fetch`` for scripts: runs its own event loop (in a notebook, ``await fetch(...)`` instead)."""
+    return asyncio.run(fetch(data_sets, out_dir, **kwargs))
+
+
+async def survey(
+    data_sets: Iterable[int | str],
+    *,
+    options: FetchOptions | None = None,
+    endpoints: Endpoints | None = None,
+    cache_dir: str | Path,
+) -> list[Survey]:
+    """A dry run: download only the volumes (into ``cache_dir``) and count each data set's targets."""
+    options = options or FetchOptions()
+    endpoints = endpoints or Endpoints()
+    ids = list(dict.fromkeys(data_set_id(d) for d in data_sets))
+    async with HttpClient(options) as client:
+        source = VolumeSource(client, endpoints, Path(cache_dir), options.volumes)
+        slots = asyncio.Semaphore(options.prefetch)
+
+        async def one(data_set: int) -> Survey:
+            async with slots:
+                try:
+                    targets, injection = await source.select(data_set, options, Tally())
+                except StorageError:
+                    raise
+                except (AsyncdlError, OSError) as exc:
+                    return Survey(data_set, error=explain(exc))
+            return Survey(data_set, len(targets), len(injection))
+
+        counts = await all_of(*(one(data_set) for data_set in ids))
+        latency = client.fastest_answer
+    if latency == math.inf:
+        return counts
+    return [
+        Survey(s.data_set, s.targets, s.injection_voxels, s.targets * latency / options.concurrency)
+        if s.error is None
+        else s
+        for s in counts
+    ]

@@ -1,0 +1,69 @@
+"""Writing files safely: a final path never holds a half-written file, and a failed write is a
+``StorageError`` that names the path (never a bare ``OSError`` from deep inside a run)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from .errors import StorageError
+
+#: Temp files are ``.<name>.<pid>.<random>.tmp`` beside their final path; stale ones match this.
+TEMP_GLOB = ".*.tmp"
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn an ``OSError`` raised while writing ``path`` into a ``StorageError`` naming it."""
+    try:
+        yield
+    except OSError as exc:
+        raise StorageError(f"cannot write {path}: {exc.strerror or exc}", str(path)) from exc
+
+
+@contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A file to write that appears at ``path`` only when whole: temp file in the same folder,
+    fsync, rename. On any error the temp file is removed and ``path`` is left as it was.
+
+    Only the opening, syncing and renaming are mapped to ``StorageError`` here; the caller wraps its
+    own writes in ``writing`` (an ``OSError`` in its body may be a network error, not the disk's).
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with writing(path):
+            fh = tmp.open("wb")
+        with fh:
+            yield fh
+            with writing(path):
+                fh.flush()
+                os.fsync(fh.fileno())
+        with writing(path):
+            os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(path: Path, chunks: Iterable[bytes]) -> None:
+    """Write ``chunks`` to ``path`` atomically (see ``atomic_file``)."""
+    with atomic_file(path) as fh:
+        for chunk in chunks:
+            with writing(path):
+                fh.write(chunk)
+
+
+def append(fh: BinaryIO, data: bytes, path: Path) -> None:
+    """Append all of ``data`` to an unbuffered file: a raw write may be partial (disk full)."""
+    view = memoryview(data)
+    with writing(path):
+        while view:
+            written = fh.write(view)
+            if not written:
+                raise OSError(errno.EIO, "a write made no progress")
+            view = view[written:]

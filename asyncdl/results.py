@@ -1,0 +1,53 @@
+"""What a run reports: one ``DataSetResult`` per data set fetched, one ``Survey`` per data set
+counted by a dry run. Plain data at the bottom of the package: everything imports it, it imports
+nothing of asyncdl's."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass
+class DataSetResult:
+    """How one data set went; also written to ``OUT/<id>/summary.json``."""
+
+    data_set: int
+    complete: bool
+    targets: int = 0
+    lines: int = 0
+    requests: int = 0
+    retries: int = 0
+    failures: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    directory: str = ""
+    #: Targets already answered by an earlier, interrupted run of the same command.
+    resumed: int = 0
+    #: Already complete from an earlier run: nothing was requested.
+    skipped: bool = False
+
+    @property
+    def status(self) -> str:
+        """``ok``, ``skipped`` (complete already), ``incomplete`` (some targets failed) or ``failed``."""
+        if self.skipped:
+            return "skipped"
+        if self.complete:
+            return "ok"
+        return "incomplete" if self.targets else "failed"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "status": self.status}
+
+
+@dataclass(frozen=True)
+class Survey:
+    """What fetching a data set would take: its targets, and a rough time at the concurrency."""
+
+    data_set: int
+    targets: int = 0
+    injection_voxels: int = 0
+    #: ``targets`` x the fastest answer seen / concurrency: a floor, not a promise.
+    estimate_seconds: float | None = None
+    error: str | None = None

@@ -1,0 +1,58 @@
+"""The volume cache: the fiber-tract mask is built once and reused, verified like any cached file."""
+
+from __future__ import annotations
+
+import asyncdl
+from asyncdl import FetchOptions
+
+from .conftest import SEED_ID
+
+OPTIONS = FetchOptions(density_range=(0.1, 0.12))
+
+
+async def fetch(emulator, out, cache):
+    results = await asyncdl.fetch(
+        [SEED_ID], out, options=OPTIONS, endpoints=emulator.endpoints, cache_dir=cache
+    )
+    assert results[0].complete
+    return (out / str(SEED_ID) / "data.json").read_bytes()
+
+
+async def test_the_fiber_mask_is_cached_and_rebuilt_only_when_it_does_not_verify(
+    emulator, tmp_path
+):
+    cache = tmp_path / "cache"
+    first = await fetch(emulator, tmp_path / "1", cache)
+    assert emulator.stats.requests["annotation"] == 1
+    (mask,) = cache.glob("fiber_mask_*.npy")
+    assert (cache / f"{mask.name}.meta.json").is_file()
+
+    # The annotation is broken on disk: a run that decoded it again would have to fetch it again.
+    annotation = cache / "annotation_25.nrrd"
+    annotation.write_bytes(annotation.read_bytes()[:1000])
+    emulator.stats.reset()
+    assert await fetch(emulator, tmp_path / "2", cache) == first
+    assert emulator.stats.requests["annotation"] == 0  # the cached mask was used
+
+    # A mask that does not verify is rebuilt, from a fresh annotation.
+    data = mask.read_bytes()
+    mask.write_bytes(data[:-10] + bytes(b ^ 1 for b in data[-10:]))
+    emulator.stats.reset()
+    assert await fetch(emulator, tmp_path / "3", cache) == first
+    assert emulator.stats.requests["annotation"] == 1
+    assert [p.name for p in cache.glob("fiber_mask_*.npy")] == [mask.name]
+
+
+async def test_the_mask_is_keyed_by_the_grid_and_volume_kind(emulator, tmp_path):
+    cache = tmp_path / "cache"
+    await fetch(emulator, tmp_path / "nrrd", cache)
+    legacy = FetchOptions(density_range=(0.1, 0.12), volumes="legacy")
+    results = await asyncdl.fetch(
+        [SEED_ID],
+        tmp_path / "legacy",
+        options=legacy,
+        endpoints=emulator.endpoints,
+        cache_dir=cache,
+    )
+    assert results[0].complete
+    assert len(list(cache.glob("fiber_mask_*.npy"))) == 2
