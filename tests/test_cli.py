@@ -198,7 +198,7 @@ def test_ctrl_c_stops_promptly_and_cleanly(emulator, tmp_path):
         _, stderr = proc.communicate(timeout=30)
     finally:
         proc.kill()
-        proc.communicate()
+        proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert (
         stderr.strip().splitlines()[-1]
