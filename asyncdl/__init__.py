@@ -8,6 +8,7 @@ from .datafile import Streamlines, read_streamlines
 from .errors import (
     ApiError,
     AsyncdlError,
+    CertificateError,
     FetchError,
     HTTPStatusError,
     StorageError,
@@ -16,12 +17,14 @@ from .errors import (
     VolumeError,
 )
 from .events import Events
+from .idsfile import read_ids_file
 from .results import DataSetResult, Survey
 from .urls import Endpoints
 
 __all__ = [
     "ApiError",
     "AsyncdlError",
+    "CertificateError",
     "DataSetResult",
     "Endpoints",
     "Events",
@@ -39,6 +42,7 @@ __all__ = [
     "fetch",
     "fetch_sync",
     "find_experiments",
+    "read_ids_file",
     "read_streamlines",
     "survey",
 ]

@@ -7,18 +7,21 @@ import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .aio import all_of
+from .aio import all_of, run
 from .config import FetchOptions
-from .dataset import RunContext, explain, refuse_mixing, run_parameters
-from .errors import AsyncdlError, StorageError, UsageError
+from .dataset import ENDS_THE_RUN, RunContext, explain, refuse_mixing, run_parameters
+from .errors import AsyncdlError, UsageError
 from .events import Events
 from .fetcher import HttpClient, Tally
 from .pipeline import Scheduler
 from .results import DataSetResult, Survey
 from .sources import VolumeSource
 from .urls import Endpoints, data_set_id
+
+if TYPE_CHECKING:
+    from distributed import Client as DaskClient
 
 
 async def fetch(
@@ -29,6 +32,7 @@ async def fetch(
     endpoints: Endpoints | None = None,
     cache_dir: str | Path | None = None,
     events: Events | None = None,
+    client: DaskClient | None = None,
 ) -> list[DataSetResult]:
     """Fetch the streamlines of ``data_sets`` into ``out_dir/<id>/``; one result per data set.
 
@@ -36,8 +40,13 @@ async def fetch(
     and the others go on; nothing is silently dropped. Running the same call again resumes: complete
     data sets are skipped and only unanswered targets are requested. Results made with other
     parameters are refused (``UsageError``) unless ``options.restart`` is set. If results or the
-    cache cannot be written (disk full, permissions), the run stops with a ``StorageError``;
-    what was answered is on disk, and the same call resumes once the cause is gone.
+    cache cannot be written (disk full, permissions), the run stops with a ``StorageError``, and a
+    server whose TLS certificate does not verify stops it with ``CertificateError``; what was
+    answered is on disk, and the same call resumes once the cause is gone.
+
+    With ``client``, an asynchronous ``distributed.Client``, the data sets are spread over its
+    cluster's workers (one task each; ``concurrency`` and ``rate`` are shared out between the
+    workers), with the same results and files. ``out_dir`` must be on a file system they all see.
     """
     options = options or FetchOptions()
     endpoints = endpoints or Endpoints()
@@ -56,9 +65,13 @@ async def fetch(
         refuse_mixing(out, data_set, params, options.restart)
     cache = Path(cache_dir) if cache_dir is not None else out / ".cache"
     events = events or Events()
-    async with HttpClient(options) as client:
-        source = VolumeSource(client, endpoints, cache, options.volumes)
-        ctx = RunContext(client, source, endpoints, out, options, params, events)
+    if client is not None:
+        from .cluster import fetch_on_cluster
+
+        return await fetch_on_cluster(client, ids, out, cache, options, endpoints, params, events)
+    async with HttpClient(options) as http:
+        source = VolumeSource(http, endpoints, cache, options.volumes)
+        ctx = RunContext(http, source, endpoints, out, options, params, events)
         events.started(ids)
         async with Scheduler(ctx) as scheduler:
             return await all_of(*(scheduler.run(data_set) for data_set in ids))
@@ -68,7 +81,7 @@ def fetch_sync(
     data_sets: Iterable[int | str], out_dir: str | Path, **kwargs: Any
 ) -> list[DataSetResult]:
     """``fetch`` for scripts: runs its own event loop (in a notebook, ``await fetch(...)`` instead)."""
-    return asyncio.run(fetch(data_sets, out_dir, **kwargs))
+    return run(fetch(data_sets, out_dir, **kwargs))
 
 
 async def survey(
@@ -90,7 +103,7 @@ async def survey(
             async with slots:
                 try:
                     targets, injection = await source.select(data_set, options, Tally())
-                except StorageError:
+                except ENDS_THE_RUN:
                     raise
                 except (AsyncdlError, OSError) as exc:
                     return Survey(data_set, error=explain(exc))

@@ -1,8 +1,9 @@
 """The command line: argument parsing, then library calls, then exit codes. Nothing else lives here.
 
 Exit status: 0 everything fetched; 1 some targets or data sets failed (the rest is written);
-2 usage error; 3 results or cache could not be written (disk full, permissions); 130 interrupted
-(Ctrl-C); 143 terminated (SIGTERM). Interrupted runs resume.
+2 usage error; 3 results or cache could not be written (disk full, permissions); 4 the server's
+TLS certificate did not verify (the run stopped at once); 130 interrupted (Ctrl-C); 143 terminated
+(SIGTERM). Interrupted runs resume.
 """
 
 from __future__ import annotations
@@ -15,25 +16,29 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import orjson
 
 from . import __version__
+from .aio import run
 from .api import fetch, survey
 from .catalog import Experiment, find_experiments
 from .config import DEFAULT_ARCHIVE_URL, DEFAULT_BASE_URL, VOLUME_KINDS, FetchOptions
-from .errors import AsyncdlError, StorageError, UsageError
+from .errors import AsyncdlError, CertificateError, StorageError, UsageError
 from .events import Events, JsonReporter, LineReporter
+from .idsfile import read_ids_file
+from .tables import write_csv, write_json_lines
 from .urls import Endpoints, data_set_id
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STORAGE = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STORAGE, EXIT_UNTRUSTED = 0, 1, 2, 3, 4
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
 EXIT_CODES = """\
 exit status:
   0    everything fetched         1    some targets or data sets failed (the rest is written)
   2    usage error                3    cannot write results or cache (disk full, permissions)
+  4    the server's TLS certificate did not verify (see --ca-bundle)
   130  interrupted (Ctrl-C); 143 terminated (SIGTERM); 3, 130, 143: run again to resume
 """
 FETCH_EXAMPLES = f"""\
@@ -42,12 +47,19 @@ examples:
   asyncdl fetch 156394513 100141219 -c 64 -o data     # against api.brain-map.org
   asyncdl fetch --injection-structure VISp --primary-only --dry-run -o data
   asyncdl fetch --ids-file ids.txt --volumes legacy --format brainrender -o data
+  asyncdl fetch --ids-file ids.txt --workers 8 -c 512 -o /shared/data   # a local Dask cluster
+  asyncdl fetch --ids-file experiments.csv -o data    # AllenSDK's get_experiments(...).to_csv()
 
 {EXIT_CODES}"""
 LIST_EXAMPLES = """\
 examples:
   asyncdl list --injection-structure VISp --primary-only
   asyncdl list --injection-structure grey --transgenic-line Rbp4-Cre_KL100 --json
+  asyncdl list --injection-structure VISp --csv > visp.csv
+
+exit status:
+  0    listed                     1    the search failed
+  2    usage error                4    the server's TLS certificate did not verify (see --ca-bundle)
 """
 
 LEGACY_WARNING = (
@@ -70,9 +82,16 @@ def _server_options() -> _Parser:
         "--archive-url", help=f"archive holding the CCF annotation (default {DEFAULT_ARCHIVE_URL})"
     )
     p.add_argument(
+        "--ca-bundle",
+        type=Path,
+        metavar="FILE",
+        help="trust the CAs in this PEM file instead of the system's (for a proxy or private CA; "
+        "SSL_CERT_FILE and SSL_CERT_DIR are honoured without it); certificates are always checked",
+    )
+    p.add_argument(
         "--emulator",
         action="store_true",
-        help="start the bundled Allen API emulator on loopback and use it",
+        help="start the bundled Allen API emulator on loopback (plain http) and use it",
     )
     # For demos and tests of the emulator: its latency and fault rate.
     p.add_argument("--latency-ms", type=float, default=0.0, help=argparse.SUPPRESS)
@@ -128,7 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.add_argument("ids", nargs="*", metavar="ID", help="data set (experiment) ids")
     f.add_argument("-o", "--out", required=True, type=Path, help="output directory")
-    f.add_argument("--ids-file", type=Path, help="file with more ids, one per line (# comments)")
+    f.add_argument(
+        "--ids-file",
+        type=Path,
+        help="file with more ids: one per line (# comments), a CSV with an 'id' column (e.g. "
+        "AllenSDK's get_experiments(dataframe=True).to_csv()), or JSON records with 'id'",
+    )
     option = FetchOptions.describe
     default, text = option("concurrency")
     f.add_argument("-c", "--concurrency", type=int, default=default, help=text)
@@ -151,8 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--format",
         choices=("seed", "brainrender"),
         default="seed",
-        help="brainrender: also write OUT/<id>/streamlines_<id>.json for brainrender and the "
-        "Allen connectivity viewer (data.json is always written)",
+        help="brainrender: also write OUT/<id>/streamlines_<id>.json, which brainrender loads "
+        "with Streamlines(pandas.read_json(path)) (data.json is always written)",
     )
     f.add_argument("--cache-dir", type=Path, help="where volumes are cached (default OUT/.cache)")
     f.add_argument("--restart", action="store_true", help=option("restart")[1])
@@ -170,6 +194,20 @@ def build_parser() -> argparse.ArgumentParser:
         default="text",
         help="json: one JSON event per line on stderr, for batch systems",
     )
+    spread = f.add_mutually_exclusive_group()
+    spread.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="spread the run over N worker processes of a Dask cluster started for it "
+        "(pip install 'asyncdl[dask]'); -c and --rate are shared out between them",
+    )
+    spread.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="spread the run over a running Dask cluster, e.g. tcp://head:8786; OUT must be on a "
+        "file system all its workers see",
+    )
 
     ls = sub.add_parser(
         "list",
@@ -179,7 +217,17 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=LIST_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ls.add_argument("--json", action="store_true", help="one JSON object per line")
+    output = ls.add_mutually_exclusive_group()
+    output.add_argument(
+        "--json",
+        action="store_true",
+        help="the service's records, one JSON object per line (pandas.read_json(f, lines=True))",
+    )
+    output.add_argument(
+        "--csv",
+        action="store_true",
+        help="the same fields as CSV, nested values as JSON text (pandas.read_csv(f))",
+    )
 
     pv = sub.add_parser(
         "preview",
@@ -213,6 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--fault-seed", type=int, default=0, help="seed of the faults (default 0)")
     e.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve https with a certificate made at start for 127.0.0.1 and localhost; prints "
+        "the path of its CA certificate to pass to --ca-bundle (needs: pip install "
+        "'asyncdl[emulator-tls]')",
+    )
+    e.add_argument(
         "--faults",
         help="comma-separated fault kinds, of: 503,429,500,502,drop,truncate,badjson,slow,apierror "
         "(default: all but apierror)",
@@ -221,14 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def read_ids(args: argparse.Namespace) -> list[int]:
-    raw: list[str] = list(args.ids)
+    ids = [data_set_id(value) for value in args.ids]
     if args.ids_file is not None:
-        try:
-            text = args.ids_file.read_text()
-        except OSError as exc:
-            raise UsageError(f"cannot read ids file {args.ids_file}: {exc.strerror}") from exc
-        raw += [line.split("#", 1)[0].strip() for line in text.splitlines()]
-    return [data_set_id(value) for value in raw if value]
+        ids += read_ids_file(args.ids_file)
+    return ids
 
 
 @asynccontextmanager
@@ -263,13 +314,28 @@ def warn(args: argparse.Namespace, message: str) -> None:
         print(f"asyncdl: warning: {message}", file=sys.stderr)
 
 
-async def search(args: argparse.Namespace, endpoints: Endpoints) -> list[Experiment]:
+async def search(
+    args: argparse.Namespace, endpoints: Endpoints, options: FetchOptions
+) -> list[Experiment]:
     return await find_experiments(
         args.injection_structure,
         endpoints=endpoints,
+        options=options,
         primary_only=args.primary_only,
         transgenic_lines=args.transgenic_line,
     )
+
+
+@asynccontextmanager
+async def dask_client(args: argparse.Namespace) -> AsyncIterator[Any]:
+    """A Dask client for ``--workers``/``--scheduler``, or None for a run in this process."""
+    if args.workers is None and args.scheduler is None:
+        yield None
+        return
+    from .cluster import connect
+
+    async with connect(workers=args.workers, scheduler=args.scheduler) as client:
+        yield client
 
 
 def reporter(args: argparse.Namespace, stack: AsyncExitStack) -> Events:
@@ -295,16 +361,18 @@ async def run_fetch(args: argparse.Namespace) -> int:
         rate=args.rate,
         restart=args.restart,
         brainrender=args.format == "brainrender",
+        ca_bundle=args.ca_bundle,
     )
     async with serving(args) as endpoints, AsyncExitStack() as stack:
         if options.volumes == "legacy" and endpoints.is_allen_api:
             warn(args, LEGACY_WARNING)
         if args.injection_structure:
-            ids += [experiment.id for experiment in await search(args, endpoints)]
+            ids += [experiment.id for experiment in await search(args, endpoints, options)]
         if not ids:
             raise UsageError("no data set ids given (as arguments, --ids-file or a search)")
         if args.dry_run:
             return await dry_run(ids, args, options, endpoints)
+        client = await stack.enter_async_context(dask_client(args))
         events = reporter(args, stack)
         started = time.monotonic()
         results = await fetch(
@@ -314,6 +382,7 @@ async def run_fetch(args: argparse.Namespace) -> int:
             endpoints=endpoints,
             cache_dir=args.cache_dir,
             events=events,
+            client=client,
         )
         events.finished(results, time.monotonic() - started)
     return EXIT_OK if all(r.complete for r in results) else EXIT_FAILED
@@ -341,10 +410,9 @@ async def dry_run(
 
 async def run_list(args: argparse.Namespace) -> int:
     async with serving(args) as endpoints:
-        experiments = await search(args, endpoints)
-    if args.json:
-        for experiment in experiments:
-            sys.stdout.write(orjson.dumps(dict(experiment.record)).decode() + "\n")
+        experiments = await search(args, endpoints, FetchOptions(ca_bundle=args.ca_bundle))
+    if args.json or args.csv:
+        (write_json_lines if args.json else write_csv)(experiments, sys.stdout)
         return EXIT_OK
     print(f"{'id':>10}  {'structure':<10}  {'transgenic line':<24}  injection volume")
     for x in experiments:
@@ -374,6 +442,7 @@ async def run_emulate(args: argparse.Namespace) -> int:
         latency_ms=args.latency_ms,
         latency_spread=args.latency_spread,
         faults=faults,
+        tls=args.tls,
     )
     return EXIT_OK
 
@@ -403,13 +472,16 @@ async def _stoppable(
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return asyncio.run(_stoppable(COMMANDS[args.command], args))
+        return run(_stoppable(COMMANDS[args.command], args))
     except (KeyboardInterrupt, asyncio.CancelledError) as exc:
         if args.command == "emulate":  # a signal is how an emulator is meant to stop
             return EXIT_OK
         how = "interrupted" if isinstance(exc, KeyboardInterrupt) else "terminated"
         print(f"asyncdl: {how}; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED if how == "interrupted" else EXIT_TERMINATED
+    except CertificateError as exc:
+        print(f"asyncdl: error: {exc}", file=sys.stderr)
+        return EXIT_UNTRUSTED
     except UsageError as exc:
         print(f"asyncdl: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

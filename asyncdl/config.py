@@ -7,12 +7,14 @@ default is stated once.
 from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 from .errors import UsageError
 
-DEFAULT_BASE_URL = "http://api.brain-map.org"
-DEFAULT_ARCHIVE_URL = "http://download.alleninstitute.org"
+#: Both hosts serve https; plain http would let anyone on the path change the data.
+DEFAULT_BASE_URL = "https://api.brain-map.org"
+DEFAULT_ARCHIVE_URL = "https://download.alleninstitute.org"
 
 #: The seed's defaults (download_data.py).
 DEFAULT_DENSITY_RANGE = (0.04, 0.3)
@@ -72,8 +74,11 @@ class FetchOptions:
             "start the data sets over instead of resuming them (needed to change parameters)"
         ),
     )
-    #: Also write ``streamlines_<id>.json`` for brainrender and the Allen connectivity viewer.
+    #: Also write ``streamlines_<id>.json``, the layout brainrender reads (``asyncdl.brainrender``).
     brainrender: bool = False
+    #: PEM file of the CAs to trust instead of the system's (SSL_CERT_FILE/SSL_CERT_DIR otherwise).
+    #: Certificates are always verified; there is no way to turn that off.
+    ca_bundle: Path | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:

@@ -6,7 +6,8 @@
 
 The scheduler (``pipeline``) decides when each step runs and shares one request queue among many
 data sets; everything that concerns one data set is here. A data set that cannot be prepared, or
-whose targets fail, is recorded as such and the run goes on; a ``StorageError`` (the disk) ends it.
+whose targets fail, is recorded as such and the run goes on; an error in ``ENDS_THE_RUN`` (the disk,
+an untrusted server) ends the whole run instead.
 """
 
 from __future__ import annotations
@@ -21,9 +22,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .brainrender import streamlines_file, write_brainrender
+from .brainrender import has_brainrender, write_brainrender
 from .config import FetchOptions
-from .errors import AsyncdlError, FetchError, StorageError, UsageError, VolumeError
+from .errors import (
+    AsyncdlError,
+    CertificateError,
+    FetchError,
+    StorageError,
+    UsageError,
+    VolumeError,
+)
 from .events import Events
 from .fetcher import HttpClient, Tally
 from .responses import rows
@@ -33,6 +41,9 @@ from .sources import VolumeSource
 from .store import DataSetStore, Progress, targets_digest
 from .targets import Targets
 from .urls import Endpoints
+
+#: Errors that no other data set or target would escape either: they stop the run at once.
+ENDS_THE_RUN = (StorageError, CertificateError)
 
 
 @dataclass(frozen=True)
@@ -116,16 +127,15 @@ class DataSet:
             expected = manifest(
                 self.id, ctx.params, len(self._targets), targets_digest(self._targets.index)
             )
-            decision = decide(
-                self.store.read(scan=True), ctx.params, restart=restart, expected=expected
-            )
+            earlier = await asyncio.to_thread(self.store.read, scan=True)
+            decision = decide(earlier, ctx.params, restart=restart, expected=expected)
             if decision.action is Action.REFUSE:
                 raise VolumeError(f"{decision.reason}; rerun with --restart to start over")
-            self._progress = self.store.open(decision, expected)
-        except StorageError:
+            self._progress = await asyncio.to_thread(self.store.open, decision, expected)
+        except ENDS_THE_RUN:
             raise
         except (AsyncdlError, OSError) as exc:
-            self._record(self._result(complete=False, targets=0, error=explain(exc)))
+            await self._record(self._result(complete=False, targets=0, error=explain(exc)))
             return []
         done = self._progress.done
         self._lines = self._progress.lines
@@ -137,17 +147,18 @@ class DataSet:
         return todo
 
     async def _skip(self, summary: Mapping[str, Any]) -> None:
-        """Complete already: request nothing (but write the brainrender file if it is missing)."""
-        if self.ctx.options.brainrender and not streamlines_file(self.store.dir, self.id).exists():
+        """Complete already: request nothing (but write the brainrender file if it is missing or
+        in the old layout)."""
+        if self.ctx.options.brainrender and not has_brainrender(self.store.dir, self.id):
             await asyncio.to_thread(write_brainrender, self.store.dir)
         self._report(
             DataSetResult(
                 self.id,
                 True,
-                targets=summary["targets"],
-                lines=summary["lines"],
+                targets=int(summary.get("targets") or 0),
+                lines=int(summary.get("lines") or 0),
                 directory=str(self.store.dir),
-                resumed=summary["targets"],
+                resumed=int(summary.get("targets") or 0),
                 skipped=True,
             )
         )
@@ -165,6 +176,8 @@ class DataSet:
         try:
             try:
                 records = await self.ctx.client.get_json(url, tally, rows)
+            except ENDS_THE_RUN:
+                raise
             except FetchError as exc:
                 self.store.add_failure(rank, index, coord, str(exc), tally.requests)
                 self._failures += 1
@@ -174,7 +187,7 @@ class DataSet:
                 self.store.add_lines(rank, index, coord, records)
                 self._lines += len(records)
                 ok = True
-        except Exception as exc:  # the disk, or a bug: this data set cannot go on
+        except Exception as exc:  # ENDS_THE_RUN, or a bug: this data set cannot go on
             self.abort(exc)
             return
         self._tally.add(tally)
@@ -220,7 +233,7 @@ class DataSet:
         result = self._result(
             complete=failures == 0, targets=len(self._targets), error=error, lines=lines
         )
-        self._record(result)
+        await self._record(result)
         return result
 
     def close(self) -> None:
@@ -246,9 +259,10 @@ class DataSet:
             resumed=len(self._progress.done),
         )
 
-    def _record(self, result: DataSetResult) -> None:
-        """Write the data set's summary.json, then report it."""
-        self.store.write_summary({**result.as_dict(), "parameters": dict(self.ctx.params)})
+    async def _record(self, result: DataSetResult) -> None:
+        """Write the data set's summary.json (off the loop: it is fsynced), then report it."""
+        summary = {**result.as_dict(), "parameters": dict(self.ctx.params)}
+        await asyncio.to_thread(self.store.write_summary, summary)
         self._report(result)
 
     def _report(self, result: DataSetResult) -> None:

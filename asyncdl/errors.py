@@ -7,7 +7,8 @@ AsyncdlError
 └── FetchError                      a request that did not give usable data
     ├── TransientError              worth retrying: connection, timeout, 5xx, 429, bad body
     ├── HTTPStatusError             a status that retrying will not change (4xx but 429)
-    └── ApiError                    the API answered ``success: false``
+    ├── ApiError                    the API answered ``success: false``
+    └── CertificateError            the server's TLS certificate did not verify: stops the run
 """
 
 from __future__ import annotations
@@ -66,3 +67,12 @@ class HTTPStatusError(FetchError):
 
 class ApiError(FetchError):
     """The Allen API answered ``success: false``; its message is kept."""
+
+
+class CertificateError(FetchError):
+    """The server's TLS certificate did not verify. Never retried, and it stops the whole run:
+    every other request to that host would fail the same way. ``host`` names the server."""
+
+    def __init__(self, message: str, url: str = "", host: str = "") -> None:
+        super().__init__(message, url)
+        self.host = host

@@ -24,6 +24,9 @@ class Events:
     def started(self, data_sets: Sequence[int]) -> None:
         """The run begins, for these data sets."""
 
+    def workers_started(self, workers: int, concurrency: int, rate: float | None) -> None:
+        """The run is spread over ``workers`` Dask workers, each with this share of -c and --rate."""
+
     def data_set_started(self, data_set: int, targets: int, resumed: int) -> None:
         """A data set's volumes are in: ``targets`` requests to make, ``resumed`` already done."""
 
@@ -59,6 +62,12 @@ def describe(result: DataSetResult) -> str:
     )
 
 
+def describe_workers(workers: int, concurrency: int, rate: float | None) -> str:
+    """One line saying how a run is spread over a Dask cluster."""
+    each = f"-c {concurrency}" + (f", --rate {rate:g}" if rate is not None else "")
+    return f"asyncdl: {workers} Dask workers, each with {each}"
+
+
 def describe_run(results: Sequence[DataSetResult], seconds: float) -> str:
     """One line for the whole run."""
     done = sum(r.complete for r in results)
@@ -74,6 +83,9 @@ class LineReporter(Events):
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
+
+    def workers_started(self, workers: int, concurrency: int, rate: float | None) -> None:
+        print(describe_workers(workers, concurrency, rate), file=self.stream, flush=True)
 
     def data_set_done(self, result: DataSetResult) -> None:
         print(describe(result), file=self.stream, flush=True)
@@ -95,6 +107,9 @@ class JsonReporter(Events):
 
     def started(self, data_sets: Sequence[int]) -> None:
         self._emit("start", data_sets=list(data_sets))
+
+    def workers_started(self, workers: int, concurrency: int, rate: float | None) -> None:
+        self._emit("workers", workers=workers, concurrency=concurrency, rate=rate)
 
     def data_set_started(self, data_set: int, targets: int, resumed: int) -> None:
         self._emit("data_set_start", data_set=data_set, targets=targets, resumed=resumed)

@@ -6,12 +6,18 @@ of ours at once; an optional ``rate`` spaces their starts. Retries use full-jitt
 backoff (tenacity), stretched to a server's Retry-After (capped), built afresh for each request
 because tenacity's retry state must not be shared between tasks. aiohttp's errors are mapped to
 asyncdl's here and nowhere else.
+
+TLS: one ``ssl.SSLContext`` per run, always verifying. It trusts ``FetchOptions.ca_bundle`` if
+given, else OpenSSL's default paths, which honour ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` (read when
+the run starts, unlike aiohttp's own default context, which is built once at import).
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import os
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -34,8 +40,8 @@ from yarl import URL
 
 from ._version import __version__
 from .config import MAX_JSON_BYTES, MAX_VOLUME_BYTES, FetchOptions
-from .errors import FetchError, HTTPStatusError, TransientError
-from .files import atomic_file, writing
+from .errors import CertificateError, FetchError, HTTPStatusError, TransientError, UsageError
+from .files import atomic_file_async, writing
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -107,7 +113,11 @@ class HttpClient:
         )
 
     async def __aenter__(self) -> HttpClient:
-        connector = aiohttp.TCPConnector(limit=self.options.concurrency, limit_per_host=0)
+        connector = aiohttp.TCPConnector(
+            limit=self.options.concurrency,
+            limit_per_host=0,
+            ssl=tls_context(self.options.ca_bundle),
+        )
         self._session = aiohttp.ClientSession(
             connector=connector, headers={"User-Agent": _USER_AGENT}, raise_for_status=False
         )
@@ -217,6 +227,9 @@ class HttpClient:
                     self.fastest_answer = min(self.fastest_answer, time.monotonic() - sent)
                     _check_status(resp, url)
                     result, size = await consume(resp, url)
+            # Before the connection errors it is one of: no retry can make a certificate verify.
+            except (aiohttp.ClientConnectorCertificateError, ssl.CertificateError) as exc:
+                raise _untrusted(exc, url, self.options.ca_bundle) from exc
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
                 raise TransientError(_describe(exc), url) from exc
             except aiohttp.ClientError as exc:
@@ -233,6 +246,40 @@ class HttpClient:
             if len(body) > MAX_JSON_BYTES:
                 raise FetchError(f"response larger than {MAX_JSON_BYTES} bytes", url)
         return bytes(body), len(body)
+
+
+def tls_context(ca_bundle: Path | None) -> ssl.SSLContext:
+    """A verifying client context trusting ``ca_bundle`` (PEM), or the default paths without it.
+
+    A CA bundle that cannot be read or holds no certificate is the user's mistake: ``UsageError``.
+    """
+    try:
+        return ssl.create_default_context(cafile=ca_bundle)
+    except ssl.SSLError as exc:
+        raise UsageError(f"CA bundle {ca_bundle} holds no PEM certificate ({exc.reason})") from exc
+    except OSError as exc:
+        raise UsageError(f"cannot read CA bundle {ca_bundle}: {exc.strerror}") from exc
+
+
+def _untrusted(exc: Exception, url: str, ca_bundle: Path | None) -> CertificateError:
+    """The one-line ``CertificateError`` for a certificate that did not verify, naming the host."""
+    cause = getattr(exc, "certificate_error", exc)  # aiohttp keeps ssl's error there
+    reason = getattr(cause, "verify_message", None) or _describe(cause)
+    parts = URL(url, encoded=True)
+    host = f"{parts.host}:{parts.explicit_port}" if parts.explicit_port else str(parts.host)
+    from_env = [name for name in ("SSL_CERT_FILE", "SSL_CERT_DIR") if os.environ.get(name)]
+    if ca_bundle is not None:
+        trusted = f"the CAs of {ca_bundle}"
+    elif from_env:
+        trusted = f"the CAs of {' and '.join(from_env)}"
+    else:
+        trusted = "the system's CAs"
+    return CertificateError(
+        f"the TLS certificate of {host} did not verify against {trusted} ({reason}); "
+        "if a proxy or private CA signs it, give its CA bundle with --ca-bundle FILE or SSL_CERT_FILE",
+        url,
+        host,
+    )
 
 
 def _check_status(resp: aiohttp.ClientResponse, url: str) -> None:
@@ -268,7 +315,7 @@ def _check_length(resp: aiohttp.ClientResponse, url: str, limit: int) -> None:
 async def _stream_to_file(resp: aiohttp.ClientResponse, url: str, dest: Path) -> int:
     _check_length(resp, url, MAX_VOLUME_BYTES)
     size = 0
-    with atomic_file(dest) as fh:
+    async with atomic_file_async(dest) as fh:
         async for chunk in resp.content.iter_chunked(_CHUNK):
             size += len(chunk)
             if size > MAX_VOLUME_BYTES:

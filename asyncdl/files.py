@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import secrets
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -26,27 +27,62 @@ def writing(path: Path) -> Iterator[None]:
         raise StorageError(f"cannot write {path}: {exc.strerror or exc}", str(path)) from exc
 
 
+def temp_path(path: Path) -> Path:
+    """A fresh temp file name beside ``path`` (matched by ``TEMP_GLOB``)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+class _Atomic:
+    """A temp file in the same folder as ``path``; ``publish`` fsyncs it and renames it there.
+
+    Only opening, syncing and renaming are mapped to ``StorageError`` here; the caller wraps its
+    own writes in ``writing`` (an ``OSError`` in its body may be a network error, not the disk's).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = temp_path(path)
+        with writing(path):
+            self.fh: BinaryIO = self.tmp.open("wb")
+
+    def publish(self) -> None:
+        with writing(self.path):
+            with self.fh:
+                self.fh.flush()
+                os.fsync(self.fh.fileno())
+            os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        try:
+            self.fh.close()  # flushes what is buffered, which fails again on a full disk
+        except OSError:
+            pass
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_file(path: Path) -> Iterator[BinaryIO]:
     """A file to write that appears at ``path`` only when whole: temp file in the same folder,
-    fsync, rename. On any error the temp file is removed and ``path`` is left as it was.
-
-    Only the opening, syncing and renaming are mapped to ``StorageError`` here; the caller wraps its
-    own writes in ``writing`` (an ``OSError`` in its body may be a network error, not the disk's).
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fsync, rename. On any error the temp file is removed and ``path`` is left as it was."""
+    file = _Atomic(path)
     try:
-        with writing(path):
-            fh = tmp.open("wb")
-        with fh:
-            yield fh
-            with writing(path):
-                fh.flush()
-                os.fsync(fh.fileno())
-        with writing(path):
-            os.replace(tmp, path)
+        yield file.fh
+        file.publish()
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        file.discard()
+        raise
+
+
+@asynccontextmanager
+async def atomic_file_async(path: Path) -> AsyncIterator[BinaryIO]:
+    """``atomic_file`` for the event loop: the fsync and the rename run in a thread."""
+    file = _Atomic(path)
+    try:
+        yield file.fh
+        await asyncio.to_thread(file.publish)
+    except BaseException:
+        file.discard()
         raise
 
 

@@ -21,7 +21,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from .events import Events, describe, describe_run
+from .events import Events, describe, describe_run, describe_workers
 from .results import DataSetResult
 
 
@@ -63,6 +63,9 @@ class RichProgress(Events):
         self._overall = self.progress.add_task(
             f"0/{self._data_sets} sets", total=None, rate="-", retries=0, failures=0
         )
+
+    def workers_started(self, workers: int, concurrency: int, rate: float | None) -> None:
+        self.progress.console.print(describe_workers(workers, concurrency, rate), highlight=False)
 
     def data_set_started(self, data_set: int, targets: int, resumed: int) -> None:
         self._tasks[data_set] = self.progress.add_task(

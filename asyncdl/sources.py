@@ -54,14 +54,37 @@ class VolumeSource:
     """Fetches and reads the volumes of a run, through a cache of verified files."""
 
     def __init__(
-        self, client: HttpClient, endpoints: Endpoints, cache_dir: Path, kind: VolumeKind
+        self,
+        client: HttpClient,
+        endpoints: Endpoints,
+        cache_dir: Path,
+        kind: VolumeKind,
+        *,
+        tract_ids: frozenset[int] | None = None,
     ) -> None:
         self.client = client
         self.endpoints = endpoints
         self.cache = FileCache(client, cache_dir, endpoints.key)
         self.kind = kind
+        #: The fiber-tract ids (nrrd), when another process already read them from the tree.
+        self.tract_ids = tract_ids
         self._masks: dict[tuple[object, ...], BoolArray] = {}
         self._mask_lock = asyncio.Lock()
+
+    async def prefetch_shared(self, tally: Tally) -> None:
+        """Bring in what every data set needs (the fiber volume; the tract ids from the structure
+        tree), once, before a run is spread over processes that then share them."""
+        await self.cache.get(*self._fiber_file(), tally)
+        await self._tract_ids(tally)
+
+    async def _tract_ids(self, tally: Tally) -> frozenset[int]:
+        if self.kind == "legacy":
+            return frozenset()  # the legacy fiber file is itself the tract mask
+        if self.tract_ids is None:
+            # The tree is small and its JSON is checked (and retried) on the way in: not cached.
+            roots = await self.client.get_json(self.endpoints.structure_graph(), tally, rows)
+            self.tract_ids = fiber_tract_ids(roots)
+        return self.tract_ids
 
     async def data_set_volume(self, data_set: int, volume: str, tally: Tally) -> Volume:
         """A data set's ``density`` or ``injection`` volume."""
@@ -115,11 +138,7 @@ class VolumeSource:
         """The mask from the cache if it was built from the same file and tract ids for this grid;
         otherwise built (which downloads the fiber volume if needed) and cached."""
         fiber_url, fiber_name = self._fiber_file()
-        tract_ids: frozenset[int] = frozenset()
-        if self.kind == "nrrd":
-            # The tree is small and its JSON is checked (and retried) on the way in: not cached.
-            roots = await self.client.get_json(self.endpoints.structure_graph(), tally, rows)
-            tract_ids = fiber_tract_ids(roots)
+        tract_ids = await self._tract_ids(tally)
         ids = hashlib.sha256(repr(sorted(tract_ids)).encode()).hexdigest()
         shape = density.array.shape
 
@@ -217,7 +236,7 @@ class FileCache:
                 self.dir.mkdir(parents=True, exist_ok=True)
             size = await self.client.download(url, path, tally)
             digest = await asyncio.to_thread(_sha256, path)
-            self._record(name, key, size, digest)
+            await asyncio.to_thread(self._record, name, key, size, digest)
             return path
 
     def put(self, key: str, name: str, data: bytes) -> Path:

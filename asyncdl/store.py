@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from .files import TEMP_GLOB, append, atomic_write, writing
+from .files import TEMP_GLOB, append, atomic_write, temp_path, writing
 from .resume import Action, Decision, Earlier
 from .urls import data_set_id
 
@@ -99,15 +99,31 @@ class DataSetStore:
         return Progress(frozenset(), 0)
 
     def _resume(self, targets: int) -> Progress:
+        """Carry the answers of earlier attempts forward into a file of this attempt's own.
+
+        The valid lines (up to a line cut by a crash) are copied to a new file that replaces
+        ``lines.ndjson``; this attempt appends to that file only. An earlier attempt that is somehow
+        still running (a zombie worker) keeps writing into the old, replaced file, so two attempts
+        can never interleave their lines in one file, on any file system.
+        """
         path = self.dir / LINES
-        path.touch()
         scan = self._scan or _scan_lines(path, targets)
-        repaired = path.stat().st_size - scan.valid_end
-        if repaired:
-            os.truncate(path, scan.valid_end)  # a line cut by a crash is not trusted
+        size = path.stat().st_size if path.exists() else 0
+        tmp = temp_path(path)
+        mine = tmp.open("wb", buffering=0)
+        try:
+            if scan.valid_end:
+                with path.open("rb") as old:
+                    append(mine, old.read(scan.valid_end), tmp)
+            os.fsync(mine.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            mine.close()
+            tmp.unlink(missing_ok=True)
+            raise
         (self.dir / FAILURES).unlink(missing_ok=True)  # failed targets are asked again
-        self._lines = path.open("ab", buffering=0)
-        return Progress(frozenset(scan.offsets), scan.lines, repaired)
+        self._lines = mine
+        return Progress(frozenset(scan.offsets), scan.lines, size - scan.valid_end)
 
     def close(self) -> None:
         for fh in (self._lines, self._failures):

@@ -1,11 +1,14 @@
 import json
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
-from asyncdl import UsageError, brainrender
+from asyncdl import UsageError, brainrender, read_streamlines
 from asyncdl.brainrender import streamlines_file, write_brainrender
 
+from .brainrender_standin import Streamlines, drawn
 from .conftest import SEED_ID, SHARED
 from .streamline_data import write_data_json
 
@@ -53,11 +56,22 @@ def test_file_is_named_like_the_viewers(written):
     assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []  # no temp left
 
 
+def row(doc):
+    """The one row of pandas' "columns" layout: ``{"lines": {"0": X}, ...}`` -> ``{"lines": X, ...}``."""
+    assert {key: list(column) for key, column in doc.items()} == {
+        "lines": ["0"],
+        "injection_sites": ["0"],
+    }
+    return {key: column["0"] for key, column in doc.items()}
+
+
 def test_schema_is_the_real_examples(written):
+    # The reference is the viewer's plain layout (what brainrender read with lines=True); ours
+    # holds exactly that as row "0" of pandas' "columns" layout.
     if not EXAMPLE.exists():
         pytest.skip("../shared/reference is not beside this checkout")
     real = schema(json.loads(EXAMPLE.read_bytes()))
-    ours = schema(json.loads(written[0].read_bytes()))
+    ours = schema(row(json.loads(written[0].read_bytes())))
     assert ours["keys"] == real["keys"] == ["lines", "injection_sites"]
     assert ours["lines"] == real["lines"] == "list"
     assert ours["line"] == real["line"] == {"list"}
@@ -70,16 +84,84 @@ def test_schema_is_the_real_examples(written):
     assert ours["site_kinds"] == real["site_kinds"] == {key: {"int"} for key in "xyz"}
 
 
+def test_layout_is_what_pandas_makes_of_the_viewers_file(written):
+    # brainrender (before 2.1.20) read the viewer's file with read_json(lines=True) and cached it
+    # with to_json(): that cache file and ours have one layout, and read back to the same frame.
+    if not EXAMPLE.exists():
+        pytest.skip("../shared/reference is not beside this checkout")
+    with pytest.raises(ValueError, match="same length"):
+        pd.read_json(EXAMPLE)  # the plain layout is not a frame
+    viewer = pd.read_json(EXAMPLE, lines=True)
+    cached = json.loads(viewer.to_json())
+    ours = json.loads(written[0].read_bytes())
+    theirs, mine = schema(row(cached)), schema(row(ours))  # row() checks the "0" layout
+    for key in ["keys", "lines", "line", "point_keys", "site_keys", "site_kinds"]:
+        assert mine[key] == theirs[key]
+    frame = pd.read_json(written[0])
+    assert frame.columns.tolist() == viewer.columns.tolist() == ["lines", "injection_sites"]
+    assert frame.index.tolist() == viewer.index.tolist() == [0]
+
+
+def test_pandas_reads_it_as_brainrender_does(written, fetched):
+    path, data = written
+    frame = pd.read_json(path)  # brainrender's call, no lines=True
+    assert frame.shape == (1, 2)
+    streamlines = read_streamlines(fetched[0])
+    lines = frame["lines"][0]
+    assert len(lines) == len(data["lines"]) == len(streamlines.paths) > 100
+    for line, record, array in zip(lines, data["lines"], streamlines.paths, strict=True):
+        assert [[p["x"], p["y"], p["z"]] for p in line] == np.rint(array[:, :3]).tolist()
+        assert [[p["x"], p["y"], p["z"]] for p in line] == [
+            [round(c) for c in point["coord"]] for point in record["path"]
+        ]
+        # pandas' default float parser (precise_float=False) keeps 15 decimals; the exact values
+        # are checked with json in test_content_is_the_fetched_paths
+        values = [[p["density"], p["intensity"]] for p in line]
+        np.testing.assert_allclose(values, array[:, 3:], rtol=1e-9, atol=1e-15)
+    assert frame["injection_sites"][0] == [
+        {"x": round(x), "y": round(y), "z": round(z)} for x, y, z in data["injectionCoordinates"]
+    ]
+
+
+def test_the_actor_draws_one_tube_per_line_and_the_injection(written, fetched):
+    path, data = written
+    streamlines = read_streamlines(fetched[0])
+    for actor in [Streamlines(pd.read_json(path)), Streamlines(path), Streamlines(str(path))]:
+        assert len(actor.tubes) == len(data["lines"])
+        for tube, array in zip(actor.tubes, streamlines.paths, strict=True):
+            np.testing.assert_array_equal(tube, np.rint(array[:, :3]))
+        np.testing.assert_array_equal(actor.injection, np.rint(streamlines.injection))
+        assert len(actor.injection) == len(data["injectionCoordinates"]) > 10
+
+
+def test_the_old_plain_layout_is_what_the_actor_cannot_read(tmp_path):
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps({"lines": [[{"x": 1, "y": 2, "z": 3}]] * 2, "injection_sites": []}))
+    with pytest.raises(ValueError, match="same length"):
+        Streamlines(plain)
+
+
 def test_one_json_object_on_one_line(written):
-    # brainrender reads these files with pandas.read_json(..., lines=True).
+    # As pandas' DataFrame.to_json() writes it.
     body = written[0].read_bytes()
     assert b"\n" not in body.rstrip(b"\n")
     assert isinstance(json.loads(body), dict)
 
 
+def test_a_data_set_without_lines_still_loads(tmp_path):
+    directory = tmp_path / str(SEED_ID)
+    directory.mkdir()
+    (directory / "data.json").write_text(
+        json.dumps({"lines": [], "injectionCoordinates": [[100.0, 200.0, 300.0]]})
+    )
+    frame = pd.read_json(write_brainrender(directory))
+    tubes, injection = drawn(frame)
+    assert tubes == [] and injection.tolist() == [[100, 200, 300]]
+
+
 def test_content_is_the_fetched_paths(written):
     path, data = written
-    doc = json.loads(path.read_bytes())
+    doc = row(json.loads(path.read_bytes()))
     assert len(doc["lines"]) == len(data["lines"]) > 100
     for line, record in zip(doc["lines"], data["lines"], strict=True):
         assert len(line) == len(record["path"])

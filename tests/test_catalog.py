@@ -48,7 +48,7 @@ def searches_on_the_wire(emulator):
 def test_url_is_the_real_services_encoded_like_allensdk():
     url = Endpoints().injection_structure_search("VISp", True, 2000, 500)
     assert url == (
-        "http://api.brain-map.org/api/v2/data/query.json?criteria="
+        "https://api.brain-map.org/api/v2/data/query.json?criteria="
         "service::mouse_connectivity_injection_structure"
         "%5Binjection_structures$eqVISp%5D%5Bprimary_structure_only$eqtrue%5D"
         "%5Bstart_row$eq2000%5D%5Bnum_rows$eq500%5D"

@@ -1,5 +1,6 @@
 """The library end to end against the emulator on a loopback socket."""
 
+import dataclasses
 import itertools
 
 import orjson
@@ -98,7 +99,10 @@ async def test_many_data_sets_keep_the_pipe_full(tmp_path):
     assert [r.data_set for r in results] == ids and all(r.complete for r in results)
     assert all(r.targets > 100 for r in results)
     queries = [entry for entry in log if entry[0] == "query"]
-    for first, second in itertools.pairwise(ids):
+    # Data sets are fed in the order they are ready (on a loaded machine that need not be the
+    # order of the ids): each must start before the one fed before it has drained.
+    fed = sorted(ids, key=lambda d: min(start for _, ds, start, _ in queries if ds == d))
+    for first, second in itertools.pairwise(fed):
         last_end = max(end for _, ds, _, end in queries if ds == first)
         next_start = min(start for _, ds, start, _ in queries if ds == second)
         assert next_start < last_end, "the next data set waited for the previous one to drain"
@@ -128,3 +132,22 @@ def test_fetch_sync_for_scripts(emulator, tmp_path):
         [str(SEED_ID)], tmp_path, options=options, endpoints=emulator.endpoints
     )
     assert result.complete and (tmp_path / str(SEED_ID) / "data.json").exists()
+
+
+async def test_rerun_with_brainrender_replaces_only_an_old_layout_file(emulator, tmp_path):
+    options = FetchOptions(concurrency=8, density_range=(0.1, 0.11))
+    fetch = dict(options=options, endpoints=emulator.endpoints)
+    [first] = await asyncdl.fetch([SEED_ID], tmp_path, **fetch)
+    assert first.complete
+    viewer = tmp_path / str(SEED_ID) / f"streamlines_{SEED_ID}.json"
+    viewer.write_bytes(b'{"lines":[[{"x":1,"y":2,"z":3}]],"injection_sites":[]}')  # asyncdl 0.1.0
+    with_brainrender = dict(fetch, options=dataclasses.replace(options, brainrender=True))
+    [again] = await asyncdl.fetch([SEED_ID], tmp_path, **with_brainrender)
+    assert again.complete and again.requests == 0
+    body = viewer.read_bytes()
+    assert (
+        body.startswith(b'{"lines":{"0":[') and len(orjson.loads(body)["lines"]["0"]) == again.lines
+    )
+    stamp = viewer.stat().st_mtime_ns, viewer.stat().st_ino
+    await asyncdl.fetch([SEED_ID], tmp_path, **with_brainrender)
+    assert (viewer.stat().st_mtime_ns, viewer.stat().st_ino) == stamp  # a current file stays

@@ -6,6 +6,7 @@ def test_public_api_is_exactly_what_is_meant():
         [
             "ApiError",
             "AsyncdlError",
+            "CertificateError",
             "DataSetResult",
             "Endpoints",
             "Events",
@@ -23,6 +24,7 @@ def test_public_api_is_exactly_what_is_meant():
             "fetch",
             "fetch_sync",
             "find_experiments",
+            "read_ids_file",
             "read_streamlines",
             "survey",
         ]
@@ -34,6 +36,7 @@ def test_public_api_is_exactly_what_is_meant():
 def test_every_error_is_an_asyncdl_error():
     for name in (
         "ApiError",
+        "CertificateError",
         "FetchError",
         "HTTPStatusError",
         "StorageError",
@@ -43,3 +46,5 @@ def test_every_error_is_an_asyncdl_error():
     ):
         assert issubclass(getattr(asyncdl, name), asyncdl.AsyncdlError)
     assert issubclass(asyncdl.UsageError, ValueError)
+    assert issubclass(asyncdl.CertificateError, asyncdl.FetchError)
+    assert not issubclass(asyncdl.CertificateError, asyncdl.TransientError)  # never retried

@@ -138,3 +138,19 @@ def test_completed_needs_matching_parameters_a_complete_summary_and_data(tmp_pat
 def test_paths_come_only_from_validated_ids(tmp_path):
     with pytest.raises(UsageError):
         DataSetStore(tmp_path, "../../etc")
+
+
+def test_a_zombie_attempt_never_interleaves_with_the_attempt_that_resumed_it(tmp_path):
+    zombie = DataSetStore(tmp_path, 7)
+    begin(zombie, PARAMS, INDEX)
+    write(zombie, ANSWERS[:10])
+    # Another attempt resumes the data set while the first one is still running.
+    current = DataSetStore(tmp_path, 7)
+    assert begin(current, PARAMS, INDEX).done == frozenset(range(10))
+    write(zombie, ANSWERS[10:30])  # the zombie writes on, into the file it opened
+    write(current, ANSWERS[10:])
+    zombie.close()
+    current.close()
+    lines = (tmp_path / "7" / "lines.ndjson").read_bytes().splitlines()
+    assert [orjson.loads(line)["rank"] for line in lines] == list(range(50))
+    assert current.finalize(50, INJECTION) == len(expected_lines())

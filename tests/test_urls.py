@@ -19,25 +19,25 @@ SEED_FMT = (
 
 def test_urls_are_the_real_apis():
     assert REAL.grid_nrrd(156394513, "density") == (
-        "http://api.brain-map.org/grid_data/download_file/156394513"
+        "https://api.brain-map.org/grid_data/download_file/156394513"
         "?image=projection_density&resolution=100"
     )
     assert REAL.grid_nrrd(156394513, "injection").endswith(
         "?image=injection_fraction&resolution=100"
     )
     assert REAL.grid_legacy(156394513, "density") == (
-        "http://api.brain-map.org/grid_data/download/156394513?include=density"
+        "https://api.brain-map.org/grid_data/download/156394513?include=density"
     )
     assert REAL.grid_legacy(156394513, "injection").endswith("?include=injection")
     assert REAL.fiber_tracts_legacy() == (
-        "http://api.brain-map.org/api/v2/well_known_file_download/197646984"
+        "https://api.brain-map.org/api/v2/well_known_file_download/197646984"
     )
     assert REAL.annotation_nrrd() == (
-        "http://download.alleninstitute.org/informatics-archive/current-release/mouse_ccf/"
+        "https://download.alleninstitute.org/informatics-archive/current-release/mouse_ccf/"
         "annotation/ccf_2017/annotation_25.nrrd"
     )
     assert REAL.structure_graph() == (
-        "http://api.brain-map.org/api/v2/structure_graph_download/1.json"
+        "https://api.brain-map.org/api/v2/structure_graph_download/1.json"
     )
 
 
@@ -45,11 +45,11 @@ def test_target_spatial_formats_coordinates_like_the_seed_and_encodes_like_allen
     # The seed formats numpy floats with %d: truncation, not rounding; AllenSDK sends [ ] encoded.
     url = REAL.target_spatial([9500.0, 2700.9, 9800.4], 156394513)
     assert url == (
-        "http://api.brain-map.org/api/v2/data/query.json?criteria="
+        "https://api.brain-map.org/api/v2/data/query.json?criteria="
         "service::mouse_connectivity_target_spatial"
         "%5Bseed_point$eq9500,2700,9800%5D%5Bsection_data_set$eq156394513%5D"
     )
-    assert unquote(url) == SEED_FMT % ("http://api.brain-map.org", 9500, 2700, 9800, 156394513)
+    assert unquote(url) == SEED_FMT % ("https://api.brain-map.org", 9500, 2700, 9800, 156394513)
 
 
 coordinates = st.floats(min_value=-1e7, max_value=1e7, allow_nan=False)

@@ -2,12 +2,19 @@
 
 async with Emulator(latency_ms=50) as emu:
     await asyncdl.fetch([156394513], "out", endpoints=emu.endpoints)
+
+With ``tls=True`` it serves https with a certificate made for it (needs the ``emulator-tls``
+extra); clients trust it through the CA file ``emu.ca_file``, e.g. ``FetchOptions(ca_bundle=...)``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
+import ssl
+import tempfile
 from collections.abc import Iterable
+from pathlib import Path
 from types import TracebackType
 
 from aiohttp import web
@@ -18,20 +25,26 @@ from .catalog import CATALOGUE_IDS, TotalRows
 from .faults import KINDS as FAULT_KINDS
 from .faults import FaultPlan
 from .synthetic import DATA_SET_IDS
+from .tls import Certificates, make_certificates
 
 __all__ = [
     "CATALOGUE_IDS",
     "DATA_SET_IDS",
     "FAULT_KINDS",
+    "Certificates",
     "Emulator",
     "FaultPlan",
     "Stats",
+    "make_certificates",
     "serve",
 ]
 
 
 class Emulator:
-    """The emulator as a real server on a loopback socket (port 0 picks a free one)."""
+    """The emulator as a real server on a loopback socket (port 0 picks a free one).
+
+    ``tls``: serve https, with a certificate made now (``True``) or the given ``Certificates``.
+    """
 
     def __init__(
         self,
@@ -44,9 +57,12 @@ class Emulator:
         record: bool = False,
         faults: FaultPlan | None = None,
         search_total_rows: TotalRows = "matches",
+        tls: bool | Certificates = False,
     ) -> None:
         self.host = host
         self.port = port
+        #: The certificates served over https; None for plain http.
+        self.certificates = make_certificates() if tls is True else tls or None
         self.app = EmulatorApp(
             latency_ms=latency_ms,
             latency_spread=latency_spread,
@@ -56,6 +72,7 @@ class Emulator:
             search_total_rows=search_total_rows,
         )
         self._runner: web.AppRunner | None = None
+        self._tls_dir: Path | None = None
 
     @property
     def stats(self) -> Stats:
@@ -63,7 +80,13 @@ class Emulator:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.certificates is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    @property
+    def ca_file(self) -> Path | None:
+        """The PEM file of the CA that signed the server's certificate, while serving https."""
+        return self._tls_dir / "ca.pem" if self._tls_dir is not None else None
 
     @property
     def endpoints(self) -> Endpoints:
@@ -71,20 +94,40 @@ class Emulator:
         return Endpoints(base_url=self.base_url, archive_url=self.base_url, name="asyncdl-emulator")
 
     async def start(self) -> None:
+        context = self._tls_context() if self.certificates is not None else None
         runner = web.AppRunner(self.app.make_app(), access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, backlog=1024, reuse_address=True)
+        site = web.TCPSite(
+            runner, self.host, self.port, backlog=1024, reuse_address=True, ssl_context=context
+        )
         await site.start()
         self._runner = runner
         if self.port == 0:
-            server = site._server
-            assert isinstance(server, asyncio.Server)
-            self.port = server.sockets[0].getsockname()[1]
+            self.port = runner.addresses[0][1]
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """Write the CA (for clients) and the server's PEM to a private directory, and load it."""
+        assert self.certificates is not None
+        self._tls_dir = Path(tempfile.mkdtemp(prefix="asyncdl-emulator-"))
+        (self._tls_dir / "ca.pem").write_bytes(self.certificates.ca_pem)
+        context = self.certificates.server_context(self._tls_dir)
+        stats = self.app.stats
+
+        def handshake(connection: object, server_name: str | None, ctx: object) -> None:
+            # Called at every ClientHello, SNI or not: the connections a client opened, counted
+            # at the server, even those whose certificate the client then refused.
+            stats.tls_handshakes += 1
+
+        context.sni_callback = handshake
+        return context
 
     async def close(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._tls_dir is not None:
+            shutil.rmtree(self._tls_dir, ignore_errors=True)
+            self._tls_dir = None
 
     async def __aenter__(self) -> Emulator:
         await self.start()
@@ -103,14 +146,26 @@ async def serve(
     latency_ms: float = 0.0,
     latency_spread: float = 0.2,
     faults: FaultPlan | None = None,
+    tls: bool = False,
 ) -> None:
-    """Run the emulator until cancelled, printing where it listens."""
+    """Run the emulator until cancelled, printing where it listens (and its CA file, for https)."""
     async with Emulator(
-        host=host, port=port, latency_ms=latency_ms, latency_spread=latency_spread, faults=faults
+        host=host,
+        port=port,
+        latency_ms=latency_ms,
+        latency_spread=latency_spread,
+        faults=faults,
+        tls=tls,
     ) as emu:
         print(
             f"asyncdl emulator listening on {emu.base_url} ({len(emu.app.data_sets)} data sets, "
             f"e.g. {', '.join(map(str, DATA_SET_IDS))})",
             flush=True,
         )
+        if emu.ca_file is not None:
+            print(
+                f"asyncdl emulator's CA certificate: {emu.ca_file} "
+                "(give it to clients with --ca-bundle or SSL_CERT_FILE)",
+                flush=True,
+            )
         await asyncio.Event().wait()

@@ -54,6 +54,8 @@ class Stats:
     requests: Counter[str] = field(default_factory=Counter)
     in_flight: int = 0
     peak_in_flight: int = 0
+    #: TLS handshakes begun (https only): one per connection a client opened.
+    tls_handshakes: int = 0
     #: (route, data set, start, end) of every request, when the server was asked to record them.
     log: list[tuple[str, int | None, float, float]] | None = None
     #: (request target exactly as sent, User-Agent) of every request, when recording.
@@ -62,6 +64,7 @@ class Stats:
     def reset(self) -> None:
         self.requests.clear()
         self.peak_in_flight = self.in_flight
+        self.tls_handshakes = 0
         if self.log is not None:
             self.log.clear()
         if self.wire is not None:
@@ -72,6 +75,7 @@ class Stats:
             "requests": dict(self.requests),
             "in_flight": self.in_flight,
             "peak_in_flight": self.peak_in_flight,
+            "tls_handshakes": self.tls_handshakes,
         }
 
 

@@ -1,0 +1,348 @@
+"""A run spread over the processes and machines of a Dask cluster (``pip install 'asyncdl[dask]'``).
+
+One task per data set, keyed by its id and the run. Each worker holds, for the run, what a local
+run holds once: one HTTP client, one volume source and one ``Scheduler`` (a ``WorkerPlugin`` made on
+the worker, never pickled), so the data sets it is given share its request queue and its pipe
+stays full between them. ``-c`` and ``--rate`` are split evenly between the workers. Progress comes
+back in batches through Dask's event log. Everything else is the local run's: the same
+``DataSet`` life, the same files, so resume and a worker that dies mid-data-set are handled by
+the per-data-set resume (and ``store`` gives each attempt a ``lines.ndjson`` of its own).
+
+Only ``fetch(..., client=...)`` and the command line's ``--workers``/``--scheduler`` import this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from .aio import event_loop_factory
+from .config import FetchOptions
+from .dataset import RunContext
+from .errors import UsageError
+from .events import Events
+from .fetcher import HttpClient, Tally
+from .pipeline import Scheduler
+from .results import DataSetResult
+from .sources import VolumeSource
+from .store import DataSetStore
+from .urls import Endpoints
+
+try:
+    import dask
+    import distributed
+    from distributed import Client, WorkerPlugin, as_completed, get_worker
+    from distributed.scheduler import KilledWorker
+except ImportError as exc:  # pragma: no cover (the extra is installed for the tests)
+    raise UsageError("running on Dask needs the 'dask' extra: pip install 'asyncdl[dask]'") from exc
+
+if TYPE_CHECKING:
+    from distributed import Worker
+
+#: How often a worker sends its progress (one message per interval, however many answers).
+FLUSH_SECONDS = 0.2
+#: How often a task checks that the scheduler still wants it (a cancelled task must stop writing).
+WATCH_SECONDS = 0.2
+
+
+def share(options: FetchOptions, workers: int) -> FetchOptions:
+    """Each worker's part of the run's ``concurrency`` and ``rate``, so the whole stays within them."""
+    if workers < 1:
+        raise UsageError("the Dask cluster has no workers")
+    if options.concurrency < workers:
+        raise UsageError(
+            f"-c {options.concurrency} is less than the {workers} workers: each needs at least one"
+        )
+    rate = options.rate / workers if options.rate is not None else None
+    return replace(options, concurrency=options.concurrency // workers, rate=rate)
+
+
+@asynccontextmanager
+async def connect(
+    *, workers: int | None = None, scheduler: str | None = None
+) -> AsyncIterator[Client]:
+    """A client of an existing cluster (``scheduler``), or of a local one of ``workers`` processes
+    started for the run and closed after it. Workers use uvloop when it is installed."""
+    if (workers is None) == (scheduler is None):
+        raise UsageError("give either --workers N or --scheduler ADDRESS")
+    if scheduler is not None:
+        try:
+            async with Client(scheduler, asynchronous=True, timeout="10s") as client:
+                yield client
+        except OSError as exc:
+            raise UsageError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from exc
+        return
+    assert workers is not None
+    if workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {workers}")
+    loop = "uvloop" if event_loop_factory() is not None else "asyncio"
+    with dask.config.set({"distributed.admin.event-loop": loop}):
+        cluster = await distributed.LocalCluster(
+            n_workers=workers,
+            # Each task is one data set: a worker runs as many at once as a local run prepares
+            # ahead, plus the one feeding its queue.
+            threads_per_worker=FetchOptions().prefetch + 1,
+            processes=True,
+            asynchronous=True,
+            dashboard_address="127.0.0.1:0",
+            scheduler_kwargs={"dashboard": False},
+            silence_logs=logging.CRITICAL,
+        )
+    try:
+        async with Client(cluster, asynchronous=True) as client:
+            yield client
+    finally:
+        await cast(Awaitable[None], cluster.close())
+
+
+async def fetch_on_cluster(
+    client: Client,
+    ids: Sequence[int],
+    out: Path,
+    cache: Path,
+    options: FetchOptions,
+    endpoints: Endpoints,
+    params: Mapping[str, Any],
+    events: Events,
+) -> list[DataSetResult]:
+    """``api.fetch`` on a Dask cluster: the same results, files and guarantees."""
+    if not getattr(client, "asynchronous", False):
+        raise UsageError("fetch(client=...) needs an asynchronous Client (asynchronous=True)")
+    assert client.scheduler is not None
+    workers = len((await client.scheduler.identity(n_workers=-1))["workers"])
+    each = share(options, workers)
+    events.workers_started(workers, each.concurrency, each.rate)
+    await _check_shared(client, out)
+    async with HttpClient(options) as http:  # the shared volumes, once, before the fan-out
+        shared = VolumeSource(http, endpoints, cache, options.volumes)
+        await shared.prefetch_shared(Tally())
+
+    run = f"asyncdl-{secrets.token_hex(6)}"
+    relay = _Relay(events)
+    client.subscribe_topic(run, relay.receive)
+    plugin = RunPlugin(run, each, endpoints, out, cache, params, shared.tract_ids)
+    await client.register_plugin(plugin, name=run)
+    futures = {
+        client.submit(_fetch_data_set, run, data_set, key=f"{run}-{data_set}", pure=False): data_set
+        for data_set in ids
+    }
+    results: dict[int, DataSetResult] = {}
+    try:
+        events.started(ids)
+        async for future in as_completed(list(futures)):
+            data_set = futures[future]
+            try:
+                result = await future
+            except KilledWorker as exc:  # Dask gave up on it: failed here, a rerun resumes it
+                result = _killed(out, data_set, params, str(exc))
+            relay.done(result)
+            results[data_set] = result
+    except BaseException:
+        await asyncio.shield(client.cancel(list(futures), force=True))
+        raise
+    finally:
+        client.unsubscribe_topic(run)
+        await asyncio.shield(client.unregister_worker_plugin(run))
+    return [results[data_set] for data_set in ids]
+
+
+def _killed(out: Path, data_set: int, params: Mapping[str, Any], error: str) -> DataSetResult:
+    store = DataSetStore(out, data_set)
+    result = DataSetResult(
+        data_set, False, error=f"KilledWorker: {error}", directory=str(store.dir)
+    )
+    store.write_summary({**result.as_dict(), "parameters": dict(params)})
+    return result
+
+
+async def _check_shared(client: Client, out: Path) -> None:
+    """Fail unless every worker sees ``out``: a sentinel file written here is read there."""
+    token = secrets.token_hex(8)
+    sentinel = out / f".asyncdl-sentinel-{token}"
+    sentinel.write_text(token)
+    try:
+        seen = await client.run(_sees, str(sentinel), token)
+    finally:
+        sentinel.unlink(missing_ok=True)
+    blind = sorted(address for address, ok in seen.items() if not ok)
+    if blind:
+        raise UsageError(
+            f"{out} is not on a file system every Dask worker can see (not seen by "
+            f"{', '.join(blind)}); give -o a shared folder"
+        )
+
+
+def _sees(path: str, token: str) -> bool:
+    try:
+        return Path(path).read_text() == token
+    except OSError:
+        return False
+
+
+class RunPlugin(WorkerPlugin):
+    """One run's state on one worker: made there by ``setup``, closed by ``teardown``."""
+
+    def __init__(
+        self,
+        name: str,
+        options: FetchOptions,
+        endpoints: Endpoints,
+        out: Path,
+        cache: Path,
+        params: Mapping[str, Any],
+        tract_ids: frozenset[int] | None,
+    ) -> None:
+        self.name = name
+        self.options, self.endpoints, self.out, self.cache = options, endpoints, out, cache
+        self.params = dict(params)
+        self.tract_ids = tract_ids
+        self.scheduler: Scheduler | None = None
+        self._stack: AsyncExitStack | None = None
+        self._events: _WorkerEvents | None = None
+
+    def __getstate__(self) -> dict[str, Any]:  # only the parameters travel, never live objects
+        return {k: v for k, v in vars(self).items() if k not in ("scheduler", "_stack", "_events")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        vars(self).update(state, scheduler=None, _stack=None, _events=None)
+
+    async def setup(self, worker: Worker) -> None:
+        stack = AsyncExitStack()
+        self._events = _WorkerEvents(worker, self.name)
+        stack.push_async_callback(self._events.close)
+        client = await stack.enter_async_context(HttpClient(self.options))
+        source = VolumeSource(
+            client, self.endpoints, self.cache, self.options.volumes, tract_ids=self.tract_ids
+        )
+        ctx = RunContext(
+            client, source, self.endpoints, self.out, self.options, self.params, self._events
+        )
+        self.scheduler = await stack.enter_async_context(Scheduler(ctx))
+        self._stack = stack
+
+    async def teardown(self, worker: Worker) -> None:
+        if self._stack is not None:
+            await self._stack.aclose()
+
+
+async def _fetch_data_set(run: str, data_set: int) -> DataSetResult:
+    """The task: one data set, on this worker's scheduler. It stops itself (cancelled, so its
+    files are closed) as soon as the cluster no longer wants it, e.g. after the run was cancelled:
+    Dask does not stop a running task by itself."""
+    worker = get_worker()
+    plugin = cast(RunPlugin, worker.plugins[run])
+    assert plugin.scheduler is not None and plugin._events is not None
+    key = f"{run}-{data_set}"
+    task = asyncio.current_task()
+    assert task is not None
+
+    async def watch() -> None:
+        while True:
+            await asyncio.sleep(WATCH_SECONDS)
+            state = worker.state.tasks.get(key)
+            if state is None or state.state not in ("executing", "long-running"):
+                task.cancel()
+                return
+
+    watchdog = asyncio.create_task(watch())
+    try:
+        result = await plugin.scheduler.run(data_set)
+    finally:
+        watchdog.cancel()
+    plugin._events.flush()
+    return result
+
+
+class _WorkerEvents(Events):
+    """A worker's events, gathered and sent to the client every ``FLUSH_SECONDS`` in one message."""
+
+    def __init__(self, worker: Worker, topic: str) -> None:
+        self.worker = worker
+        self.topic = topic
+        self._started: list[list[int]] = []
+        self._done: defaultdict[int, list[int]] = defaultdict(lambda: [0, 0])
+        self._retries: list[list[Any]] = []
+        self._failed: list[list[Any]] = []
+        self._flusher = asyncio.create_task(self._flush_every())
+
+    def data_set_started(self, data_set: int, targets: int, resumed: int) -> None:
+        self._started.append([data_set, targets, resumed])
+
+    def target_done(self, data_set: int, ok: bool) -> None:
+        self._done[data_set][0 if ok else 1] += 1
+
+    def retry(self, data_set: int, url: str, error: str, wait: float) -> None:
+        self._retries.append([data_set, url, error, wait])
+
+    def target_failed(self, data_set: int, rank: int, error: str) -> None:
+        self._failed.append([data_set, rank, error])
+
+    def flush(self) -> None:
+        if not (self._started or self._done or self._retries or self._failed):
+            return
+        message = {
+            "started": self._started,
+            "done": [[ds, ok, bad] for ds, (ok, bad) in self._done.items()],
+            "retries": self._retries,
+            "failed": self._failed,
+        }
+        self._started, self._retries, self._failed = [], [], []
+        self._done.clear()
+        self.worker.log_event(self.topic, message)
+
+    async def _flush_every(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            self.flush()
+
+    async def close(self) -> None:
+        self._flusher.cancel()
+        self.flush()
+
+
+class _Relay:
+    """The client's end: the workers' batches handed to the run's ``Events`` as a local run would.
+
+    A data set that Dask runs again (its worker died) reports its start again; its progress is
+    then counted once, never beyond its targets, and nothing is reported after it is done.
+    """
+
+    def __init__(self, events: Events) -> None:
+        self.events = events
+        self._targets: dict[int, int] = {}
+        self._counted: Counter[int] = Counter()
+        self._finished: set[int] = set()
+
+    def receive(self, event: tuple[float, Mapping[str, Any]]) -> None:
+        message = event[1]
+        for data_set, targets, resumed in message["started"]:
+            if data_set not in self._targets and data_set not in self._finished:
+                self._targets[data_set] = targets
+                self._counted[data_set] = resumed
+                self.events.data_set_started(data_set, targets, resumed)
+        for data_set, url, error, wait in message["retries"]:
+            if data_set in self._targets:
+                self.events.retry(data_set, url, error, wait)
+        for data_set, rank, error in message["failed"]:
+            if data_set in self._targets:
+                self.events.target_failed(data_set, rank, error)
+        for data_set, ok, bad in message["done"]:
+            if data_set not in self._targets:
+                continue
+            for good, n in ((True, ok), (False, bad)):
+                n = min(n, self._targets[data_set] - self._counted[data_set])
+                self._counted[data_set] += n
+                for _ in range(n):
+                    self.events.target_done(data_set, good)
+
+    def done(self, result: DataSetResult) -> None:
+        self._targets.pop(result.data_set, None)
+        self._finished.add(result.data_set)
+        self.events.data_set_done(result)

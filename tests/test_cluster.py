@@ -1,0 +1,282 @@
+"""A run spread over a Dask cluster: 2 worker processes, the emulator in a process of its own.
+
+The cluster is started once for the module; each test connects its own asynchronous client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+
+import orjson
+import pytest
+
+import asyncdl
+from asyncdl import Endpoints, FetchOptions, UsageError
+
+from .conftest import SEED_ID, command
+
+distributed = pytest.importorskip("distributed")
+
+IDS = [SEED_ID, 100141219, 112514202]
+NARROW = (0.1, 0.2)  # fewer targets per data set: the tests stay quick on 2 busy cores
+
+
+class EmulatorProcess:
+    """``asyncdl emulate`` in its own process; its counters come from ``/__emulator__/stats``."""
+
+    def __init__(self, latency_ms: float) -> None:
+        self.proc = subprocess.Popen(
+            command("emulate", "--port", 0, "--latency-ms", latency_ms),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # "asyncdl emulator listening on http://...:PORT (...)"
+        if "listening on " not in line:
+            self.proc.kill()
+            raise RuntimeError(f"emulator did not start: {line!r}")
+        self.base_url = line.split("listening on ", 1)[1].split()[0]
+        self.endpoints = Endpoints(self.base_url, self.base_url, name="asyncdl-emulator")
+
+    def stats(self) -> dict[str, object]:
+        with urllib.request.urlopen(f"{self.base_url}/__emulator__/stats", timeout=30) as resp:
+            return orjson.loads(resp.read())  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(30)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[distributed.LocalCluster]:
+    with distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=3,
+        processes=True,
+        dashboard_address="127.0.0.1:0",
+        scheduler_kwargs={"dashboard": False},
+        silence_logs=logging.CRITICAL,
+    ) as local:
+        yield local
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[EmulatorProcess]:
+    emu = EmulatorProcess(latency_ms=5)
+    yield emu
+    emu.close()
+
+
+@pytest.fixture(scope="module")
+def single_process(server, tmp_path_factory) -> dict[int, bytes]:
+    """data.json of each data set from a run in this process: what the cluster must reproduce."""
+    out = tmp_path_factory.mktemp("single")
+    options = FetchOptions(density_range=NARROW)
+    results = asyncdl.fetch_sync(IDS, out, options=options, endpoints=server.endpoints)
+    assert all(r.complete for r in results)
+    return {ds: (out / str(ds) / "data.json").read_bytes() for ds in IDS}
+
+
+async def test_output_is_byte_identical_to_a_single_process_run(
+    cluster, server, single_process, tmp_path
+):
+    options = FetchOptions(concurrency=16, density_range=NARROW)
+    async with distributed.Client(cluster.scheduler_address, asynchronous=True) as client:
+        results = await asyncdl.fetch(
+            IDS, tmp_path, options=options, endpoints=server.endpoints, client=client
+        )
+    assert [r.data_set for r in results] == IDS and all(r.complete for r in results)
+    for ds in IDS:
+        assert (tmp_path / str(ds) / "data.json").read_bytes() == single_process[ds]
+    # Rerun: complete data sets are skipped, as locally.
+    async with distributed.Client(cluster.scheduler_address, asynchronous=True) as client:
+        again = await asyncdl.fetch(
+            IDS, tmp_path, options=options, endpoints=server.endpoints, client=client
+        )
+    assert [r.status for r in again] == ["skipped"] * 3
+
+
+async def test_the_server_never_sees_more_than_c_from_the_whole_cluster(cluster, tmp_path):
+    emu = EmulatorProcess(latency_ms=20)
+    try:
+        options = FetchOptions(concurrency=6, density_range=NARROW)
+        async with distributed.Client(cluster.scheduler_address, asynchronous=True) as client:
+            results = await asyncdl.fetch(
+                IDS[:2], tmp_path, options=options, endpoints=emu.endpoints, client=client
+            )
+        assert all(r.complete for r in results)
+        stats = emu.stats()
+    finally:
+        emu.close()
+    assert 1 <= stats["peak_in_flight"] <= options.concurrency  # type: ignore[operator]
+
+
+async def test_a_killed_worker_is_replaced_and_the_output_stays_identical(
+    cluster, single_process, server, tmp_path
+):
+    emu = EmulatorProcess(latency_ms=5)
+    options = FetchOptions(concurrency=8, density_range=NARROW)
+    try:
+        async with distributed.Client(cluster.scheduler_address, asynchronous=True) as client:
+            pids = await client.run(os.getpid)
+            run = asyncio.create_task(
+                asyncdl.fetch(
+                    IDS, tmp_path, options=options, endpoints=emu.endpoints, client=client
+                )
+            )
+            # Kill a worker while answers are being written.
+            while not any((tmp_path / str(ds) / "lines.ndjson").exists() for ds in IDS):
+                await asyncio.sleep(0.05)
+                assert not run.done(), run
+            await asyncio.sleep(0.3)
+            assert not run.done()
+            victim = sorted(pids.values())[0]
+            os.kill(victim, signal.SIGKILL)
+            results = await asyncio.wait_for(run, 240)
+            await client.wait_for_workers(2, timeout=120)
+            assert victim not in (await client.run(os.getpid)).values()
+        stats = emu.stats()
+    finally:
+        emu.close()
+    assert all(r.complete for r in results), [r.error for r in results]
+    for ds in IDS:
+        assert (tmp_path / str(ds) / "data.json").read_bytes() == single_process[ds]
+    targets = sum(r.targets for r in results)
+    asked = stats["requests"]["query"]  # type: ignore[index]
+    # Only what the dead worker had in flight is asked again: at most its share of -c.
+    print(f"targets {targets}, spatial searches {asked}")
+    assert targets <= asked <= targets + options.concurrency // 2
+
+
+def test_ctrl_c_then_rerun_resumes_with_local_workers(server, single_process, tmp_path):
+    args = ["fetch", *IDS, "-o", tmp_path, "--workers", 2, "-c", 8, "-q"]
+    args += ["--base-url", server.base_url, "--archive-url", server.base_url]
+    args += ["--density-range", *NARROW]
+    proc = subprocess.Popen(command(*args), stderr=subprocess.PIPE, text=True)
+    try:
+        lines = [tmp_path / str(ds) / "lines.ndjson" for ds in IDS]
+        for _ in range(1200):  # until answers are being written (at most 2 minutes)
+            if any(p.exists() and p.stat().st_size > 0 for p in lines):
+                break
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            subprocess.run(["sleep", "0.1"], check=True)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted" in stderr
+    # The rerun resumes, and the workers' progress reaches the JSON log as a local run's does.
+    json_args = [a for a in args if a != "-q"] + ["--log-format", "json"]
+    again = subprocess.run(command(*json_args), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    events = [orjson.loads(line) for line in again.stderr.splitlines() if line.startswith("{")]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "workers" and kinds[-1] == "summary", kinds
+    assert events[0]["workers"] == 2 and events[0]["concurrency"] == 4
+    done = {e["data_set"]: e for e in events if e["event"] == "data_set_done"}
+    assert sorted(done) == sorted(IDS) and all(e["complete"] for e in done.values())
+    assert any(e["resumed"] > 0 for e in done.values())  # what was answered was not asked again
+    started = [e["data_set"] for e in events if e["event"] == "data_set_start"]
+    assert len(started) == len(set(started))  # reported once each, however many attempts
+    for ds in IDS:
+        assert (tmp_path / str(ds) / "data.json").read_bytes() == single_process[ds]
+
+
+def test_without_the_extra_the_flag_is_one_clear_line(tmp_path):
+    blocker = tmp_path / "blocked" / "distributed"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('not installed')\n")
+    env = {**os.environ, "PYTHONPATH": str(blocker.parent)}
+    proc = subprocess.run(
+        command("fetch", SEED_ID, "-o", tmp_path / "out", "--workers", 2, "--emulator"),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "asyncdl: error: running on Dask needs the 'dask' extra: pip install 'asyncdl[dask]'"
+    )
+
+
+def test_code_that_does_not_ask_for_dask_does_not_import_it():
+    code = "import sys, asyncdl, asyncdl.cli; sys.exit('distributed' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_each_worker_gets_an_even_share_and_too_few_slots_are_refused():
+    from asyncdl.cluster import share
+
+    each = share(FetchOptions(concurrency=256, rate=100.0), 3)
+    assert (each.concurrency, each.rate) == (85, pytest.approx(100 / 3))
+    with pytest.raises(UsageError, match="less than the 4 workers"):
+        share(FetchOptions(concurrency=3), 4)
+
+
+async def test_an_output_folder_a_worker_cannot_see_is_refused(tmp_path):
+    from asyncdl.cluster import _check_shared
+
+    class Blind:
+        async def run(self, fn, *args):
+            return {"tcp://a:1": fn(*args), "tcp://b:2": False}
+
+    with pytest.raises(UsageError, match=r"not on a file system every Dask worker can see.*b:2"):
+        await _check_shared(Blind(), tmp_path)  # type: ignore[arg-type]
+    assert not list(tmp_path.iterdir())  # the sentinel is removed
+
+
+async def test_when_dask_gives_up_the_data_set_is_failed_and_a_rerun_completes_it(
+    server, single_process, tmp_path
+):
+    import dask
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        local = await distributed.LocalCluster(
+            n_workers=1,
+            threads_per_worker=3,
+            processes=True,
+            asynchronous=True,
+            dashboard_address="127.0.0.1:0",
+            scheduler_kwargs={"dashboard": False},
+            silence_logs=logging.CRITICAL,
+        )
+    options = FetchOptions(concurrency=4, density_range=NARROW)
+    kwargs = {"options": options, "endpoints": server.endpoints}
+    try:
+        async with distributed.Client(local, asynchronous=True) as client:
+            (pid,) = (await client.run(os.getpid)).values()
+            run = asyncio.create_task(asyncdl.fetch([SEED_ID], tmp_path, client=client, **kwargs))
+            lines = tmp_path / str(SEED_ID) / "lines.ndjson"
+            while not (lines.exists() and lines.stat().st_size > 0):
+                await asyncio.sleep(0.05)
+                assert not run.done(), run
+            os.kill(pid, signal.SIGKILL)
+            (failed,) = await asyncio.wait_for(run, 240)
+            assert not failed.complete and failed.status == "failed"
+            assert failed.error is not None and failed.error.startswith("KilledWorker")
+            summary = orjson.loads((tmp_path / str(SEED_ID) / "summary.json").read_bytes())
+            assert summary["status"] == "failed"
+
+            await client.wait_for_workers(1, timeout=120)  # the nanny started a new worker
+            (done,) = await asyncdl.fetch([SEED_ID], tmp_path, client=client, **kwargs)
+    finally:
+        await local.close()
+    assert done.complete and done.resumed > 0
+    assert (tmp_path / str(SEED_ID) / "data.json").read_bytes() == single_process[SEED_ID]

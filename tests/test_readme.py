@@ -1,0 +1,122 @@
+"""The README's "Using the results" section, run as written, in order, in a fresh folder.
+
+Its ``sh`` blocks run as real ``asyncdl`` processes, each with ``--emulator`` added (the README's
+commands are the ones for the real servers); its Python blocks run with ``exec``. brainrender
+(vtk, a GPU) and AllenSDK are not installed here: stand-ins that read data as brainrender's actor
+does and build the experiment table as AllenSDK does are put in sys.modules instead.
+"""
+
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from . import allensdk_standin, brainrender_standin
+from .conftest import SEED_ID, command
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+SECTION = "## Using the results"
+OTHER_ID = 100141219  # fetched by the AllenSDK example; the seed's data set is there already
+
+
+def section_blocks():
+    """The fenced blocks of the section: (language, code), in order."""
+    text = README.read_text()
+    start = text.index(f"\n{SECTION}\n")
+    end = text.index("\n## ", start + 1)
+    return re.findall(r"^```(\w+)\n(.*?)^```$", text[start:end], re.M | re.S)
+
+
+def commands(script):
+    """The asyncdl commands of a sh block, each pointed at a bundled emulator."""
+    for line in script.splitlines():
+        if line.strip() and not line.strip().startswith("#"):
+            argv = shlex.split(line)
+            assert argv[0] == "asyncdl", line
+            yield [*argv[1:], "--emulator"]
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory):
+    """Run the section; return the folder and, per block, its processes or its namespace."""
+    work = tmp_path_factory.mktemp("readme")
+    results = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(work)
+        brainrender_standin.install(mp)
+        allensdk_standin.install(mp, [SEED_ID, OTHER_ID])
+        for language, code in section_blocks():
+            if language == "sh":
+                procs = [
+                    subprocess.run(command(*argv), capture_output=True, text=True, timeout=600)
+                    for argv in commands(code)
+                ]
+                results.append((language, code, procs))
+            else:
+                assert language == "python"
+                namespace = {"__name__": "readme"}
+                exec(compile(code, str(README), "exec"), namespace)
+                results.append((language, code, namespace))
+        scenes, calls = list(brainrender_standin.SCENES), list(allensdk_standin.CALLS)
+    return work, results, scenes, calls
+
+
+def block(ran, word):
+    [found] = [result for language, code, result in ran[1] if language == "python" and word in code]
+    return found
+
+
+def data_json(work, data_set=SEED_ID):
+    return orjson.loads((work / "data" / str(data_set) / "data.json").read_bytes())
+
+
+def test_the_section_shows_the_three_hand_offs_and_every_command_works(ran):
+    _, results, _, _ = ran
+    assert [language for language, _, _ in results] == ["sh", "python"] * 2 + ["python", "sh"]
+    for language, code, procs in results:
+        if language == "sh":
+            assert procs
+            for proc in procs:
+                assert proc.returncode == 0, (code, proc.stderr)
+                assert "Traceback" not in proc.stderr
+
+
+def test_pandas_and_numpy(ran):
+    work, *_ = ran
+    ns = block(ran, "read_streamlines")
+    data = data_json(work)
+    coords = [point["coord"] for record in data["lines"] for point in record["path"]]
+    assert len(data["lines"]) > 1000
+    np.testing.assert_array_equal(ns["points"][["x", "y", "z"]].to_numpy(), coords)
+    assert ns["points"]["line"].nunique() == len(data["lines"])
+    firsts = [record["path"][0]["coord"] for record in data["lines"]]
+    np.testing.assert_array_equal(ns["targets"][["x", "y", "z"]].to_numpy(), firsts)
+    np.testing.assert_array_equal(ns["injection"].to_numpy(), data["injectionCoordinates"])
+
+
+def test_brainrender(ran):
+    work, _, scenes, _ = ran
+    data = data_json(work)
+    [scene] = scenes
+    assert scene.rendered
+    [actor] = scene.actors
+    assert len(actor.tubes) == len(data["lines"]) > 1000
+    for tube, record in zip(actor.tubes, data["lines"], strict=True):
+        np.testing.assert_array_equal(tube, np.rint([p["coord"] for p in record["path"]]))
+    np.testing.assert_array_equal(actor.injection, np.rint(data["injectionCoordinates"]))
+
+
+def test_ids_from_allensdk(ran):
+    work, results, _, calls = ran
+    assert calls == [{"dataframe": True, "cre": False, "injection_structure_ids": [385]}]
+    header = (work / "experiments.csv").read_text().splitlines()[0]
+    assert header.startswith("id,") and header.split(",").count("id") == 2  # AllenSDK's CSV
+    [fetch] = results[-1][2]
+    assert f"{SEED_ID}: already complete" in fetch.stderr
+    assert f"{OTHER_ID}: ok: " in fetch.stderr
+    assert "2 of 2 data sets complete" in fetch.stderr
+    assert data_json(work, OTHER_ID)["lines"]

@@ -1,0 +1,344 @@
+"""https: the emulator serving TLS, asyncdl verifying it, and refusing what does not verify."""
+
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import urllib.request
+
+import orjson
+import pytest
+
+import asyncdl
+from asyncdl import CertificateError, FetchOptions, UsageError
+from asyncdl.emulator import Emulator, make_certificates
+from asyncdl.fetcher import HttpClient, Tally, tls_context
+from asyncdl.responses import rows
+
+from .conftest import SEED_ID, EmulatorThread, command, server_args
+
+#: Few targets, so each run is quick; the same for every run compared here.
+RANGE = ("0.1", "0.11")
+OPTIONS = {"density_range": (0.1, 0.11), "concurrency": 8}
+
+
+@pytest.fixture(autouse=True)
+def no_ca_from_the_environment(monkeypatch):
+    """'Without the CA' must mean it: no SSL_CERT_FILE/SSL_CERT_DIR leaking in from outside."""
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+
+
+@pytest.fixture(scope="module")
+def https_server():
+    with EmulatorThread(tls=True) as emu:
+        yield emu
+
+
+@pytest.fixture
+def https(https_server):
+    """The module's https emulator with its counters reset for this test."""
+    https_server.stats.reset()
+    return https_server
+
+
+@pytest.fixture(scope="module")
+def over_http(emulator_server, tmp_path_factory):
+    """data.json of the seed's data set fetched over plain http, to compare https runs with."""
+    out = tmp_path_factory.mktemp("http")
+    asyncdl.fetch_sync(
+        [SEED_ID], out, options=FetchOptions(**OPTIONS), endpoints=emulator_server.endpoints
+    )
+    return (out / str(SEED_ID) / "data.json").read_bytes()
+
+
+def run(*args, env=None):
+    environ = {k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
+    return subprocess.run(
+        command(*args),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**environ, "PYTHONWARNINGS": "error", **(env or {})},
+    )
+
+
+def one_error_line(stderr):
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("asyncdl: error: "), stderr
+    return lines[0]
+
+
+def host_of(emu):
+    return f"127.0.0.1:{emu.port}"
+
+
+# -- with the CA: the same data as over http ---------------------------------------------------------
+
+
+async def test_fetch_over_https_with_the_ca_equals_http(https, over_http, tmp_path):
+    assert https.base_url.startswith("https://")
+    options = FetchOptions(**OPTIONS, ca_bundle=https.ca_file)
+    [result] = await asyncdl.fetch([SEED_ID], tmp_path, options=options, endpoints=https.endpoints)
+    assert result.complete and result.retries == 0
+    assert (tmp_path / str(SEED_ID) / "data.json").read_bytes() == over_http
+    # It really went over TLS: the server answered every request, through TLS connections.
+    assert sum(https.stats.requests.values()) == result.requests
+    assert https.stats.tls_handshakes >= 1
+
+
+def rehashed_directory(ca_file, directory):
+    """An OpenSSL CA directory (``<subject hash>.0``) holding ``ca_file``, as SSL_CERT_DIR wants."""
+    subject_hash = subprocess.run(
+        ["openssl", "x509", "-hash", "-noout", "-in", ca_file],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    directory.mkdir()
+    shutil.copy(ca_file, directory / f"{subject_hash}.0")
+    return directory
+
+
+@pytest.mark.parametrize("how", ["--ca-bundle", "SSL_CERT_FILE", "SSL_CERT_DIR"])
+def test_cli_fetch_over_https_trusts_the_ca_it_is_given(https, over_http, tmp_path, how):
+    args, env = [], {}
+    if how == "--ca-bundle":
+        args = ["--ca-bundle", https.ca_file]
+    elif how == "SSL_CERT_FILE":
+        env = {"SSL_CERT_FILE": str(https.ca_file)}
+    else:
+        if shutil.which("openssl") is None:
+            pytest.skip("needs the openssl command to hash a CA directory")
+        env = {"SSL_CERT_DIR": str(rehashed_directory(https.ca_file, tmp_path / "certs"))}
+    out = tmp_path / "out"
+    proc = run(
+        "fetch", SEED_ID, "-o", out, "--density-range", *RANGE, *server_args(https), *args, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (out / str(SEED_ID) / "data.json").read_bytes() == over_http
+    assert https.stats.tls_handshakes >= 1
+
+
+def test_default_context_reads_ssl_cert_file(https, monkeypatch):
+    # Python's default context trusts SSL_CERT_FILE through OpenSSL's default verify paths,
+    # read when the context is made; --ca-bundle replaces the system's CAs instead of adding.
+    def organisations(context):
+        return [
+            value
+            for cert in context.get_ca_certs()
+            for rdn in cert["subject"]
+            for key, value in rdn
+            if key == "organizationName"
+        ]
+
+    assert "asyncdl emulator" not in organisations(tls_context(None))
+    monkeypatch.setenv("SSL_CERT_FILE", str(https.ca_file))
+    assert "asyncdl emulator" in organisations(tls_context(None))
+    assert organisations(tls_context(https.ca_file)) == ["asyncdl emulator"]
+
+
+# -- without it: one line, exit 4, no retries ------------------------------------------------------
+
+
+async def test_an_untrusted_certificate_is_one_attempt_and_no_retry(https):
+    tally = Tally()
+    async with HttpClient(FetchOptions(retries=5, backoff_base=0, backoff_max=0)) as client:
+        with pytest.raises(CertificateError) as err:
+            await client.get_json(https.endpoints.structure_graph(), tally, rows)
+    assert err.value.host == host_of(https)
+    assert "did not verify" in str(err.value) and "--ca-bundle" in str(err.value)
+    assert "unable to get local issuer certificate" in str(err.value)
+    assert (tally.requests, tally.retries) == (1, 0)
+    assert https.stats.tls_handshakes == 1
+    assert sum(https.stats.requests.values()) == 0
+
+
+class Retries(asyncdl.Events):
+    def __init__(self):
+        self.retries = []
+        self.done = []
+
+    def retry(self, data_set, url, error, wait):
+        self.retries.append(url)
+
+    def data_set_done(self, result):
+        self.done.append(result)
+
+
+async def test_fetch_stops_at_the_first_untrusted_certificate(https, tmp_path):
+    events = Retries()
+    options = FetchOptions(**OPTIONS, retries=5, backoff_base=0, backoff_max=0)
+    with pytest.raises(CertificateError) as err:  # itself, not an ExceptionGroup
+        await asyncdl.fetch(
+            [SEED_ID, 100141219],
+            tmp_path,
+            options=options,
+            endpoints=https.endpoints,
+            events=events,
+        )
+    assert err.value.host == host_of(https)
+    assert events.retries == [] and events.done == []  # no data set failed one by one
+    assert not list(tmp_path.glob("*/summary.json"))
+    # At most one connection per volume of the two data sets (density, injection, fiber source):
+    # a retry loop would make at least 6 attempts for the first URL alone.
+    assert 1 <= https.stats.tls_handshakes <= 6
+    assert sum(https.stats.requests.values()) == 0
+
+
+async def test_an_untrusted_certificate_on_the_targets_stops_the_run(https, tmp_path):
+    # Volumes already cached (fetched with the CA): the first requests without it are targets.
+    cache = tmp_path / "cache"
+    trusted = FetchOptions(**OPTIONS, volumes="legacy", ca_bundle=https.ca_file)
+    await asyncdl.fetch(
+        [SEED_ID], tmp_path / "a", options=trusted, endpoints=https.endpoints, cache_dir=cache
+    )
+    https.stats.reset()
+    options = FetchOptions(**OPTIONS, volumes="legacy", retries=5, backoff_base=0, backoff_max=0)
+    events = Retries()
+    with pytest.raises(CertificateError):
+        await asyncdl.fetch(
+            [SEED_ID],
+            tmp_path / "b",
+            options=options,
+            endpoints=https.endpoints,
+            cache_dir=cache,
+            events=events,
+        )
+    assert events.retries == [] and events.done == []
+    assert not (tmp_path / "b" / str(SEED_ID) / "failures.ndjson").exists()
+    assert 1 <= https.stats.tls_handshakes <= OPTIONS["concurrency"]
+    assert sum(https.stats.requests.values()) == 0
+
+
+async def test_dry_run_stops_at_an_untrusted_certificate(https, tmp_path):
+    with pytest.raises(CertificateError):
+        await asyncdl.survey([SEED_ID, 100141219], endpoints=https.endpoints, cache_dir=tmp_path)
+
+
+def test_cli_fetch_without_the_ca_exits_4_with_one_line(https, tmp_path):
+    proc = run("fetch", SEED_ID, 100141219, "-o", tmp_path, *server_args(https), "--retries", 5)
+    assert proc.returncode == 4
+    line = one_error_line(proc.stderr)
+    assert f"the TLS certificate of {host_of(https)} did not verify" in line
+    assert "--ca-bundle" in line and "SSL_CERT_FILE" in line
+    assert 1 <= https.stats.tls_handshakes <= 6 and sum(https.stats.requests.values()) == 0
+
+
+def test_cli_list_without_the_ca_exits_4_with_one_line(https):
+    proc = run("list", "--injection-structure", "VISp", *server_args(https))
+    assert proc.returncode == 4 and proc.stdout == ""
+    assert f"the TLS certificate of {host_of(https)} did not verify" in one_error_line(proc.stderr)
+    assert https.stats.tls_handshakes == 1  # the first page, once
+
+
+def test_cli_list_with_the_ca(https):
+    proc = run(
+        "list", "--injection-structure", "VISp", *server_args(https), "--ca-bundle", https.ca_file
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0].split()[:2] == ["id", "structure"]
+
+
+# -- certificates that are wrong even with the right CA ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("certificates", "reason"),
+    [
+        (lambda: make_certificates(["example.org"]), "IP address mismatch"),
+        (lambda: make_certificates(expired=True), "certificate has expired"),
+    ],
+    ids=["wrong-host", "expired"],
+)
+async def test_a_wrong_host_or_expired_certificate_is_refused(certificates, reason):
+    async with Emulator(tls=certificates()) as emu:
+        options = FetchOptions(retries=3, backoff_base=0, ca_bundle=emu.ca_file)
+        tally = Tally()
+        async with HttpClient(options) as client:
+            with pytest.raises(CertificateError, match=reason):
+                await client.get_json(emu.endpoints.structure_graph(), tally, rows)
+        assert tally.retries == 0 and emu.stats.tls_handshakes == 1
+
+
+# -- bad CA bundles, and the emulator's side ---------------------------------------------------------
+
+
+def test_a_bad_ca_bundle_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match=r"cannot read CA bundle .*No such file"):
+        tls_context(tmp_path / "missing.pem")
+    with pytest.raises(UsageError, match=r"cannot read CA bundle .*Is a directory"):
+        tls_context(tmp_path)
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    with pytest.raises(UsageError, match="holds no PEM certificate"):
+        tls_context(garbage)
+
+
+@pytest.mark.parametrize(
+    "cmd", [["fetch", SEED_ID, "-o", "out"], ["list", "--injection-structure", "VISp"]]
+)
+def test_cli_bad_ca_bundle_is_one_line_and_exit_2(tmp_path, cmd):
+    proc = subprocess.run(
+        command(*cmd, "--ca-bundle", tmp_path / "missing.pem"),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "cannot read CA bundle" in one_error_line(proc.stderr)
+
+
+def test_help_states_the_https_defaults_and_the_exit_code():
+    proc = run("fetch", "--help")
+    assert "https://api.brain-map.org" in proc.stdout
+    assert "https://download.alleninstitute.org" in proc.stdout
+    assert "--ca-bundle" in proc.stdout and "4    the server's TLS certificate" in proc.stdout
+    assert "4    the server's TLS certificate" in run("list", "--help").stdout
+
+
+def test_emulate_tls_prints_its_ca_and_serves_https():
+    proc = subprocess.Popen(
+        command("emulate", "--tls", "--port", "0"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        listening = proc.stdout.readline()
+        assert listening.startswith("asyncdl emulator listening on https://127.0.0.1:"), listening
+        url = listening.split()[4]
+        ca_line = proc.stdout.readline()
+        assert ca_line.startswith("asyncdl emulator's CA certificate: ")
+        ca_file = ca_line.split()[4]
+        context = ssl.create_default_context(cafile=ca_file)
+        with urllib.request.urlopen(
+            f"{url}/api/v2/structure_graph_download/1.json", context=context
+        ) as resp:
+            assert orjson.loads(resp.read())["success"] is True
+        with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+            urllib.request.urlopen(url, context=ssl.create_default_context())
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+        assert "Traceback" not in proc.stderr.read()
+        assert not os.path.exists(ca_file)  # made for this run, removed with it
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def test_emulate_tls_without_trustme_names_the_extra(tmp_path):
+    # trustme hidden from the import system, as when the extra is not installed.
+    code = (
+        "import sys; sys.modules['trustme'] = None; from asyncdl.cli import main; "
+        "sys.exit(main(['emulate', '--tls', '--port', '0']))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "asyncdl[emulator-tls]" in one_error_line(proc.stderr)
