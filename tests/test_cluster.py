@@ -142,11 +142,12 @@ async def test_a_killed_worker_is_replaced_and_the_output_stays_identical(
                     IDS, tmp_path, options=options, endpoints=emu.endpoints, client=client
                 )
             )
-            # Kill a worker while answers are being written.
-            while not any((tmp_path / str(ds) / "lines.ndjson").exists() for ds in IDS):
+            # Kill a worker while answers are being written (as soon as the first is on disk:
+            # a fixed pause after that could outlast the run on an idle machine, or not).
+            lines = [tmp_path / str(ds) / "lines.ndjson" for ds in IDS]
+            while not any(p.exists() and p.stat().st_size > 0 for p in lines):
                 await asyncio.sleep(0.05)
                 assert not run.done(), run
-            await asyncio.sleep(0.3)
             assert not run.done()
             victim = sorted(pids.values())[0]
             os.kill(victim, signal.SIGKILL)
