@@ -1,15 +1,19 @@
-"""Shared fixtures: the emulator as a real server on a loopback socket, and the seed's reference output."""
+"""Shared fixtures and helpers: the emulator and hand-written servers on loopback sockets, the
+seed's reference output, a recording sleep, and subprocess helpers that never block unbounded."""
 
 from __future__ import annotations
 
 import asyncio
+import queue
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from asyncdl.emulator import Emulator
 
@@ -24,9 +28,72 @@ def command(*args: object) -> list[str]:
     return [sys.executable, "-m", "asyncdl", *map(str, args)]
 
 
+# Resets SIGINT to its default, then becomes the command given after it.
+_SIGINT_DEFAULT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
+
+
+def interruptible(argv: list[str]) -> list[str]:
+    """``argv`` started with SIGINT at its default action, for tests that send it a Ctrl-C.
+
+    A shell without job control starts a background job (``pytest &`` in a script) with SIGINT
+    ignored, and every child inherits that, so Python would not even turn a Ctrl-C into a
+    ``KeyboardInterrupt``. A terminal's foreground job has SIGINT at its default, as here.
+    """
+    return [sys.executable, "-c", _SIGINT_DEFAULT, *argv]
+
+
 def server_args(emulator: Emulator) -> list[str]:
     """The options that point a command at ``emulator`` (API and archive)."""
     return ["--base-url", emulator.base_url, "--archive-url", emulator.base_url]
+
+
+def read_line(stream: IO[str], seconds: float) -> str:
+    """The next line of a subprocess's pipe, failing the test if none comes within ``seconds``.
+
+    ``readline`` on a pipe has no timeout of its own; it runs in a daemon thread, which the caller's
+    cleanup (killing the process, which closes the pipe) ends if the line never comes.
+    """
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: lines.put(stream.readline()), daemon=True).start()
+    try:
+        return lines.get(timeout=seconds)
+    except queue.Empty:
+        raise AssertionError(f"no line on the pipe within {seconds:g} s") from None
+
+
+class Sleeps:
+    """An injectable sleep that records the waits instead of waiting (retry tests run instantly)."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
+    """``await serve(handler)``: a real server on a loopback port answering every GET with
+    ``handler``; returns its base URL (no trailing slash). Closed after the test."""
+    servers: list[TestServer] = []
+
+    async def start(handler: Handler) -> str:
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", handler)
+        server = TestServer(app, host="127.0.0.1", port=0)
+        await server.start_server()
+        servers.append(server)
+        return str(server.make_url("")).rstrip("/")
+
+    yield start
+    for server in servers:
+        await server.close()
 
 
 class EmulatorThread:

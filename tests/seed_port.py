@@ -27,7 +27,8 @@ _MET_TYPES = {"MET_FLOAT": "<f4", "MET_UCHAR": "u1", "MET_DOUBLE": "<f8", "MET_U
 
 def _get(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=60) as response:
-        return response.read()
+        body: bytes = response.read()
+        return body
 
 
 def download_volume_legacy(url: str, volume: str) -> tuple[np.ndarray, np.ndarray]:
@@ -130,7 +131,8 @@ class SeedReference:
 
     def injection_coordinates(self, data_set: int, threshold: float, volumes: str) -> list[Any]:
         arr, spacing = self.data_set_volume(data_set, "injection", volumes)
-        return (np.argwhere(arr > threshold) * spacing).tolist()
+        coords: list[Any] = (np.argwhere(arr > threshold) * spacing).tolist()
+        return coords
 
     def data(
         self,

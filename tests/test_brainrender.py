@@ -178,7 +178,7 @@ def test_content_is_the_fetched_paths(written):
 
 def test_written_in_pieces_not_one_string(fetched, monkeypatch):
     directory, data = fetched
-    seen = []
+    seen: list[int] = []
 
     def spy(path, chunks):
         seen.extend(len(chunk) for chunk in chunks)

@@ -287,7 +287,7 @@ def test_the_emulators_tree_is_read_nested():
         [5],
     ]:
         with pytest.raises(VolumeError, match="malformed structure tree"):
-            StructureNames.from_tree(broken)
+            StructureNames.from_tree(broken)  # type: ignore[arg-type]
 
 
 def test_answers_are_read_whatever_their_total_rows():

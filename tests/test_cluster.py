@@ -13,6 +13,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import orjson
 import pytest
@@ -20,7 +21,7 @@ import pytest
 import asyncdl
 from asyncdl import Endpoints, FetchOptions, UsageError
 
-from .conftest import SEED_ID, command
+from .conftest import SEED_ID, command, interruptible, read_line
 
 distributed = pytest.importorskip("distributed")
 
@@ -39,7 +40,10 @@ class EmulatorProcess:
             text=True,
         )
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # "asyncdl emulator listening on http://...:PORT (...)"
+        try:  # "asyncdl emulator listening on http://...:PORT (...)"
+            line = read_line(self.proc.stdout, 120)
+        except AssertionError:
+            line = ""
         if "listening on " not in line:
             self.proc.kill()
             raise RuntimeError(f"emulator did not start: {line!r}")
@@ -62,7 +66,7 @@ class EmulatorProcess:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[distributed.LocalCluster]:
+def cluster() -> Iterator[Any]:  # a distributed.LocalCluster (imported at run time)
     with distributed.LocalCluster(
         n_workers=2,
         threads_per_worker=3,
@@ -138,11 +142,12 @@ async def test_a_killed_worker_is_replaced_and_the_output_stays_identical(
                     IDS, tmp_path, options=options, endpoints=emu.endpoints, client=client
                 )
             )
-            # Kill a worker while answers are being written.
-            while not any((tmp_path / str(ds) / "lines.ndjson").exists() for ds in IDS):
+            # Kill a worker while answers are being written (as soon as the first is on disk:
+            # a fixed pause after that could outlast the run on an idle machine, or not).
+            lines = [tmp_path / str(ds) / "lines.ndjson" for ds in IDS]
+            while not any(p.exists() and p.stat().st_size > 0 for p in lines):
                 await asyncio.sleep(0.05)
                 assert not run.done(), run
-            await asyncio.sleep(0.3)
             assert not run.done()
             victim = sorted(pids.values())[0]
             os.kill(victim, signal.SIGKILL)
@@ -166,7 +171,7 @@ def test_ctrl_c_then_rerun_resumes_with_local_workers(server, single_process, tm
     args = ["fetch", *IDS, "-o", tmp_path, "--workers", 2, "-c", 8, "-q"]
     args += ["--base-url", server.base_url, "--archive-url", server.base_url]
     args += ["--density-range", *NARROW]
-    proc = subprocess.Popen(command(*args), stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(interruptible(command(*args)), stderr=subprocess.PIPE, text=True)
     try:
         lines = [tmp_path / str(ds) / "lines.ndjson" for ds in IDS]
         for _ in range(1200):  # until answers are being written (at most 2 minutes)
@@ -225,7 +230,7 @@ def test_each_worker_gets_an_even_share_and_too_few_slots_are_refused():
     from asyncdl.cluster import share
 
     each = share(FetchOptions(concurrency=256, rate=100.0), 3)
-    assert (each.concurrency, each.rate) == (85, pytest.approx(100 / 3))
+    assert each.concurrency == 85 and each.rate == pytest.approx(100 / 3)
     with pytest.raises(UsageError, match="less than the 4 workers"):
         share(FetchOptions(concurrency=3), 4)
 

@@ -10,6 +10,7 @@ import re
 import shlex
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -44,7 +45,7 @@ def commands(script):
 def ran(tmp_path_factory):
     """Run the section; return the folder and, per block, its processes or its namespace."""
     work = tmp_path_factory.mktemp("readme")
-    results = []
+    results: list[tuple[str, str, Any]] = []
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
         brainrender_standin.install(mp)

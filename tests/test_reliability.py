@@ -5,12 +5,12 @@ import random
 import signal
 import subprocess
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 import asyncdl
 from asyncdl import FetchOptions
@@ -18,11 +18,17 @@ from asyncdl.emulator import DATA_SET_IDS, FAULT_KINDS, Emulator, FaultPlan
 from asyncdl.fetcher import HttpClient, RateLimiter, Tally, parse_retry_after
 from asyncdl.responses import rows
 
-from .conftest import SEED_ID, command, server_args
+from .conftest import SEED_ID, Sleeps, command, server_args
 
 SMALL = (0.1, 0.12)  # a density range with a few hundred targets, for quick runs
-# Retries fast enough for tests; the policy itself is what production uses.
-QUICK = dict(retries=12, backoff_base=0.005, backoff_max=0.05, retry_after_max=0.05, timeout=0.5)
+# Retries fast enough for tests; the policy itself is what production uses. The 0.5 s timeout
+# turns the emulator's "slow" fault (1 s or more) into a timeout; on a busy machine a healthy answer
+# can miss it too, which costs a retry, so tests that count retries exactly use PATIENT instead.
+QUICK = FetchOptions(
+    retries=12, backoff_base=0.005, backoff_max=0.05, retry_after_max=0.05, timeout=0.5
+)
+#: A timeout no healthy answer misses, however busy the machine: every retry is an injected fault.
+PATIENT = 30.0
 
 
 def data(out, data_set=SEED_ID):
@@ -32,7 +38,7 @@ def data(out, data_set=SEED_ID):
 @pytest.fixture
 async def fault_free(emulator, tmp_path_factory):
     """data.json of fault-free runs on the shared emulator, by density range."""
-    cache: dict[tuple, bytes] = {}
+    cache: dict[tuple[tuple[float, float], int], bytes] = {}
 
     async def get(density_range, data_set=SEED_ID):
         key = (density_range, data_set)
@@ -49,19 +55,37 @@ async def fault_free(emulator, tmp_path_factory):
     return get
 
 
+class Retries(asyncdl.Events):
+    """Collects the error of every retried target request."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def retry(self, data_set: int, url: str, error: str, wait: float) -> None:
+        self.errors.append(error)
+
+
 @pytest.mark.parametrize("kind", [k for k in FAULT_KINDS if k != "apierror"])
 async def test_each_fault_kind_is_survived(fault_free, tmp_path, kind):
     expected = await fault_free(SMALL)  # first: it also has the emulator build its files
     plan = FaultPlan(rate=0.3, seed=3, kinds=(kind,), slow_seconds=1.0)
-    options = FetchOptions(concurrency=16, density_range=SMALL, **QUICK)
+    # Only a "slow" fault needs a short timeout; the others get one no healthy answer misses.
+    timeout = QUICK.timeout if kind == "slow" else PATIENT
+    options = replace(QUICK, concurrency=16, density_range=SMALL, timeout=timeout)
+    retries = Retries()
     async with Emulator(faults=plan) as emu:
         [result] = await asyncdl.fetch(
-            [SEED_ID], tmp_path, options=options, endpoints=emu.endpoints
+            [SEED_ID], tmp_path, options=options, endpoints=emu.endpoints, events=retries
         )
     assert plan.injected[kind] > 10
     assert result.complete and result.failures == 0
     if kind == "drop":  # aiohttp itself re-sends a request once when a pooled connection drops
         assert 0 < result.retries <= plan.injected[kind]
+    elif kind == "slow":
+        # Every slow answer was given up and retried. A healthy answer that missed the short
+        # timeout on a busy machine costs one more retry, so only timeouts may be retried.
+        assert result.retries >= plan.injected[kind]
+        assert retries.errors and all("Timeout" in error for error in retries.errors)
     else:  # every fault cost exactly one retry, volume downloads included
         assert result.retries == plan.injected[kind]
     assert data(tmp_path) == expected
@@ -71,7 +95,7 @@ async def test_chaos_twenty_percent_faults_on_several_data_sets(fault_free, tmp_
     ids = list(DATA_SET_IDS[:3])
     expected = {data_set: await fault_free((0.04, 0.3), data_set) for data_set in ids}
     plan = FaultPlan(rate=0.2, seed=11, slow_seconds=1.5)
-    options = FetchOptions(concurrency=32, **QUICK)
+    options = replace(QUICK, concurrency=32)
     async with Emulator(faults=plan) as emu:
         results = await asyncdl.fetch(ids, tmp_path, options=options, endpoints=emu.endpoints)
     assert all(r.complete and r.failures == 0 for r in results)
@@ -122,16 +146,8 @@ async def test_failed_targets_are_recorded_and_exactly_those_are_retried(
     assert third.skipped and third.complete and sum(emulator.stats.requests.values()) == 0
 
 
-class _Recorder:
-    def __init__(self):
-        self.waits = []
-
-    async def __call__(self, seconds):
-        self.waits.append(seconds)
-
-
 @pytest.mark.parametrize(("header", "cap", "expected"), [("7", 60.0, 7.0), ("7", 2.0, 2.0)])
-async def test_retry_after_is_honoured_and_capped(header, cap, expected):
+async def test_retry_after_is_honoured_and_capped(serve, header, cap, expected):
     calls = []
 
     async def handle(request):
@@ -140,17 +156,11 @@ async def test_retry_after_is_honoured_and_capped(header, cap, expected):
             return web.Response(status=429, headers={"Retry-After": header})
         return web.json_response({"success": True, "msg": []})
 
-    app = web.Application()
-    app.router.add_get("/q", handle)
-    server = TestServer(app, host="127.0.0.1", port=0)
-    await server.start_server()
-    sleeps = _Recorder()
-    try:
-        options = FetchOptions(retries=2, backoff_base=0.01, retry_after_max=cap)
-        async with HttpClient(options, sleep=sleeps) as http:
-            assert await http.get_json(str(server.make_url("/q")), Tally(), rows) == []
-    finally:
-        await server.close()
+    url = await serve(handle)
+    sleeps = Sleeps()
+    options = FetchOptions(retries=2, backoff_base=0.01, retry_after_max=cap)
+    async with HttpClient(options, sleep=sleeps) as http:
+        assert await http.get_json(url + "/q", Tally(), rows) == []
     assert sleeps.waits == [expected]
 
 
@@ -178,19 +188,25 @@ async def test_rate_limiter_spaces_requests():
 
 
 async def test_rate_is_global_across_a_run(emulator, tmp_path):
-    options = FetchOptions(concurrency=16, density_range=(0.1, 0.102), rate=40.0)
+    rate = 40.0
+    options = FetchOptions(concurrency=16, density_range=(0.1, 0.102), rate=rate)
     start = time.monotonic()
     [result] = await asyncdl.fetch(
         [SEED_ID], tmp_path, options=options, endpoints=emulator.endpoints
     )
     elapsed = time.monotonic() - start
     assert result.complete and result.requests >= 20
-    assert elapsed >= (result.requests - 1) / 40.0
-    # Seen at the server, where arrivals can bunch a little: no half second holds more than
-    # its share of requests (plus slack for that bunching).
-    starts = sorted(start for _, _, start, _ in emulator.stats.log)
-    busiest = max(sum(s <= t < s + 0.5 for t in starts) for s in starts)
-    assert busiest <= 0.5 * 40 + 2
+    assert elapsed >= (result.requests - 1) / rate
+    # Seen at the server (in this process, on the same clock): one limiter for the whole run gives
+    # the k-th request a start no earlier than `start + (k - 1) / rate`, and a request reaches the
+    # server only after its start, so the k-th arrival cannot be earlier either. A busy machine
+    # only delays arrivals (the check cannot fail for that); requests let through without the run's
+    # limiter (volumes, a second data set, a limiter per worker) arrive ahead of that schedule.
+    # (Requests of earlier tests that were still being answered began before `start`.)
+    arrivals = sorted(begin for _, _, begin, _ in emulator.stats.log or [] if begin >= start)
+    assert len(arrivals) == result.requests
+    early = [k for k, t in enumerate(arrivals) if t < start + k / rate - 1e-6]
+    assert not early, f"requests {early} reached the server ahead of {rate:g}/s"
 
 
 # -- resume after a crash ------------------------------------------------------------------------
@@ -225,8 +241,7 @@ def test_sigkill_at_random_points_then_resume(emulator, seed_reference, tmp_path
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
-        proc.wait()
-        proc.stderr.close()
+        proc.communicate(timeout=60)
     assert kills >= 4
     proc = _fetch_process(emulator, tmp_path)
     _, stderr = proc.communicate(timeout=120)
@@ -242,8 +257,9 @@ def test_sigkill_at_random_points_then_resume(emulator, seed_reference, tmp_path
 def test_sigterm_stops_cleanly_and_the_run_resumes(emulator, seed_reference, tmp_path):
     proc = _fetch_process(emulator, tmp_path)
     lines = tmp_path / str(SEED_ID) / "lines.ndjson"
-    deadline = time.monotonic() + 60
-    while not (lines.exists() and lines.stat().st_size > 10_000) and time.monotonic() < deadline:
+    deadline = time.monotonic() + 120
+    while not (lines.exists() and lines.stat().st_size > 10_000):
+        assert time.monotonic() < deadline and proc.poll() is None, "no answers were written"
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=30)
@@ -316,7 +332,8 @@ async def test_two_processes_sharing_a_cache(emulator, fault_free, tmp_path):
         for name in ("one", "two")
     ]
     for proc in procs:
-        _, stderr = await proc.communicate()
+        async with asyncio.timeout(300):
+            _, stderr = await proc.communicate()
         assert proc.returncode == 0, stderr
     expected = await fault_free(SMALL)
     assert data(tmp_path / "one") == data(tmp_path / "two") == expected
@@ -326,46 +343,28 @@ async def test_two_processes_sharing_a_cache(emulator, fault_free, tmp_path):
 # -- hostile servers and bad input ---------------------------------------------------------------
 
 
-@pytest.fixture
-async def hostile():
-    """A server answering every request with the given handler."""
-    servers = []
-
-    async def start(handler):
-        app = web.Application()
-        app.router.add_get("/{tail:.*}", handler)
-        server = TestServer(app, host="127.0.0.1", port=0)
-        await server.start_server()
-        servers.append(server)
-        return str(server.make_url("")).rstrip("/")
-
-    yield start
-    for server in servers:
-        await server.close()
-
-
-async def test_html_where_a_volume_was_expected(hostile, tmp_path):
+async def test_html_where_a_volume_was_expected(serve, tmp_path):
     async def page(request):
         return web.Response(text="<html><body>Maintenance</body></html>", content_type="text/html")
 
-    url = await hostile(page)
+    url = await serve(page)
     [result] = await asyncdl.fetch(
         [SEED_ID], tmp_path, options=FetchOptions(retries=0), endpoints=asyncdl.Endpoints(url, url)
     )
-    assert not result.complete and "not an NRRD file" in result.error
+    assert not result.complete and "not an NRRD file" in (result.error or "")
 
 
-async def test_a_volume_larger_than_allowed_is_refused(hostile, tmp_path, monkeypatch):
+async def test_a_volume_larger_than_allowed_is_refused(serve, tmp_path, monkeypatch):
     monkeypatch.setattr("asyncdl.fetcher.MAX_VOLUME_BYTES", 1000)
 
     async def big(request):
         return web.Response(body=b"\0" * 5000)
 
-    url = await hostile(big)
+    url = await serve(big)
     [result] = await asyncdl.fetch(
         [SEED_ID], tmp_path, options=FetchOptions(retries=0), endpoints=asyncdl.Endpoints(url, url)
     )
-    assert not result.complete and "exceeds the 1000 limit" in result.error
+    assert not result.complete and "exceeds the 1000 limit" in (result.error or "")
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix in (".nrrd", ".part")]
 
 

@@ -114,7 +114,7 @@ async def test_the_api_raises_one_storage_error_with_the_cause(
     disk = small_disk(SIZES["lines"])
     if disk is None:  # no tmpfs: a write wrapper that runs out of space after 1 MB instead
         disk = tmp_path / "out"
-        real = asyncdl.store.append
+        real = asyncdl.files.append  # the function asyncdl.store calls as `append`
         budget = [1 << 20]
 
         def append(fh, data, path):

@@ -3,6 +3,7 @@
 import io
 import json
 import subprocess
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -94,7 +95,7 @@ def test_json_and_csv_are_exclusive(emulator):
 
 
 def test_csv_cells():
-    records = [
+    records: list[dict[str, Any]] = [
         {"id": 1, "transgenic-line": "", "injection-volume": 0.5, "flag": True, "note": 'a, "b"'},
         {"id": 2, "transgenic-line": None, "injection-coordinates": [1, 2.5, 3], "extra": {"k": 1}},
     ]

@@ -1,4 +1,5 @@
 import json
+from typing import Any
 
 import numpy as np
 import pytest
@@ -132,7 +133,7 @@ def test_fiber_tract_ids_of_the_real_ontology():
         pytest.skip("../shared/reference is not beside this checkout")
     flat = json.loads(path.read_text())
     nodes = {s["id"]: {"id": s["id"], "children": []} for s in flat}
-    roots = []
+    roots: list[dict[str, Any]] = []
     for s in flat:
         path_ids = s["structure_id_path"]
         (nodes[path_ids[-2]]["children"] if len(path_ids) > 1 else roots).append(nodes[s["id"]])

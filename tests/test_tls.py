@@ -7,6 +7,7 @@ import ssl
 import subprocess
 import sys
 import urllib.request
+from typing import Any
 
 import orjson
 import pytest
@@ -17,11 +18,11 @@ from asyncdl.emulator import Emulator, make_certificates
 from asyncdl.fetcher import HttpClient, Tally, tls_context
 from asyncdl.responses import rows
 
-from .conftest import SEED_ID, EmulatorThread, command, server_args
+from .conftest import SEED_ID, EmulatorThread, command, interruptible, read_line, server_args
 
 #: Few targets, so each run is quick; the same for every run compared here.
 RANGE = ("0.1", "0.11")
-OPTIONS = {"density_range": (0.1, 0.11), "concurrency": 8}
+OPTIONS: dict[str, Any] = {"density_range": (0.1, 0.11), "concurrency": 8}
 
 
 @pytest.fixture(autouse=True)
@@ -303,32 +304,34 @@ def test_help_states_the_https_defaults_and_the_exit_code():
 
 def test_emulate_tls_prints_its_ca_and_serves_https():
     proc = subprocess.Popen(
-        command("emulate", "--tls", "--port", "0"),
+        interruptible(command("emulate", "--tls", "--port", "0")),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+    assert proc.stdout is not None and proc.stderr is not None
     try:
-        listening = proc.stdout.readline()
+        listening = read_line(proc.stdout, 120)
         assert listening.startswith("asyncdl emulator listening on https://127.0.0.1:"), listening
         url = listening.split()[4]
-        ca_line = proc.stdout.readline()
+        ca_line = read_line(proc.stdout, 120)
         assert ca_line.startswith("asyncdl emulator's CA certificate: ")
         ca_file = ca_line.split()[4]
         context = ssl.create_default_context(cafile=ca_file)
         with urllib.request.urlopen(
-            f"{url}/api/v2/structure_graph_download/1.json", context=context
+            f"{url}/api/v2/structure_graph_download/1.json", context=context, timeout=60
         ) as resp:
             assert orjson.loads(resp.read())["success"] is True
         with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
-            urllib.request.urlopen(url, context=ssl.create_default_context())
+            urllib.request.urlopen(url, context=ssl.create_default_context(), timeout=60)
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(30) == 0
-        assert "Traceback" not in proc.stderr.read()
+        _, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 0
+        assert "Traceback" not in stderr
         assert not os.path.exists(ca_file)  # made for this run, removed with it
     finally:
         proc.kill()
-        proc.wait()
+        proc.wait(60)
         proc.stdout.close()
         proc.stderr.close()
 

@@ -63,7 +63,7 @@ def test_target_spatial_is_the_quoted_seed_url(x, y, z, data_set):
     assert REAL.target_spatial((x, y, z), data_set) == quote(plain, SAFE)
     # Another host: only what asyncdl appends is quoted; the base URL is taken as given.
     for base in ("http://127.0.0.1:8000", "https://[::1]:8443/allen"):
-        url = Endpoints(base).target_spatial([x, y, z], str(data_set))
+        url = Endpoints(base).target_spatial([x, y, z], str(data_set))  # type: ignore[arg-type]
         assert url == base + quote((SEED_FMT % ("", x, y, z, data_set)), SAFE)
 
 
