@@ -137,7 +137,7 @@ def test_completed_needs_matching_parameters_a_complete_summary_and_data(tmp_pat
 
 def test_paths_come_only_from_validated_ids(tmp_path):
     with pytest.raises(UsageError):
-        DataSetStore(tmp_path, "../../etc")
+        DataSetStore(tmp_path, "../../etc")  # type: ignore[arg-type]
 
 
 def test_a_zombie_attempt_never_interleaves_with_the_attempt_that_resumed_it(tmp_path):
