@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from .aio import all_of, run
 from .config import FetchOptions
-from .dataset import ENDS_THE_RUN, RunContext, explain, refuse_mixing, run_parameters
-from .errors import AsyncdlError, UsageError
+from .dataset import RunContext, explain, refuse_mixing, run_parameters
+from .errors import ENDS_THE_RUN, AsyncdlError, UsageError
 from .events import Events
 from .fetcher import HttpClient, Tally
 from .pipeline import Scheduler

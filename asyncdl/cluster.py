@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from .aio import event_loop_factory
+from .aio import both, event_loop_factory
 from .config import FetchOptions
 from .dataset import RunContext
 from .errors import UsageError
@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 
 #: How often a worker sends its progress (one message per interval, however many answers).
 FLUSH_SECONDS = 0.2
+#: How long the workers of a cluster started for the run may take to start.
+WORKERS_TIMEOUT = 300
 #: How often a task checks that the scheduler still wants it (a cancelled task must stop writing).
 WATCH_SECONDS = 0.2
 
@@ -85,16 +87,18 @@ async def connect(
     loop = "uvloop" if event_loop_factory() is not None else "asyncio"
     with dask.config.set({"distributed.admin.event-loop": loop}):
         cluster = await distributed.LocalCluster(
-            n_workers=workers,
-            # Each task is one data set: a worker runs as many at once as a local run prepares
-            # ahead, plus the one feeding its queue.
-            threads_per_worker=FetchOptions().prefetch + 1,
+            n_workers=0,
+            # Each task is one data set: a worker runs one while it prepares the next, as a local
+            # run does; a worker that is done early takes the next data set, not a fixed half.
+            threads_per_worker=FetchOptions().prefetch,
             processes=True,
             asynchronous=True,
             dashboard_address="127.0.0.1:0",
             scheduler_kwargs={"dashboard": False},
             silence_logs=logging.CRITICAL,
         )
+        # The workers start in the background while the run fetches its shared volumes.
+        cluster.scale(workers)
     try:
         async with Client(cluster, asynchronous=True) as client:
             yield client
@@ -115,19 +119,17 @@ async def fetch_on_cluster(
     """``api.fetch`` on a Dask cluster: the same results, files and guarantees."""
     if not getattr(client, "asynchronous", False):
         raise UsageError("fetch(client=...) needs an asynchronous Client (asynchronous=True)")
-    assert client.scheduler is not None
-    workers = len((await client.scheduler.identity(n_workers=-1))["workers"])
+    tract_ids, workers = await both(
+        _prepare_shared(ids[0], options, endpoints, cache), _workers_up(client)
+    )
     each = share(options, workers)
     events.workers_started(workers, each.concurrency, each.rate)
     await _check_shared(client, out)
-    async with HttpClient(options) as http:  # the shared volumes, once, before the fan-out
-        shared = VolumeSource(http, endpoints, cache, options.volumes)
-        await shared.prefetch_shared(Tally())
 
     run = f"asyncdl-{secrets.token_hex(6)}"
     relay = _Relay(events)
     client.subscribe_topic(run, relay.receive)
-    plugin = RunPlugin(run, each, endpoints, out, cache, params, shared.tract_ids)
+    plugin = RunPlugin(run, each, endpoints, out, cache, params, tract_ids)
     await client.register_plugin(plugin, name=run)
     futures = {
         client.submit(_fetch_data_set, run, data_set, key=f"{run}-{data_set}", pure=False): data_set
@@ -151,6 +153,30 @@ async def fetch_on_cluster(
         client.unsubscribe_topic(run)
         await asyncio.shield(client.unregister_worker_plugin(run))
     return [results[data_set] for data_set in ids]
+
+
+async def _prepare_shared(
+    first: int, options: FetchOptions, endpoints: Endpoints, cache: Path
+) -> frozenset[int] | None:
+    """The shared volumes and tract mask, fetched once here before the fan-out; the tract ids."""
+    async with HttpClient(options) as http:
+        source = VolumeSource(http, endpoints, cache, options.volumes)
+        await source.prefetch_shared(Tally(), first)
+        return source.tract_ids
+
+
+async def _workers_up(client: Client) -> int:
+    """How many workers the run has, once those of a cluster started for it are up."""
+    cluster = getattr(client, "cluster", None)
+    if cluster is not None:
+        try:
+            # distributed annotates it for its blocking form; an asynchronous client's is awaitable.
+            wait: Any = client.wait_for_workers
+            await wait(len(cluster.worker_spec), timeout=WORKERS_TIMEOUT)
+        except TimeoutError as exc:
+            raise UsageError(f"the Dask workers did not start in {WORKERS_TIMEOUT} s") from exc
+    assert client.scheduler is not None
+    return len((await client.scheduler.identity(n_workers=-1))["workers"])
 
 
 def _killed(out: Path, data_set: int, params: Mapping[str, Any], error: str) -> DataSetResult:

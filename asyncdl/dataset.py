@@ -25,10 +25,9 @@ import numpy.typing as npt
 from .brainrender import has_brainrender, write_brainrender
 from .config import FetchOptions
 from .errors import (
+    ENDS_THE_RUN,
     AsyncdlError,
-    CertificateError,
     FetchError,
-    StorageError,
     UsageError,
     VolumeError,
 )
@@ -41,9 +40,6 @@ from .sources import VolumeSource
 from .store import DataSetStore, Progress, targets_digest
 from .targets import Targets
 from .urls import Endpoints
-
-#: Errors that no other data set or target would escape either: they stop the run at once.
-ENDS_THE_RUN = (StorageError, CertificateError)
 
 
 @dataclass(frozen=True)

@@ -76,3 +76,7 @@ class CertificateError(FetchError):
     def __init__(self, message: str, url: str = "", host: str = "") -> None:
         super().__init__(message, url)
         self.host = host
+
+
+#: Errors that no other data set or target would escape either: they stop a run at once.
+ENDS_THE_RUN = (StorageError, CertificateError)

@@ -24,7 +24,7 @@ import orjson
 
 from .aio import all_of, both
 from .config import FetchOptions, VolumeKind
-from .errors import VolumeError
+from .errors import ENDS_THE_RUN, AsyncdlError, VolumeError
 from .fetcher import HttpClient, Tally
 from .files import atomic_write, writing
 from .responses import rows
@@ -71,11 +71,18 @@ class VolumeSource:
         self._masks: dict[tuple[object, ...], BoolArray] = {}
         self._mask_lock = asyncio.Lock()
 
-    async def prefetch_shared(self, tally: Tally) -> None:
-        """Bring in what every data set needs (the fiber volume; the tract ids from the structure
-        tree), once, before a run is spread over processes that then share them."""
+    async def prefetch_shared(self, tally: Tally, data_set: int) -> None:
+        """Bring in what every data set needs, once, before a run is spread over processes that
+        then share it: the fiber volume, the tract ids, and the tract mask of ``data_set``'s grid
+        (the grid all data sets share), which goes into the cache for the others to read."""
         await self.cache.get(*self._fiber_file(), tally)
         await self._tract_ids(tally)
+        try:
+            await self.allowed_mask(await self.data_set_volume(data_set, "density", tally), tally)
+        except ENDS_THE_RUN:
+            raise
+        except AsyncdlError:
+            pass  # that data set's own task reports what is wrong with it
 
     async def _tract_ids(self, tally: Tally) -> frozenset[int]:
         if self.kind == "legacy":
