@@ -7,7 +7,8 @@ import asyncio
 import queue
 import sys
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -48,6 +49,33 @@ def interruptible(argv: list[str]) -> list[str]:
 def server_args(emulator: Emulator) -> list[str]:
     """The options that point a command at ``emulator`` (API and archive)."""
     return ["--base-url", emulator.base_url, "--archive-url", emulator.base_url]
+
+
+def _written(paths: Sequence[Path], min_bytes: int) -> bool:
+    return any(p.exists() and p.stat().st_size >= min_bytes for p in paths)
+
+
+def wait_for_answers(
+    paths: Sequence[Path], running: Callable[[], bool], *, min_bytes: int = 1, seconds: float = 120
+) -> None:
+    """Until one of these ``lines.ndjson`` holds ``min_bytes`` (answers are being written): the
+    moment to interrupt a run. Fails if the run ends first or nothing comes within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not _written(paths, min_bytes):
+        assert running(), "the run ended before any answer was written"
+        assert time.monotonic() < deadline, f"no answer was written within {seconds:g} s"
+        time.sleep(0.02)
+
+
+async def answers_written(
+    paths: Sequence[Path], running: Callable[[], bool], *, seconds: float = 120
+) -> None:
+    """``wait_for_answers`` for async tests: the run goes on in the same event loop meanwhile."""
+    deadline = time.monotonic() + seconds
+    while not _written(paths, 1):
+        assert running(), "the run ended before any answer was written"
+        assert time.monotonic() < deadline, f"no answer was written within {seconds:g} s"
+        await asyncio.sleep(0.02)
 
 
 def read_line(stream: IO[str], seconds: float) -> str:

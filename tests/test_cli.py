@@ -10,7 +10,7 @@ import orjson
 import pandas as pd
 import pytest
 
-from .conftest import SEED_ID, command, interruptible, read_line, server_args
+from .conftest import SEED_ID, command, interruptible, read_line, server_args, wait_for_answers
 
 
 def asyncdl(*args, timeout=300):
@@ -190,10 +190,7 @@ def test_ctrl_c_stops_promptly_and_cleanly(emulator, tmp_path):
     )
     try:
         lines = tmp_path / str(SEED_ID) / "lines.ndjson"
-        deadline = time.monotonic() + 120
-        while not (lines.exists() and lines.stat().st_size > 0):
-            assert time.monotonic() < deadline and proc.poll() is None, "no answer was written"
-            time.sleep(0.05)
+        wait_for_answers([lines], lambda: proc.poll() is None)
         proc.send_signal(signal.SIGINT)
         interrupted = time.monotonic()  # after: a late reading can only miss requests
         _, stderr = proc.communicate(timeout=30)

@@ -21,7 +21,14 @@ import pytest
 import asyncdl
 from asyncdl import Endpoints, FetchOptions, UsageError
 
-from .conftest import SEED_ID, command, interruptible, read_line
+from .conftest import (
+    SEED_ID,
+    answers_written,
+    command,
+    interruptible,
+    read_line,
+    wait_for_answers,
+)
 
 distributed = pytest.importorskip("distributed")
 
@@ -145,10 +152,7 @@ async def test_a_killed_worker_is_replaced_and_the_output_stays_identical(
             # Kill a worker while answers are being written (as soon as the first is on disk:
             # a fixed pause after that could outlast the run on an idle machine, or not).
             lines = [tmp_path / str(ds) / "lines.ndjson" for ds in IDS]
-            while not any(p.exists() and p.stat().st_size > 0 for p in lines):
-                await asyncio.sleep(0.05)
-                assert not run.done(), run
-            assert not run.done()
+            await answers_written(lines, lambda: not run.done())
             victim = sorted(pids.values())[0]
             os.kill(victim, signal.SIGKILL)
             results = await asyncio.wait_for(run, 240)
@@ -174,11 +178,7 @@ def test_ctrl_c_then_rerun_resumes_with_local_workers(server, single_process, tm
     proc = subprocess.Popen(interruptible(command(*args)), stderr=subprocess.PIPE, text=True)
     try:
         lines = [tmp_path / str(ds) / "lines.ndjson" for ds in IDS]
-        for _ in range(1200):  # until answers are being written (at most 2 minutes)
-            if any(p.exists() and p.stat().st_size > 0 for p in lines):
-                break
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            subprocess.run(["sleep", "0.1"], check=True)
+        wait_for_answers(lines, lambda: proc.poll() is None)
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=120)
     finally:
@@ -269,9 +269,7 @@ async def test_when_dask_gives_up_the_data_set_is_failed_and_a_rerun_completes_i
             (pid,) = (await client.run(os.getpid)).values()
             run = asyncio.create_task(asyncdl.fetch([SEED_ID], tmp_path, client=client, **kwargs))
             lines = tmp_path / str(SEED_ID) / "lines.ndjson"
-            while not (lines.exists() and lines.stat().st_size > 0):
-                await asyncio.sleep(0.05)
-                assert not run.done(), run
+            await answers_written([lines], lambda: not run.done())
             os.kill(pid, signal.SIGKILL)
             (failed,) = await asyncio.wait_for(run, 240)
             assert not failed.complete and failed.status == "failed"

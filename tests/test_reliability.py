@@ -18,7 +18,7 @@ from asyncdl.emulator import DATA_SET_IDS, FAULT_KINDS, Emulator, FaultPlan
 from asyncdl.fetcher import HttpClient, RateLimiter, Tally, parse_retry_after
 from asyncdl.responses import rows
 
-from .conftest import SEED_ID, Sleeps, command, server_args
+from .conftest import SEED_ID, Sleeps, command, server_args, wait_for_answers
 
 SMALL = (0.1, 0.12)  # a density range with a few hundred targets, for quick runs
 # Retries fast enough for tests; the policy itself is what production uses. The 0.5 s timeout
@@ -257,10 +257,7 @@ def test_sigkill_at_random_points_then_resume(emulator, seed_reference, tmp_path
 def test_sigterm_stops_cleanly_and_the_run_resumes(emulator, seed_reference, tmp_path):
     proc = _fetch_process(emulator, tmp_path)
     lines = tmp_path / str(SEED_ID) / "lines.ndjson"
-    deadline = time.monotonic() + 120
-    while not (lines.exists() and lines.stat().st_size > 10_000):
-        assert time.monotonic() < deadline and proc.poll() is None, "no answers were written"
-        time.sleep(0.02)
+    wait_for_answers([lines], lambda: proc.poll() is None, min_bytes=10_000)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 143
