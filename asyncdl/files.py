@@ -27,29 +27,26 @@ def writing(path: Path) -> Iterator[None]:
         raise StorageError(f"cannot write {path}: {exc.strerror or exc}", str(path)) from exc
 
 
-def temp_path(path: Path) -> Path:
-    """A fresh temp file name beside ``path`` (matched by ``TEMP_GLOB``)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-
-
-class _Atomic:
+class AtomicFile:
     """A temp file in the same folder as ``path``; ``publish`` fsyncs it and renames it there.
 
     Only opening, syncing and renaming are mapped to ``StorageError`` here; the caller wraps its
     own writes in ``writing`` (an ``OSError`` in its body may be a network error, not the disk's).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, buffering: int = -1) -> None:
         self.path = path
-        self.tmp = temp_path(path)
+        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         with writing(path):
-            self.fh: BinaryIO = self.tmp.open("wb")
+            self.fh: BinaryIO = self.tmp.open("wb", buffering=buffering)
 
-    def publish(self) -> None:
+    def publish(self, *, keep_open: bool = False) -> None:
+        """Make the file whole at ``path``; with ``keep_open``, go on appending through ``fh``."""
         with writing(self.path):
-            with self.fh:
-                self.fh.flush()
-                os.fsync(self.fh.fileno())
+            self.fh.flush()
+            os.fsync(self.fh.fileno())
+            if not keep_open:
+                self.fh.close()
             os.replace(self.tmp, self.path)
 
     def discard(self) -> None:
@@ -65,7 +62,7 @@ class _Atomic:
 def atomic_file(path: Path) -> Iterator[BinaryIO]:
     """A file to write that appears at ``path`` only when whole: temp file in the same folder,
     fsync, rename. On any error the temp file is removed and ``path`` is left as it was."""
-    file = _Atomic(path)
+    file = AtomicFile(path)
     try:
         yield file.fh
         file.publish()
@@ -77,7 +74,7 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
 @asynccontextmanager
 async def atomic_file_async(path: Path) -> AsyncIterator[BinaryIO]:
     """``atomic_file`` for the event loop: the fsync and the rename run in a thread."""
-    file = _Atomic(path)
+    file = AtomicFile(path)
     try:
         yield file.fh
         await asyncio.to_thread(file.publish)

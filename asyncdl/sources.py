@@ -158,7 +158,7 @@ class VolumeSource:
             return key, f"fiber_mask_{hashlib.sha256(key.encode()).hexdigest()[:16]}.npy"
 
         cached = entry()
-        if cached is not None and self.cache.has(*cached):
+        if cached is not None and await asyncio.to_thread(self.cache.has, *cached):
             try:
                 return await asyncio.to_thread(_read_mask, self.cache.dir / cached[1], shape)
             except VolumeError:

@@ -15,7 +15,6 @@ Every write that fails raises ``StorageError`` naming the file.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from .files import TEMP_GLOB, append, atomic_write, temp_path, writing
+from .files import TEMP_GLOB, AtomicFile, append, atomic_write, writing
 from .resume import Action, Decision, Earlier
 from .urls import data_set_id
 
@@ -109,20 +108,17 @@ class DataSetStore:
         path = self.dir / LINES
         scan = self._scan or _scan_lines(path, targets)
         size = path.stat().st_size if path.exists() else 0
-        tmp = temp_path(path)
-        mine = tmp.open("wb", buffering=0)
+        mine = AtomicFile(path, buffering=0)
         try:
             if scan.valid_end:
                 with path.open("rb") as old:
-                    append(mine, old.read(scan.valid_end), tmp)
-            os.fsync(mine.fileno())
-            os.replace(tmp, path)
+                    append(mine.fh, old.read(scan.valid_end), path)
+            mine.publish(keep_open=True)
         except BaseException:
-            mine.close()
-            tmp.unlink(missing_ok=True)
+            mine.discard()
             raise
         (self.dir / FAILURES).unlink(missing_ok=True)  # failed targets are asked again
-        self._lines = mine
+        self._lines = mine.fh
         return Progress(frozenset(scan.offsets), scan.lines, size - scan.valid_end)
 
     def close(self) -> None:
