@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
+from types import TracebackType
 from typing import Any, TypeVar
 
 A = TypeVar("A")
@@ -39,6 +42,68 @@ async def both(a: Awaitable[A], b: Awaitable[B]) -> tuple[A, B]:
 
 async def _await(aw: Awaitable[T]) -> T:
     return await aw
+
+
+class Slots:
+    """A semaphore whose size can change while it is in use (a worker's share of a run's ``-c``).
+
+    Waiters are served first come, first served. Shrinking never interrupts a holder: ``resize``
+    returns once the slots in use fit the new size, so a share given up is really free.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.used = 0
+        self._waiting: deque[asyncio.Future[None]] = deque()
+        self._fitting: list[asyncio.Future[None]] = []
+
+    async def __aenter__(self) -> None:
+        if self.used < self.size and not self._waiting:
+            self.used += 1
+            return
+        granted = asyncio.get_running_loop().create_future()
+        self._waiting.append(granted)
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self._release()  # granted as it was cancelled: hand the slot on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiting.remove(granted)
+            raise
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._release()
+
+    async def resize(self, size: int) -> None:
+        """Make ``size`` slots; return once no more than that are in use."""
+        if size < 0:
+            raise ValueError(f"size must be at least 0, got {size}")
+        self.size = size
+        self._grant()
+        if self.used > size:
+            fits = asyncio.get_running_loop().create_future()
+            self._fitting.append(fits)
+            await fits
+
+    def _release(self) -> None:
+        self.used -= 1
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiting and self.used < self.size:
+            granted = self._waiting.popleft()
+            if not granted.done():
+                self.used += 1
+                granted.set_result(None)
+        if self._fitting and self.used <= self.size:
+            for fits in self._fitting:
+                if not fits.done():
+                    fits.set_result(None)
+            self._fitting.clear()
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

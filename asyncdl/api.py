@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import math
 import os
 from collections.abc import Iterable
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .aio import all_of, run
+from .aio import all_of, both, run
 from .config import FetchOptions
 from .dataset import RunContext, explain, refuse_mixing, run_parameters
 from .errors import ENDS_THE_RUN, AsyncdlError, UsageError
@@ -33,6 +35,8 @@ async def fetch(
     cache_dir: str | Path | None = None,
     events: Events | None = None,
     client: DaskClient | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
 ) -> list[DataSetResult]:
     """Fetch the streamlines of ``data_sets`` into ``out_dir/<id>/``; one result per data set.
 
@@ -44,15 +48,21 @@ async def fetch(
     server whose TLS certificate does not verify stops it with ``CertificateError``; what was
     answered is on disk, and the same call resumes once the cause is gone.
 
-    With ``client``, an asynchronous ``distributed.Client``, the data sets are spread over its
-    cluster's workers (one task each; ``concurrency`` and ``rate`` are shared out between the
-    workers), with the same results and files. ``out_dir`` must be on a file system they all see.
+    The data sets are spread over a Dask cluster's workers (one task each) with ``client``, an
+    asynchronous ``distributed.Client``; with ``workers``, a local cluster of that many processes
+    started for the call; or with ``scheduler``, the address of a running one (the ``dask`` extra).
+    ``concurrency`` and ``rate`` are shared among the workers that have work; the results and
+    files are the same. ``out_dir`` must be on a file system they all see.
     """
     options = options or FetchOptions()
     endpoints = endpoints or Endpoints()
     ids = list(dict.fromkeys(data_set_id(d) for d in data_sets))
     if not ids:
         raise UsageError("no data set ids given")
+    if sum(x is not None for x in (client, workers, scheduler)) > 1:
+        raise UsageError(
+            "give at most one of client, workers (--workers) and scheduler (--scheduler)"
+        )
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -65,16 +75,61 @@ async def fetch(
         refuse_mixing(out, data_set, params, options.restart)
     cache = Path(cache_dir) if cache_dir is not None else out / ".cache"
     events = events or Events()
-    if client is not None:
-        from .cluster import fetch_on_cluster
-
-        return await fetch_on_cluster(client, ids, out, cache, options, endpoints, params, events)
+    if client is not None or workers is not None or scheduler is not None:
+        return await _on_dask(
+            client, workers, scheduler, ids, out, cache, options, endpoints, params, events
+        )
     async with HttpClient(options) as http:
         source = VolumeSource(http, endpoints, cache, options.volumes)
         ctx = RunContext(http, source, endpoints, out, options, params, events)
         events.started(ids)
-        async with Scheduler(ctx) as scheduler:
-            return await all_of(*(scheduler.run(data_set) for data_set in ids))
+        async with Scheduler(ctx) as queue:
+            return await all_of(*(queue.run(data_set) for data_set in ids))
+
+
+async def _on_dask(
+    client: DaskClient | None,
+    workers: int | None,
+    scheduler: str | None,
+    ids: list[int],
+    out: Path,
+    cache: Path,
+    options: FetchOptions,
+    endpoints: Endpoints,
+    params: dict[str, Any],
+    events: Events,
+) -> list[DataSetResult]:
+    """``fetch`` on Dask. The volumes every data set needs are fetched here once, while Dask is
+    imported (in a thread: it takes a CPU-bound half second) and the cluster's workers start."""
+    async with AsyncExitStack() as stack:
+        shared = asyncio.create_task(_shared_volumes(ids[0], options, endpoints, cache))
+        stack.push_async_callback(_settle, shared)  # if what follows fails, it is stopped
+        await asyncio.to_thread(importlib.import_module, "asyncdl.cluster")
+        from .cluster import connect, fetch_on_cluster, ready
+
+        dask = client
+        if dask is None:  # entered here: a distributed.Client must be left in its own task
+            dask = await stack.enter_async_context(connect(workers=workers, scheduler=scheduler))
+        tract_ids, addresses = await both(shared, ready(dask, out))
+        return await fetch_on_cluster(
+            dask, addresses, tract_ids, ids, out, cache, options, endpoints, params, events
+        )
+
+
+async def _settle(task: asyncio.Task[Any]) -> None:
+    """Stop ``task`` if it still runs, and collect what it ended with."""
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def _shared_volumes(
+    first: int, options: FetchOptions, endpoints: Endpoints, cache: Path
+) -> frozenset[int] | None:
+    """The fiber volume and the tract mask in the cache, for the workers; the tract ids."""
+    async with HttpClient(options) as http:
+        source = VolumeSource(http, endpoints, cache, options.volumes)
+        await source.prefetch_shared(Tally(), first)
+        return source.tract_ids
 
 
 def fetch_sync(

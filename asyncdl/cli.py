@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import orjson
 
@@ -326,18 +326,6 @@ async def search(
     )
 
 
-@asynccontextmanager
-async def dask_client(args: argparse.Namespace) -> AsyncIterator[Any]:
-    """A Dask client for ``--workers``/``--scheduler``, or None for a run in this process."""
-    if args.workers is None and args.scheduler is None:
-        yield None
-        return
-    from .cluster import connect
-
-    async with connect(workers=args.workers, scheduler=args.scheduler) as client:
-        yield client
-
-
 def reporter(args: argparse.Namespace, stack: AsyncExitStack) -> Events:
     """JSON events if asked; live bars on a terminal; otherwise a line per data set."""
     if args.log_format == "json":
@@ -372,7 +360,6 @@ async def run_fetch(args: argparse.Namespace) -> int:
             raise UsageError("no data set ids given (as arguments, --ids-file or a search)")
         if args.dry_run:
             return await dry_run(ids, args, options, endpoints)
-        client = await stack.enter_async_context(dask_client(args))
         events = reporter(args, stack)
         started = time.monotonic()
         results = await fetch(
@@ -382,7 +369,8 @@ async def run_fetch(args: argparse.Namespace) -> int:
             endpoints=endpoints,
             cache_dir=args.cache_dir,
             events=events,
-            client=client,
+            workers=args.workers,
+            scheduler=args.scheduler,
         )
         events.finished(results, time.monotonic() - started)
     return EXIT_OK if all(r.complete for r in results) else EXIT_FAILED

@@ -3,8 +3,10 @@
 One task per data set, keyed by its id and the run. Each worker holds, for the run, what a local
 run holds once: one HTTP client, one volume source and one ``Scheduler`` (a ``WorkerPlugin`` made on
 the worker, never pickled), so the data sets it is given share its request queue and its pipe
-stays full between them. ``-c`` and ``--rate`` are split evenly between the workers. Progress comes
-back in batches through Dask's event log. Everything else is the local run's: the same
+stays full between them. ``-c`` and ``--rate`` are shared among the workers that have data sets to
+fetch (``Shares``): evenly at first, then a worker with nothing left gives its share to the others,
+so the last data sets of a run get the whole of ``-c``. Progress comes back in batches through
+Dask's event log. Everything else is the local run's: the same
 ``DataSet`` life, the same files, so resume and a worker that dies mid-data-set are handled by
 the per-data-set resume (and ``store`` gives each attempt a ``lines.ndjson`` of its own).
 
@@ -14,21 +16,21 @@ Only ``fetch(..., client=...)`` and the command line's ``--workers``/``--schedul
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from .aio import both, event_loop_factory
+from .aio import all_of, both, event_loop_factory
 from .config import FetchOptions
 from .dataset import RunContext
 from .errors import UsageError
 from .events import Events
-from .fetcher import HttpClient, Tally
+from .fetcher import HttpClient
 from .pipeline import Scheduler
 from .results import DataSetResult
 from .sources import VolumeSource
@@ -52,18 +54,26 @@ FLUSH_SECONDS = 0.2
 WORKERS_TIMEOUT = 300
 #: How often a task checks that the scheduler still wants it (a cancelled task must stop writing).
 WATCH_SECONDS = 0.2
+#: How often the shares of ``-c`` are checked against where the work is (besides after each task).
+BALANCE_SECONDS = 0.2
 
 
-def share(options: FetchOptions, workers: int) -> FetchOptions:
-    """Each worker's part of the run's ``concurrency`` and ``rate``, so the whole stays within them."""
-    if workers < 1:
+def split(total: int, workers: Sequence[str]) -> dict[str, int]:
+    """``total`` slots split as evenly as can be among ``workers`` (the first get the remainder)."""
+    each, extra = divmod(total, len(workers)) if workers else (0, 0)
+    return {address: each + (i < extra) for i, address in enumerate(workers)}
+
+
+def first_shares(options: FetchOptions, workers: Sequence[str]) -> dict[str, int]:
+    """The shares of ``-c`` the workers start with; each needs at least one slot."""
+    if not workers:
         raise UsageError("the Dask cluster has no workers")
-    if options.concurrency < workers:
+    if options.concurrency < len(workers):
         raise UsageError(
-            f"-c {options.concurrency} is less than the {workers} workers: each needs at least one"
+            f"-c {options.concurrency} is less than the {len(workers)} workers: each needs at "
+            "least one"
         )
-    rate = options.rate / workers if options.rate is not None else None
-    return replace(options, concurrency=options.concurrency // workers, rate=rate)
+    return split(options.concurrency, sorted(workers))
 
 
 @asynccontextmanager
@@ -106,8 +116,20 @@ async def connect(
         await cast(Awaitable[None], cluster.close())
 
 
+async def ready(client: Client, out: Path) -> list[str]:
+    """The run's workers (addresses), once those of a cluster started for it are up and each has
+    been seen to see ``out``."""
+    if not getattr(client, "asynchronous", False):
+        raise UsageError("fetch(client=...) needs an asynchronous Client (asynchronous=True)")
+    workers = await _workers_up(client)
+    await _check_shared(client, out)
+    return workers
+
+
 async def fetch_on_cluster(
     client: Client,
+    workers: Sequence[str],
+    tract_ids: frozenset[int] | None,
     ids: Sequence[int],
     out: Path,
     cache: Path,
@@ -116,28 +138,25 @@ async def fetch_on_cluster(
     params: Mapping[str, Any],
     events: Events,
 ) -> list[DataSetResult]:
-    """``api.fetch`` on a Dask cluster: the same results, files and guarantees."""
-    if not getattr(client, "asynchronous", False):
-        raise UsageError("fetch(client=...) needs an asynchronous Client (asynchronous=True)")
-    tract_ids, workers = await both(
-        _prepare_shared(ids[0], options, endpoints, cache), _workers_up(client)
-    )
-    each = share(options, workers)
-    events.workers_started(workers, each.concurrency, each.rate)
-    await _check_shared(client, out)
+    """``api.fetch`` on the ``workers`` of a Dask cluster (``ready``), once the shared volumes are
+    in the cache and ``tract_ids`` known: the same results, files and guarantees."""
+    initial = first_shares(options, workers)
+    first = min(initial.values())
+    events.workers_started(len(workers), first, _rate(options, first))
 
     run = f"asyncdl-{secrets.token_hex(6)}"
     relay = _Relay(events)
     client.subscribe_topic(run, relay.receive)
-    plugin = RunPlugin(run, each, endpoints, out, cache, params, tract_ids)
+    plugin = RunPlugin(run, options, initial, endpoints, out, cache, params, tract_ids)
     await client.register_plugin(plugin, name=run)
     futures = {
         client.submit(_fetch_data_set, run, data_set, key=f"{run}-{data_set}", pure=False): data_set
         for data_set in ids
     }
+    shares = Shares(client, run, options, initial, events)
     results: dict[int, DataSetResult] = {}
-    try:
-        events.started(ids)
+
+    async def collect() -> None:
         async for future in as_completed(list(futures)):
             data_set = futures[future]
             try:
@@ -146,6 +165,12 @@ async def fetch_on_cluster(
                 result = _killed(out, data_set, params, str(exc))
             relay.done(result)
             results[data_set] = result
+            shares.wake()
+        shares.stop()
+
+    try:
+        events.started(ids)
+        await both(collect(), shares.follow({f"{run}-{data_set}" for data_set in ids}))
     except BaseException:
         await asyncio.shield(client.cancel(list(futures), force=True))
         raise
@@ -155,18 +180,98 @@ async def fetch_on_cluster(
     return [results[data_set] for data_set in ids]
 
 
-async def _prepare_shared(
-    first: int, options: FetchOptions, endpoints: Endpoints, cache: Path
-) -> frozenset[int] | None:
-    """The shared volumes and tract mask, fetched once here before the fan-out; the tract ids."""
-    async with HttpClient(options) as http:
-        source = VolumeSource(http, endpoints, cache, options.volumes)
-        await source.prefetch_shared(Tally(), first)
-        return source.tract_ids
+def _rate(options: FetchOptions, concurrency: int) -> float | None:
+    """The part of ``--rate`` that goes with a share of ``-c``."""
+    if options.rate is None:
+        return None
+    return options.rate * concurrency / options.concurrency
 
 
-async def _workers_up(client: Client) -> int:
-    """How many workers the run has, once those of a cluster started for it are up."""
+class Shares:
+    """The run's ``-c`` (and ``--rate`` with it), shared among the workers that have work.
+
+    Each check asks the scheduler which workers are running (or hold) the run's tasks and splits
+    ``-c`` evenly among them; the others get nothing. Shares are taken before they are given: a
+    worker's ``HttpClient.share`` returns only once its requests in flight fit its new share, so
+    the whole never exceeds ``-c``. A worker that leaves may still have requests at the server;
+    its share is held back for one request timeout before it goes to the others.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        run: str,
+        options: FetchOptions,
+        initial: Mapping[str, int],
+        events: Events,
+    ) -> None:
+        self.client, self.run, self.options, self.events = client, run, options, events
+        #: What each worker holds (or may still hold: a share is counted until it is given up).
+        self.granted = dict(initial)
+        self._held: list[tuple[float, int]] = []  # (until, slots) of workers that left
+        self._wake = asyncio.Event()
+        self._done = False
+
+    def wake(self) -> None:
+        """Check the shares now (a task ended: its worker may have nothing left)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._done = True
+        self._wake.set()
+
+    async def follow(self, keys: set[str]) -> None:
+        """Keep the shares where the run's tasks are, until ``stop``."""
+        while not self._done:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(BALANCE_SECONDS):
+                    await self._wake.wait()
+            self._wake.clear()
+            if not self._done:
+                await self.balance(keys)
+
+    async def balance(self, keys: set[str]) -> None:
+        assert self.client.scheduler is not None
+        processing: dict[str, list[str]] = await self.client.scheduler.processing()
+        now = asyncio.get_running_loop().time()
+        for address in [a for a in self.granted if a not in processing]:
+            self._held.append((now + self.options.timeout, self.granted.pop(address)))
+        self._held = [(until, n) for until, n in self._held if until > now]
+        busy = sorted(a for a, held in processing.items() if not keys.isdisjoint(held))
+        if not busy:
+            return  # nothing runs (between tasks, or waiting for workers): leave things as they are
+        free = self.options.concurrency - sum(n for _, n in self._held)
+        want = dict.fromkeys(processing, 0) | split(max(free, 0), busy)
+        if all(self.granted.get(a, 0) == n for a, n in want.items()):
+            return
+        await self._give({a: n for a, n in want.items() if n < self.granted.get(a, 0)})
+        await self._give({a: n for a, n in want.items() if n > self.granted.get(a, 0)})
+        self.events.shares_changed(self.granted)
+
+    async def _give(self, shares: Mapping[str, int]) -> None:
+        """Set these workers' shares; a worker that does not answer keeps its old one here."""
+        if not shares:
+            return
+
+        async def one(address: str, slots: int) -> None:
+            answered = await self.client.run(
+                _take_share, self.run, slots, workers=[address], on_error="ignore"
+            )
+            if address in answered:
+                self.granted[address] = slots
+
+        await all_of(*(one(address, slots) for address, slots in shares.items()))
+
+
+async def _take_share(run: str, slots: int, dask_worker: Worker) -> None:
+    """On a worker: keep to ``slots`` requests at once from now on (returns once it does)."""
+    plugin = cast(RunPlugin, dask_worker.plugins[run])
+    assert plugin.http is not None, "the run's plugin is not set up on this worker"
+    await plugin.http.share(slots)
+
+
+async def _workers_up(client: Client) -> list[str]:
+    """The run's workers (addresses), once those of a cluster started for it are up."""
     cluster = getattr(client, "cluster", None)
     if cluster is not None:
         try:
@@ -176,7 +281,7 @@ async def _workers_up(client: Client) -> int:
         except TimeoutError as exc:
             raise UsageError(f"the Dask workers did not start in {WORKERS_TIMEOUT} s") from exc
     assert client.scheduler is not None
-    return len((await client.scheduler.identity(n_workers=-1))["workers"])
+    return sorted((await client.scheduler.identity(n_workers=-1))["workers"])
 
 
 def _killed(out: Path, data_set: int, params: Mapping[str, Any], error: str) -> DataSetResult:
@@ -219,6 +324,7 @@ class RunPlugin(WorkerPlugin):
         self,
         name: str,
         options: FetchOptions,
+        initial: Mapping[str, int],
         endpoints: Endpoints,
         out: Path,
         cache: Path,
@@ -227,23 +333,31 @@ class RunPlugin(WorkerPlugin):
     ) -> None:
         self.name = name
         self.options, self.endpoints, self.out, self.cache = options, endpoints, out, cache
+        #: Each worker's first share of -c; a worker that joins later starts with none.
+        self.initial = dict(initial)
         self.params = dict(params)
         self.tract_ids = tract_ids
+        self.http: HttpClient | None = None
         self.scheduler: Scheduler | None = None
         self._stack: AsyncExitStack | None = None
         self._events: _WorkerEvents | None = None
 
+    _LIVE = ("http", "scheduler", "_stack", "_events")
+
     def __getstate__(self) -> dict[str, Any]:  # only the parameters travel, never live objects
-        return {k: v for k, v in vars(self).items() if k not in ("scheduler", "_stack", "_events")}
+        return {k: v for k, v in vars(self).items() if k not in self._LIVE}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        vars(self).update(state, scheduler=None, _stack=None, _events=None)
+        vars(self).update(state, **dict.fromkeys(self._LIVE))
 
     async def setup(self, worker: Worker) -> None:
         stack = AsyncExitStack()
         self._events = _WorkerEvents(worker, self.name)
         stack.push_async_callback(self._events.close)
+        # Slots for the whole of -c (any share may come its way), but only its own share in use.
         client = await stack.enter_async_context(HttpClient(self.options))
+        await client.share(self.initial.get(worker.address, 0))
+        self.http = client
         source = VolumeSource(
             client, self.endpoints, self.cache, self.options.volumes, tract_ids=self.tract_ids
         )

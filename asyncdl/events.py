@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 import orjson
@@ -25,7 +25,11 @@ class Events:
         """The run begins, for these data sets."""
 
     def workers_started(self, workers: int, concurrency: int, rate: float | None) -> None:
-        """The run is spread over ``workers`` Dask workers, each with this share of -c and --rate."""
+        """The run is spread over ``workers`` Dask workers, each with this share of -c and --rate
+        to start with."""
+
+    def shares_changed(self, shares: Mapping[str, int]) -> None:
+        """The run's -c is now shared so among the Dask workers (by address): it follows the work."""
 
     def data_set_started(self, data_set: int, targets: int, resumed: int) -> None:
         """A data set's volumes are in: ``targets`` requests to make, ``resumed`` already done."""
@@ -65,7 +69,9 @@ def describe(result: DataSetResult) -> str:
 def describe_workers(workers: int, concurrency: int, rate: float | None) -> str:
     """One line saying how a run is spread over a Dask cluster."""
     each = f"-c {concurrency}" + (f", --rate {rate:g}" if rate is not None else "")
-    return f"asyncdl: {workers} Dask workers, each with {each}"
+    return (
+        f"asyncdl: {workers} Dask workers, each with {each} to start (the shares follow the work)"
+    )
 
 
 def describe_run(results: Sequence[DataSetResult], seconds: float) -> str:
@@ -110,6 +116,9 @@ class JsonReporter(Events):
 
     def workers_started(self, workers: int, concurrency: int, rate: float | None) -> None:
         self._emit("workers", workers=workers, concurrency=concurrency, rate=rate)
+
+    def shares_changed(self, shares: Mapping[str, int]) -> None:
+        self._emit("shares", shares=dict(shares))
 
     def data_set_started(self, data_set: int, targets: int, resumed: int) -> None:
         self._emit("data_set_start", data_set=data_set, targets=targets, resumed=resumed)

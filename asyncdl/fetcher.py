@@ -39,6 +39,7 @@ from tenacity import (
 from yarl import URL
 
 from ._version import __version__
+from .aio import Slots
 from .config import MAX_JSON_BYTES, MAX_VOLUME_BYTES, FetchOptions
 from .errors import CertificateError, FetchError, HTTPStatusError, TransientError, UsageError
 from .files import atomic_file_async, writing
@@ -89,6 +90,14 @@ class RateLimiter:
         if start > now:
             await self._sleep(start - now)
 
+    async def set_rate(self, rate: float) -> None:
+        """Space later starts ``1 / rate`` apart; return once the starts reserved before have passed,
+        so that a rate given up is really free."""
+        reserved = self._next
+        self.interval = 1.0 / rate
+        if (wait := reserved - self._clock()) > 0:
+            await self._sleep(wait)
+
 
 class HttpClient:
     """Bounded, retrying GETs over one ``aiohttp.ClientSession``; use as ``async with``."""
@@ -101,7 +110,7 @@ class HttpClient:
     ) -> None:
         self.options = options
         self._sleep = sleep
-        self._slots = asyncio.Semaphore(options.concurrency)
+        self._slots = Slots(options.concurrency)
         self._rate = RateLimiter(options.rate, sleep=sleep) if options.rate else None
         self._session: aiohttp.ClientSession | None = None
         #: The quickest any answer's headers came back, in seconds: a floor on the server's latency.
@@ -129,6 +138,15 @@ class HttpClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    async def share(self, concurrency: int) -> None:
+        """Keep to ``concurrency`` of the run's ``options.concurrency`` requests at once, and to as
+        much of its ``rate``; return once no more than that is in use. ``0`` pauses requests."""
+        if not 0 <= concurrency <= self.options.concurrency:
+            raise ValueError(f"share {concurrency} is not within -c {self.options.concurrency}")
+        if self._rate is not None and self.options.rate is not None and concurrency:
+            await self._rate.set_rate(self.options.rate * concurrency / self.options.concurrency)
+        await self._slots.resize(concurrency)
 
     @property
     def session(self) -> aiohttp.ClientSession:

@@ -3,7 +3,7 @@ import asyncio
 import pytest
 
 from asyncdl import ApiError
-from asyncdl.aio import all_of, both
+from asyncdl.aio import Slots, all_of, both
 
 
 async def test_results_come_in_order():
@@ -61,3 +61,75 @@ async def test_both_keeps_each_type():
         return "a"
 
     assert await both(number(), word()) == (1, "a")
+
+
+async def _hold(slots: Slots, entered: list[int], i: int, release: asyncio.Event) -> None:
+    async with slots:
+        entered.append(i)
+        await release.wait()
+
+
+async def test_slots_bound_what_is_in_use_and_serve_waiters_in_order():
+    slots, release = Slots(2), asyncio.Event()
+    entered: list[int] = []
+    tasks = [asyncio.create_task(_hold(slots, entered, i, release)) for i in range(5)]
+    await asyncio.sleep(0)
+    assert entered == [0, 1] and slots.used == 2
+    await slots.resize(4)  # growing lets the next waiters in, in the order they came
+    await asyncio.sleep(0)
+    assert entered == [0, 1, 2, 3] and slots.used == 4
+    release.set()
+    await asyncio.gather(*tasks)
+    assert entered == [0, 1, 2, 3, 4] and slots.used == 0
+
+
+async def test_shrinking_waits_for_holders_and_lets_no_one_in_meanwhile():
+    slots, release = Slots(3), asyncio.Event()
+    entered: list[int] = []
+    holders = [asyncio.create_task(_hold(slots, entered, i, release)) for i in range(3)]
+    await asyncio.sleep(0)
+    shrink = asyncio.create_task(slots.resize(1))
+    late = asyncio.create_task(_hold(slots, entered, 3, asyncio.Event()))
+    await asyncio.sleep(0.01)
+    assert not shrink.done() and entered == [0, 1, 2]  # no holder is interrupted
+    release.set()
+    await asyncio.wait_for(shrink, 5)  # returns once what is in use fits
+    await asyncio.gather(*holders)
+    await asyncio.sleep(0)
+    assert entered == [0, 1, 2, 3] and slots.used == 1  # the one slot left went to the waiter
+    late.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await late
+    assert slots.used == 0
+    with pytest.raises(ValueError):
+        await slots.resize(-1)
+
+
+async def test_a_paused_slot_pool_holds_waiters_until_it_grows():
+    slots, release = Slots(0), asyncio.Event()
+    entered: list[int] = []
+    gone = asyncio.create_task(_hold(slots, entered, 1, release))
+    waiter = asyncio.create_task(_hold(slots, entered, 0, release))
+    await asyncio.sleep(0.01)
+    gone.cancel()  # a waiter that leaves takes nothing with it
+    await asyncio.gather(gone, return_exceptions=True)
+    assert entered == [] and slots.used == 0
+    await slots.resize(1)
+    await asyncio.sleep(0)
+    assert entered == [0]
+    release.set()
+    await waiter
+
+
+async def test_a_waiter_cancelled_as_it_is_granted_hands_its_slot_on():
+    slots, release = Slots(1), asyncio.Event()
+    entered: list[int] = []
+    await slots.__aenter__()
+    second = asyncio.create_task(_hold(slots, entered, 1, release))
+    third = asyncio.create_task(_hold(slots, entered, 2, release))
+    await asyncio.sleep(0)
+    await slots.__aexit__(None, None, None)  # grants the slot to the second...
+    second.cancel()  # ...which is cancelled before it could run
+    release.set()
+    await asyncio.gather(second, third, return_exceptions=True)
+    assert second.cancelled() and entered == [2] and slots.used == 0
