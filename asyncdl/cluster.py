@@ -266,7 +266,8 @@ class Shares:
 async def _take_share(run: str, slots: int, dask_worker: Worker) -> None:
     """On a worker: keep to ``slots`` requests at once from now on (returns once it does)."""
     plugin = cast(RunPlugin, dask_worker.plugins[run])
-    assert plugin.http is not None, "the run's plugin is not set up on this worker"
+    assert plugin.http is not None and plugin.scheduler is not None, "the run is not set up here"
+    plugin.scheduler.resize(slots)
     await plugin.http.share(slots)
 
 
@@ -355,8 +356,9 @@ class RunPlugin(WorkerPlugin):
         self._events = _WorkerEvents(worker, self.name)
         stack.push_async_callback(self._events.close)
         # Slots for the whole of -c (any share may come its way), but only its own share in use.
+        share = self.initial.get(worker.address, 0)
         client = await stack.enter_async_context(HttpClient(self.options))
-        await client.share(self.initial.get(worker.address, 0))
+        await client.share(share)
         self.http = client
         source = VolumeSource(
             client, self.endpoints, self.cache, self.options.volumes, tract_ids=self.tract_ids
@@ -364,7 +366,7 @@ class RunPlugin(WorkerPlugin):
         ctx = RunContext(
             client, source, self.endpoints, self.out, self.options, self.params, self._events
         )
-        self.scheduler = await stack.enter_async_context(Scheduler(ctx))
+        self.scheduler = await stack.enter_async_context(Scheduler(ctx, workers=share))
         self._stack = stack
 
     async def teardown(self, worker: Worker) -> None:

@@ -27,7 +27,7 @@ class Scheduler:
     Use as ``async with Scheduler(ctx) as s: await all_of(*(s.run(i) for i in ids))``.
     """
 
-    def __init__(self, ctx: RunContext) -> None:
+    def __init__(self, ctx: RunContext, workers: int | None = None) -> None:
         self.ctx = ctx
         self._queue: asyncio.Queue[tuple[DataSet, int]] = asyncio.Queue(
             maxsize=2 * ctx.options.concurrency
@@ -37,14 +37,23 @@ class Scheduler:
         #: One data set feeds the queue at a time, so its ranks go out in order and together.
         self._feeding = asyncio.Lock()
         self._stack = AsyncExitStack()
-        self._workers: list[asyncio.Task[None]] = []
+        self._group: asyncio.TaskGroup | None = None
+        self._workers: set[asyncio.Task[None]] = set()
+        self._size = ctx.options.concurrency if workers is None else workers
 
     async def __aenter__(self) -> Scheduler:
-        group = await self._stack.enter_async_context(asyncio.TaskGroup())
-        self._workers = [
-            group.create_task(self._work()) for _ in range(self.ctx.options.concurrency)
-        ]
+        self._group = await self._stack.enter_async_context(asyncio.TaskGroup())
+        self.resize(self._size)
         return self
+
+    def resize(self, workers: int) -> None:
+        """Run ``workers`` workers from now on (a Dask worker's share of ``-c``, which its
+        ``HttpClient`` enforces: this only saves waiting for a slot). Extra workers stop after
+        the target they have, or the next one they get."""
+        assert self._group is not None, "resize inside async with"
+        self._size = workers
+        while len(self._workers) < workers:
+            self._workers.add(self._group.create_task(self._work()))
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -52,7 +61,7 @@ class Scheduler:
         # Workers wait for work forever: cancel them (a request in flight is simply asked again
         # by the next run, which resumes) and let the TaskGroup collect them. It is not shown the
         # body's error, which would come out wrapped in an ExceptionGroup: that error goes on as is.
-        for worker in self._workers:
+        for worker in list(self._workers):
             worker.cancel()
         await self._stack.aclose()
 
@@ -78,6 +87,11 @@ class Scheduler:
             ds.close()
 
     async def _work(self) -> None:
-        while True:
-            ds, rank = await self._queue.get()
-            await ds.fetch_target(rank)  # records the answer or failure; never raises but to cancel
+        me = asyncio.current_task()
+        assert me is not None
+        try:
+            while len(self._workers) <= self._size:
+                ds, rank = await self._queue.get()
+                await ds.fetch_target(rank)  # records the answer or failure; raises only to cancel
+        finally:
+            self._workers.discard(me)

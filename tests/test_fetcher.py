@@ -187,3 +187,33 @@ async def test_requests_in_flight_never_exceed_the_limit(serve, limit):
         await asyncio.gather(*(http.get_json(url, tally, rows) for _ in range(60)))
     assert script.seen == 60
     assert script.peak == limit
+
+
+@pytest.mark.parametrize("share", [0, 2, 5])
+async def test_a_share_of_the_limit_bounds_what_is_in_flight(serve, share):
+    # As above, with the client made for -c 8 and then given a smaller share (a Dask worker's).
+    script = Script(gather=share or 1)
+    url = await start(serve, script)
+    async with client(concurrency=8) as http:
+        await http.share(share)
+        requests = [asyncio.ensure_future(http.get_json(url, Tally(), rows)) for _ in range(30)]
+        if not share:  # paused: nothing goes out until it gets a share
+            await asyncio.sleep(0.2)
+            assert script.seen == 0
+            await http.share(1)
+        await asyncio.gather(*requests)
+        with pytest.raises(ValueError, match="not within -c 8"):
+            await http.share(9)
+    assert script.seen == 30
+    assert script.peak == (share or 1)
+
+
+async def test_a_share_of_the_limit_takes_as_much_of_the_rate():
+    async with client(concurrency=8, rate=80.0) as http:
+        assert http._rate is not None
+        await http.share(2)
+        assert http._rate.interval == pytest.approx(1 / 20)
+        await http.share(0)  # paused: nothing goes out, the rate stays until the next share
+        assert http._rate.interval == pytest.approx(1 / 20)
+        await http.share(8)
+        assert http._rate.interval == pytest.approx(1 / 80)

@@ -1,7 +1,9 @@
 """The library end to end against the emulator on a loopback socket."""
 
+import asyncio
 import dataclasses
 import itertools
+from types import SimpleNamespace
 
 import orjson
 import pytest
@@ -9,6 +11,7 @@ import pytest
 import asyncdl
 from asyncdl import FetchOptions
 from asyncdl.emulator import Emulator
+from asyncdl.pipeline import Scheduler
 
 from .conftest import SEED_ID
 
@@ -151,3 +154,39 @@ async def test_rerun_with_brainrender_replaces_only_an_old_layout_file(emulator,
     stamp = viewer.stat().st_mtime_ns, viewer.stat().st_ino
     await asyncdl.fetch([SEED_ID], tmp_path, **with_brainrender)
     assert (viewer.stat().st_mtime_ns, viewer.stat().st_ino) == stamp  # a current file stays
+
+
+class Gate:
+    """Stands in for a data set: its targets wait for ``go``; it records how many ran at once."""
+
+    def __init__(self) -> None:
+        self.running = self.done = 0
+        self.go = asyncio.Event()
+
+    async def fetch_target(self, rank: int) -> None:
+        self.running += 1
+        try:
+            await self.go.wait()
+        finally:
+            self.running -= 1
+            self.done += 1
+
+
+async def test_a_resized_scheduler_runs_that_many_workers():
+    ctx = SimpleNamespace(options=FetchOptions(concurrency=8))
+    async with Scheduler(ctx, workers=2) as scheduler:  # type: ignore[arg-type]
+        gate = Gate()
+        for rank in range(12):
+            scheduler._queue.put_nowait((gate, rank))  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+        assert gate.running == 2
+        scheduler.resize(5)
+        await asyncio.sleep(0.05)
+        assert gate.running == 5
+        scheduler.resize(1)  # the extra workers stop once their target is done
+        gate.go.set()
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if gate.done == 12:
+                break
+        assert gate.done == 12 and len(scheduler._workers) == 1

@@ -187,6 +187,24 @@ async def test_rate_limiter_spaces_requests():
     assert starts == [0.0, 0.25, 0.5, 0.75, 1.0]
 
 
+async def test_a_rate_given_up_is_free_once_the_starts_reserved_at_it_have_passed():
+    clock = [0.0]
+
+    async def sleep(seconds):
+        clock[0] += seconds
+
+    limiter = RateLimiter(4.0, clock=lambda: clock[0], sleep=sleep)
+    for _ in range(3):
+        await limiter.wait()  # starts at 0, 0.25 and 0.5; the next is reserved for 0.75
+    await limiter.set_rate(1.0)
+    assert clock[0] == 0.75  # returns only once the old rate's reservations are past
+    starts = []
+    for _ in range(2):
+        await limiter.wait()
+        starts.append(clock[0])
+    assert starts == [0.75, 1.75]
+
+
 async def test_rate_is_global_across_a_run(emulator, tmp_path):
     rate = 40.0
     options = FetchOptions(concurrency=16, density_range=(0.1, 0.102), rate=rate)
