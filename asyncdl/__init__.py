@@ -3,7 +3,7 @@
 from ._version import __version__
 from .api import fetch, fetch_sync, survey
 from .catalog import Experiment, find_experiments
-from .config import FetchOptions
+from .config import FetchOptions, LegacyVolumesWarning
 from .datafile import Streamlines, read_streamlines
 from .errors import (
     ApiError,
@@ -12,6 +12,7 @@ from .errors import (
     FetchError,
     HTTPStatusError,
     StorageError,
+    TLSError,
     TransientError,
     UsageError,
     VolumeError,
@@ -32,9 +33,11 @@ __all__ = [
     "FetchError",
     "FetchOptions",
     "HTTPStatusError",
+    "LegacyVolumesWarning",
     "StorageError",
     "Streamlines",
     "Survey",
+    "TLSError",
     "TransientError",
     "UsageError",
     "VolumeError",

@@ -6,13 +6,14 @@ import asyncio
 import importlib
 import math
 import os
+import warnings
 from collections.abc import Iterable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .aio import all_of, both, run
-from .config import FetchOptions
+from .config import LEGACY_WARNING, FetchOptions, LegacyVolumesWarning
 from .dataset import RunContext, explain, refuse_mixing, run_parameters
 from .errors import ENDS_THE_RUN, AsyncdlError, UsageError
 from .events import Events
@@ -45,8 +46,8 @@ async def fetch(
     data sets are skipped and only unanswered targets are requested. Results made with other
     parameters are refused (``UsageError``) unless ``options.restart`` is set. If results or the
     cache cannot be written (disk full, permissions), the run stops with a ``StorageError``, and a
-    server whose TLS certificate does not verify stops it with ``CertificateError``; what was
-    answered is on disk, and the same call resumes once the cause is gone.
+    server whose TLS certificate does not verify (or that does not speak TLS) stops it with a
+    ``TLSError``; what was answered is on disk, and the same call resumes once the cause is gone.
 
     The data sets are spread over a Dask cluster's workers (one task each) with ``client``, an
     asynchronous ``distributed.Client``; with ``workers``, a local cluster of that many processes
@@ -59,6 +60,7 @@ async def fetch(
     ids = list(dict.fromkeys(data_set_id(d) for d in data_sets))
     if not ids:
         raise UsageError("no data set ids given")
+    _warn_if_legacy(options, endpoints)
     if sum(x is not None for x in (client, workers, scheduler)) > 1:
         raise UsageError(
             "give at most one of client, workers (--workers) and scheduler (--scheduler)"
@@ -132,6 +134,11 @@ async def _shared_volumes(
         return source.tract_ids
 
 
+def _warn_if_legacy(options: FetchOptions, endpoints: Endpoints) -> None:
+    if options.volumes == "legacy" and endpoints.is_allen_api:
+        warnings.warn(LEGACY_WARNING, LegacyVolumesWarning, stacklevel=3)
+
+
 def fetch_sync(
     data_sets: Iterable[int | str], out_dir: str | Path, **kwargs: Any
 ) -> list[DataSetResult]:
@@ -149,6 +156,7 @@ async def survey(
     """A dry run: download only the volumes (into ``cache_dir``) and count each data set's targets."""
     options = options or FetchOptions()
     endpoints = endpoints or Endpoints()
+    _warn_if_legacy(options, endpoints)
     ids = list(dict.fromkeys(data_set_id(d) for d in data_sets))
     async with HttpClient(options) as client:
         source = VolumeSource(client, endpoints, Path(cache_dir), options.volumes)

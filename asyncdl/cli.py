@@ -2,8 +2,8 @@
 
 Exit status: 0 everything fetched; 1 some targets or data sets failed (the rest is written);
 2 usage error; 3 results or cache could not be written (disk full, permissions); 4 the server's
-TLS certificate did not verify (the run stopped at once); 130 interrupted (Ctrl-C); 143 terminated
-(SIGTERM). Interrupted runs resume.
+TLS certificate did not verify, or it does not speak TLS (the run stopped at once); 130 interrupted
+(Ctrl-C); 143 terminated (SIGTERM). Interrupted runs resume.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import asyncio
 import signal
 import sys
 import time
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -24,8 +25,15 @@ from . import __version__
 from .aio import run
 from .api import fetch, survey
 from .catalog import Experiment, find_experiments
-from .config import DEFAULT_ARCHIVE_URL, DEFAULT_BASE_URL, VOLUME_KINDS, FetchOptions
-from .errors import AsyncdlError, CertificateError, StorageError, UsageError
+from .config import (
+    DEFAULT_ARCHIVE_URL,
+    DEFAULT_BASE_URL,
+    LEGACY_WARNING,
+    VOLUME_KINDS,
+    FetchOptions,
+    LegacyVolumesWarning,
+)
+from .errors import AsyncdlError, StorageError, TLSError, UsageError
 from .events import Events, JsonReporter, LineReporter
 from .idsfile import read_ids_file
 from .tables import write_csv, write_json_lines
@@ -38,7 +46,7 @@ EXIT_CODES = """\
 exit status:
   0    everything fetched         1    some targets or data sets failed (the rest is written)
   2    usage error                3    cannot write results or cache (disk full, permissions)
-  4    the server's TLS certificate did not verify (see --ca-bundle)
+  4    the server's TLS certificate did not verify (see --ca-bundle), or it does not speak TLS
   130  interrupted (Ctrl-C); 143 terminated (SIGTERM); 3, 130, 143: run again to resume
 """
 FETCH_EXAMPLES = f"""\
@@ -59,14 +67,9 @@ examples:
 
 exit status:
   0    listed                     1    the search failed
-  2    usage error                4    the server's TLS certificate did not verify (see --ca-bundle)
+  2    usage error                4    the server's TLS certificate did not verify (see --ca-bundle),
+                                       or it does not speak TLS
 """
-
-LEGACY_WARNING = (
-    "--volumes legacy asks for the 2013 zipped MetaImage grids (old CCF v2 frame), which the Allen "
-    "servers may no longer serve, and the spatial search now answers in CCF v3 coordinates; "
-    "--volumes nrrd is the current data"
-)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -354,6 +357,7 @@ async def run_fetch(args: argparse.Namespace) -> int:
     async with serving(args) as endpoints, AsyncExitStack() as stack:
         if options.volumes == "legacy" and endpoints.is_allen_api:
             warn(args, LEGACY_WARNING)
+            warnings.filterwarnings("ignore", category=LegacyVolumesWarning)  # said: once is enough
         if args.injection_structure:
             ids += [experiment.id for experiment in await search(args, endpoints, options)]
         if not ids:
@@ -467,7 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         how = "interrupted" if isinstance(exc, KeyboardInterrupt) else "terminated"
         print(f"asyncdl: {how}; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED if how == "interrupted" else EXIT_TERMINATED
-    except CertificateError as exc:
+    except TLSError as exc:
         print(f"asyncdl: error: {exc}", file=sys.stderr)
         return EXIT_UNTRUSTED
     except UsageError as exc:

@@ -290,7 +290,7 @@ def _killed(out: Path, data_set: int, params: Mapping[str, Any], error: str) -> 
     result = DataSetResult(
         data_set, False, error=f"KilledWorker: {error}", directory=str(store.dir)
     )
-    store.write_summary({**result.as_dict(), "parameters": dict(params)})
+    store.record(result, params)
     return result
 
 

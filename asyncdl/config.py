@@ -27,6 +27,15 @@ MAX_VOLUME_BYTES = 1024 * 1024 * 1024
 #: Where the volumes come from: the NRRD grid files + CCF annotation, or the seed's zipped MetaImage.
 VolumeKind = Literal["nrrd", "legacy"]
 VOLUME_KINDS: tuple[VolumeKind, ...] = get_args(VolumeKind)
+LEGACY_WARNING = (
+    "--volumes legacy asks for the 2013 zipped MetaImage grids (old CCF v2 frame), which the Allen "
+    "servers may no longer serve, and the spatial search now answers in CCF v3 coordinates; "
+    "--volumes nrrd is the current data"
+)
+
+
+class LegacyVolumesWarning(UserWarning):
+    """``volumes="legacy"`` against the real Allen servers (``LEGACY_WARNING`` says why)."""
 
 
 def _help(text: str) -> dict[str, str]:

@@ -257,8 +257,7 @@ class DataSet:
 
     async def _record(self, result: DataSetResult) -> None:
         """Write the data set's summary.json (off the loop: it is fsynced), then report it."""
-        summary = {**result.as_dict(), "parameters": dict(self.ctx.params)}
-        await asyncio.to_thread(self.store.write_summary, summary)
+        await asyncio.to_thread(self.store.record, result, self.ctx.params)
         self._report(result)
 
     def _report(self, result: DataSetResult) -> None:

@@ -8,7 +8,8 @@ AsyncdlError
     ├── TransientError              worth retrying: connection, timeout, 5xx, 429, bad body
     ├── HTTPStatusError             a status that retrying will not change (4xx but 429)
     ├── ApiError                    the API answered ``success: false``
-    └── CertificateError            the server's TLS certificate did not verify: stops the run
+    └── TLSError                    TLS with the server cannot work (no retry can fix it): stops the run
+        └── CertificateError        the server's TLS certificate did not verify
 """
 
 from __future__ import annotations
@@ -69,14 +70,19 @@ class ApiError(FetchError):
     """The Allen API answered ``success: false``; its message is kept."""
 
 
-class CertificateError(FetchError):
-    """The server's TLS certificate did not verify. Never retried, and it stops the whole run:
-    every other request to that host would fail the same way. ``host`` names the server."""
+class TLSError(FetchError):
+    """TLS with the server cannot work, e.g. an https URL for a server that speaks plain http.
+    Never retried, and it stops the whole run: every other request to that host would fail the
+    same way. ``host`` names the server."""
 
     def __init__(self, message: str, url: str = "", host: str = "") -> None:
         super().__init__(message, url)
         self.host = host
 
 
+class CertificateError(TLSError):
+    """The server's TLS certificate did not verify."""
+
+
 #: Errors that no other data set or target would escape either: they stop a run at once.
-ENDS_THE_RUN = (StorageError, CertificateError)
+ENDS_THE_RUN = (StorageError, TLSError)

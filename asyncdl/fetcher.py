@@ -41,7 +41,14 @@ from yarl import URL
 from ._version import __version__
 from .aio import Slots
 from .config import MAX_JSON_BYTES, MAX_VOLUME_BYTES, FetchOptions
-from .errors import CertificateError, FetchError, HTTPStatusError, TransientError, UsageError
+from .errors import (
+    CertificateError,
+    FetchError,
+    HTTPStatusError,
+    TLSError,
+    TransientError,
+    UsageError,
+)
 from .files import atomic_file_async, writing
 
 T = TypeVar("T")
@@ -248,6 +255,10 @@ class HttpClient:
             # Before the connection errors it is one of: no retry can make a certificate verify.
             except (aiohttp.ClientConnectorCertificateError, ssl.CertificateError) as exc:
                 raise _untrusted(exc, url, self.options.ca_bundle) from exc
+            except aiohttp.ClientConnectorSSLError as exc:
+                if getattr(exc.os_error, "reason", None) in _NOT_TLS:
+                    raise _not_tls(exc, url) from exc
+                raise TransientError(_describe(exc), url) from exc  # e.g. cut mid-handshake
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
                 raise TransientError(_describe(exc), url) from exc
             except aiohttp.ClientError as exc:
@@ -279,12 +290,34 @@ def tls_context(ca_bundle: Path | None) -> ssl.SSLContext:
         raise UsageError(f"cannot read CA bundle {ca_bundle}: {exc.strerror}") from exc
 
 
+#: OpenSSL's reasons for a handshake whose other end does not speak TLS at all (plain http, most
+#: often: an https URL for an http server). Other handshake failures may pass and are retried.
+_NOT_TLS = frozenset(
+    {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "UNKNOWN_PROTOCOL", "PACKET_LENGTH_TOO_LONG"}
+)
+
+
+def _host(url: str) -> str:
+    parts = URL(url, encoded=True)
+    return f"{parts.host}:{parts.explicit_port}" if parts.explicit_port else str(parts.host)
+
+
+def _not_tls(exc: aiohttp.ClientConnectorSSLError, url: str) -> TLSError:
+    """The one-line ``TLSError`` for a server that does not speak TLS, naming the host."""
+    host = _host(url)
+    return TLSError(
+        f"{host} does not speak TLS ({exc.os_error.reason}); if it is a plain http server, give "
+        f"its URL as http://{host}",
+        url,
+        host,
+    )
+
+
 def _untrusted(exc: Exception, url: str, ca_bundle: Path | None) -> CertificateError:
     """The one-line ``CertificateError`` for a certificate that did not verify, naming the host."""
     cause = getattr(exc, "certificate_error", exc)  # aiohttp keeps ssl's error there
     reason = getattr(cause, "verify_message", None) or _describe(cause)
-    parts = URL(url, encoded=True)
-    host = f"{parts.host}:{parts.explicit_port}" if parts.explicit_port else str(parts.host)
+    host = _host(url)
     from_env = [name for name in ("SSL_CERT_FILE", "SSL_CERT_DIR") if os.environ.get(name)]
     if ca_bundle is not None:
         trusted = f"the CAs of {ca_bundle}"

@@ -25,6 +25,7 @@ import numpy.typing as npt
 import orjson
 
 from .files import TEMP_GLOB, AtomicFile, append, atomic_write, writing
+from .results import DataSetResult
 from .resume import Action, Decision, Earlier
 from .urls import data_set_id
 
@@ -174,6 +175,10 @@ class DataSetStore:
         with writing(self.dir / DATA):  # reading lines.ndjson back is part of writing data.json
             atomic_write(self.dir / DATA, chunks())
         return count
+
+    def record(self, result: DataSetResult, params: Mapping[str, Any]) -> None:
+        """summary.json: the result, and the parameters it was made with (what resume checks)."""
+        self.write_summary({**result.as_dict(), "parameters": dict(params)})
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         with writing(self.dir):

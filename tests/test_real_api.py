@@ -12,7 +12,9 @@ import orjson
 import pytest
 
 import asyncdl
-from asyncdl import FetchOptions, cli
+from asyncdl import Endpoints, FetchOptions, UsageError, cli
+from asyncdl.api import _warn_if_legacy
+from asyncdl.config import LEGACY_WARNING, LegacyVolumesWarning
 
 from .conftest import SEED_ID, command, server_args
 
@@ -135,6 +137,8 @@ def test_legacy_volumes_warn_against_the_real_host(
 
     async def no_run(ids, out, **kwargs):
         calls.append(kwargs["options"].volumes)
+        # What fetch says to Python callers; the command line has said it already, once.
+        _warn_if_legacy(kwargs["options"], kwargs["endpoints"])
         return []
 
     monkeypatch.setattr(cli, "fetch", no_run)
@@ -148,11 +152,25 @@ def test_legacy_volumes_warn_against_the_real_host(
         [line] = lines
         if log_format == "json":
             event = json.loads(line)
-            assert event["event"] == "warning" and event["message"] == cli.LEGACY_WARNING
+            assert event["event"] == "warning" and event["message"] == LEGACY_WARNING
         else:
-            assert line == f"asyncdl: warning: {cli.LEGACY_WARNING}"
+            assert line == f"asyncdl: warning: {LEGACY_WARNING}"
         assert "CCF v2" in line and "CCF v3" in line
     assert calls == ["legacy", "nrrd"]
+
+
+async def test_python_callers_are_warned_of_legacy_volumes_from_the_real_host(tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("")  # the output directory cannot be made: the run stops before any request
+    real = Endpoints("https://api.brain-map.org")
+    with pytest.warns(LegacyVolumesWarning, match="CCF v3"), pytest.raises(UsageError):
+        await asyncdl.fetch(
+            [SEED_ID], blocked, options=FetchOptions(volumes="legacy"), endpoints=real
+        )
+    with pytest.raises(
+        UsageError
+    ):  # nrrd, or another server: no warning (warnings are errors here)
+        await asyncdl.fetch([SEED_ID], blocked, endpoints=real)
 
 
 def test_help_says_what_legacy_volumes_are():

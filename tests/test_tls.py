@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 import asyncdl
-from asyncdl import CertificateError, FetchOptions, UsageError
+from asyncdl import CertificateError, FetchOptions, TLSError, UsageError
 from asyncdl.emulator import Emulator, make_certificates
 from asyncdl.fetcher import HttpClient, Tally, tls_context
 from asyncdl.responses import rows
@@ -234,6 +234,38 @@ def test_cli_list_without_the_ca_exits_4_with_one_line(https):
     assert proc.returncode == 4 and proc.stdout == ""
     assert f"the TLS certificate of {host_of(https)} did not verify" in one_error_line(proc.stderr)
     assert https.stats.tls_handshakes == 1  # the first page, once
+
+
+# -- an https URL for a plain http server: the same, at once ------------------------------------------
+
+
+def as_https(emu):
+    return emu.base_url.replace("http://", "https://", 1)
+
+
+async def test_a_server_that_does_not_speak_tls_is_one_attempt_and_no_retry(emulator, tmp_path):
+    url = as_https(emulator) + "/api/v2/structure_graph_download/1.json"
+    tally = Tally()
+    async with HttpClient(FetchOptions(retries=5, backoff_base=0, backoff_max=0)) as client:
+        with pytest.raises(TLSError) as err:
+            await client.get_json(url, tally, rows)
+    assert not isinstance(err.value, CertificateError) and err.value.host == host_of(emulator)
+    assert f"give its URL as http://{host_of(emulator)}" in str(err.value)
+    assert (tally.requests, tally.retries) == (1, 0)
+    assert sum(emulator.stats.requests.values()) == 0  # the server saw a handshake, not a GET
+    endpoints = asyncdl.Endpoints(as_https(emulator), as_https(emulator))
+    options = FetchOptions(**OPTIONS, retries=5, backoff_base=0, backoff_max=0)
+    with pytest.raises(TLSError):  # the run stops, rather than failing data set by data set
+        await asyncdl.fetch([SEED_ID, 100141219], tmp_path, options=options, endpoints=endpoints)
+    assert not list(tmp_path.glob("*/summary.json"))
+
+
+def test_cli_fetch_at_https_of_a_plain_server_exits_4_with_one_line(emulator, tmp_path):
+    server = ["--base-url", as_https(emulator), "--archive-url", as_https(emulator)]
+    proc = run("fetch", SEED_ID, "-o", tmp_path, *server, "--retries", 5)
+    assert proc.returncode == 4
+    assert f"{host_of(emulator)} does not speak TLS" in one_error_line(proc.stderr)
+    assert sum(emulator.stats.requests.values()) == 0
 
 
 def test_cli_list_with_the_ca(https):
