@@ -18,8 +18,7 @@ from .config import FetchOptions
 from .errors import FetchError, UsageError, VolumeError
 from .fetcher import HttpClient, Tally
 from .responses import rows
-from .urls import MAX_PAGE_ROWS, Endpoints, data_set_id
-from .urls import injection_structure as valid_structure
+from .urls import MAX_PAGE_ROWS, MAX_STRUCTURES_CHARS, QUERY_SAFE_ACRONYM, Endpoints, data_set_id
 
 #: At most this many pages a search: 200,000 rows at 2000 a page, far more than the whole Allen
 #: connectivity atlas holds, so a server that never sends a short page cannot cause a flood.
@@ -70,12 +69,14 @@ class StructureNames:
 
     acronyms: frozenset[str]
     ids: frozenset[int]
+    #: Each acronym's id, to name the few acronyms a query cannot carry ("fiber tracts", "CUL4, 5").
+    id_of: Mapping[str, int] = field(default_factory=dict, compare=False)
 
     @classmethod
     def from_tree(cls, roots: Iterable[Mapping[str, Any]]) -> StructureNames:
         """Every node of a tree as ``structure_graph_download`` sends it (nested ``children``);
         a flat list of structures, as AllenSDK's ``StructureTree`` dumps it, works too."""
-        acronyms: set[str] = set()
+        id_of: dict[str, int] = {}
         ids: set[int] = set()
         stack = list(roots)
         while stack:
@@ -89,32 +90,54 @@ class StructureNames:
                 raise VolumeError(f"malformed structure tree node: id {number!r}, {acronym!r}")
             if not isinstance(children, list):
                 raise VolumeError("malformed structure tree: children is not a list")
-            acronyms.add(acronym)
+            id_of[acronym] = number
             ids.add(number)
             stack.extend(children)
-        return cls(frozenset(acronyms), frozenset(ids))
+        return cls(frozenset(id_of), frozenset(ids), id_of)
 
     def resolve(self, structures: str) -> str:
-        """``structures`` (acronyms or ids, comma-separated) checked against the tree and spelled
-        as the tree spells them; ``UsageError`` naming the close matches for one that is not there.
+        """``structures`` (acronyms or ids, comma-separated) checked against the tree, for a query:
+        acronyms as the tree spells them, or by id where a query cannot carry the acronym (a
+        space or comma: "fiber tracts", "CUL4, 5"); ``UsageError`` naming the close matches for
+        one that is not there.
 
         An acronym matches exactly, or else case-insensitively if only one does ("visp" is VISp;
-        "cm" stays ambiguous, the tree has both CM and cm).
+        "cm" stays ambiguous, the tree has both CM and cm). Spaces around commas do not matter,
+        and an acronym that holds a comma is found whole.
         """
-        resolved = []
-        for item in valid_structure(structures).split(","):
-            if item.isdigit():
-                if int(item) not in self.ids:
-                    raise UsageError(f"unknown structure id {item}: not in the structure tree")
-                resolved.append(str(int(item)))
-                continue
-            same = [a for a in self.acronyms if a.lower() == item.lower()]
-            if item not in self.acronyms and len(same) != 1:
-                raise UsageError(self._unknown(item, same))
-            resolved.append(item if item in self.acronyms else same[0])
+        if not isinstance(structures, str) or not 0 < len(structures) <= MAX_STRUCTURES_CHARS:
+            raise UsageError(f"not a structure acronym or id: {str(structures)[:80]!r}")
+        pieces = structures.split(",")
+        resolved: list[str] = []
+        start = 0
+        while start < len(pieces):
+            # The longest run of pieces that names a structure (most are one piece).
+            for end in range(len(pieces), start, -1):
+                found = self._one(",".join(pieces[start:end]).strip())
+                if found is not None:
+                    break
+            else:
+                if not pieces[start].strip():
+                    raise UsageError(f"an empty structure in {structures!r}")
+                raise UsageError(self._unknown(pieces[start].strip()))
+            resolved.append(found)
+            start = end
         return ",".join(resolved)
 
-    def _unknown(self, item: str, same: list[str]) -> str:
+    def _one(self, item: str) -> str | None:
+        """One acronym or id as a query names it; None if the tree has no such structure."""
+        if item.isdigit():
+            return str(int(item)) if int(item) in self.ids else None
+        same = [a for a in self.acronyms if a.lower() == item.lower()]
+        if item not in self.acronyms and len(same) != 1:
+            return None
+        acronym = item if item in self.acronyms else same[0]
+        return acronym if QUERY_SAFE_ACRONYM.fullmatch(acronym) else str(self.id_of[acronym])
+
+    def _unknown(self, item: str) -> str:
+        if item.isdigit():
+            return f"unknown structure id {item}: not in the structure tree"
+        same = [a for a in self.acronyms if a.lower() == item.lower()]
         if same:
             either = " or ".join(sorted(same))
             return f"structure acronym {item!r} is ambiguous: did you mean {either}?"
@@ -150,7 +173,6 @@ async def list_experiments(
     those lines only (case-insensitive; ``"0"`` is wild type). Order is the service's, each id once.
     A structure that is not in the server's structure tree is a ``UsageError`` naming close matches.
     """
-    valid_structure(injection_structure)
     wanted = _line_filter(transgenic_lines)
     tally = tally if tally is not None else Tally()
     names = await structure_names(client, endpoints, tally)

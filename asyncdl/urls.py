@@ -49,15 +49,23 @@ def data_set_id(value: object) -> int:
     return number
 
 
+#: An acronym a query can carry as it is; the few others ("fiber tracts") are named by id.
+QUERY_SAFE_ACRONYM = re.compile(r"[A-Za-z0-9/-]+")
+#: The longest list of structures a search takes, in characters.
+MAX_STRUCTURES_CHARS = 500
 #: Acronyms or ids, comma-separated: nothing that could close a criterion and start another.
-_STRUCTURE_LIST = re.compile(r"[A-Za-z0-9/-]+(?:,[A-Za-z0-9/-]+)*")
+_STRUCTURE_LIST = re.compile(rf"{QUERY_SAFE_ACRONYM.pattern}(?:,{QUERY_SAFE_ACRONYM.pattern})*")
 #: The most rows the Allen API's services send in one answer.
 MAX_PAGE_ROWS = 2000
 
 
 def injection_structure(value: object) -> str:
     """Validate a structure acronym or id, or a comma-separated list of them, for a query."""
-    if not isinstance(value, str) or len(value) > 500 or not _STRUCTURE_LIST.fullmatch(value):
+    if (
+        not isinstance(value, str)
+        or len(value) > MAX_STRUCTURES_CHARS
+        or not _STRUCTURE_LIST.fullmatch(value)
+    ):
         raise UsageError(
             f"not a structure acronym or id (letters, digits, '-', '/', ','): {str(value)[:80]!r}"
         )

@@ -18,6 +18,7 @@ from asyncdl.emulator.ontology import BY_ACRONYM, structure_tree
 from asyncdl.emulator.synthetic import Experiment as Synthetic
 from asyncdl.fetcher import HttpClient, Tally
 from asyncdl.responses import rows
+from asyncdl.urls import QUERY_SAFE_ACRONYM
 
 from .conftest import SHARED, EmulatorThread
 
@@ -249,6 +250,11 @@ async def test_unknown_structure_is_refused_before_searching_with_close_matches(
     assert unquote(searches_on_the_wire(emulator)[0]).startswith(
         SEARCH_PATH + "[injection_structures$eqVISp,385]"
     )
+    # An acronym a query cannot carry goes by its id.
+    await find_experiments("fiber tracts", endpoints=emulator.endpoints)
+    assert unquote(searches_on_the_wire(emulator)[-1]).startswith(
+        SEARCH_PATH + "[injection_structures$eq1009]"
+    )
 
 
 async def test_a_structure_the_service_does_not_know_is_an_api_error(emulator):
@@ -273,8 +279,33 @@ def test_unknown_acronyms_are_matched_against_the_real_tree():
     assert "\n" not in message and message.startswith("unknown structure acronym 'VISpp'")
     close = message.split("close matches: ")[1].split(", ")
     assert close[0] == "VISp" and {"VISpl", "VISpm"} < set(close) and len(close) == 5
-    with pytest.raises(UsageError, match="not a structure acronym"):
-        names.resolve("VISp]")
+    with pytest.raises(UsageError, match=r"^unknown structure acronym 'VISp\]'"):
+        names.resolve("VISp]")  # refused by the tree; it could not reach a query anyway
+    with pytest.raises(UsageError, match="not a structure acronym or id"):
+        names.resolve("VISp," * 101)
+    with pytest.raises(UsageError, match="an empty structure in 'VISp,,MOp'"):
+        names.resolve("VISp,,MOp")
+
+
+def test_real_acronyms_with_spaces_or_commas_are_searched_by_id():
+    names = StructureNames.from_tree(json.loads(REAL_TREE.read_text()))
+    odd = sorted(a for a in names.acronyms if not QUERY_SAFE_ACRONYM.fullmatch(a))
+    assert odd == [
+        "CUL4, 5",
+        "CUL4, 5gr",
+        "CUL4, 5mo",
+        "CUL4, 5pu",
+        "fiber tracts",
+        "grv of CBX",
+        "grv of CTX",
+    ]
+    cul = names.id_of["CUL4, 5"]
+    assert names.resolve("fiber tracts") == "1009"
+    assert names.resolve("CUL4, 5") == str(cul)  # found whole, not as CUL4 and 5
+    assert names.resolve("VISp, CUL4, 5 ,385") == f"VISp,{cul},385"
+    assert names.resolve("Fiber Tracts") == "1009"
+    for query in ("fiber tracts", "VISp, CUL4, 5 ,grv of CTX"):
+        Endpoints().injection_structure_search(names.resolve(query), False, 0, 10)  # valid
 
 
 def test_the_emulators_tree_is_read_nested():
