@@ -244,12 +244,23 @@ class Shares:
         want = dict.fromkeys(processing, 0) | split(max(free, 0), busy)
         if all(self.granted.get(a, 0) == n for a, n in want.items()):
             return
+        before = dict(self.granted)
         await self._give({a: n for a, n in want.items() if n < self.granted.get(a, 0)})
-        await self._give({a: n for a, n in want.items() if n > self.granted.get(a, 0)})
-        self.events.shares_changed(self.granted)
+        # Give only what is free now: a worker that did not answer still counts its old share.
+        available = free - sum(self.granted.values())
+        grow = {}
+        for address, n in want.items():
+            more = min(n - self.granted.get(address, 0), available)
+            if more > 0:
+                grow[address] = self.granted.get(address, 0) + more
+                available -= more
+        await self._give(grow)
+        if self.granted != before:
+            self.events.shares_changed(self.granted)
 
     async def _give(self, shares: Mapping[str, int]) -> None:
-        """Set these workers' shares; a worker that does not answer keeps its old one here."""
+        """Set these workers' shares. One that does not answer is counted with the larger of its
+        old and new share (it may have taken the new one): never less than it may use."""
         if not shares:
             return
 
@@ -257,8 +268,8 @@ class Shares:
             answered = await self.client.run(
                 _take_share, self.run, slots, workers=[address], on_error="ignore"
             )
-            if address in answered:
-                self.granted[address] = slots
+            had = self.granted.get(address, 0)
+            self.granted[address] = slots if address in answered else max(slots, had)
 
         await all_of(*(one(address, slots) for address, slots in shares.items()))
 

@@ -270,6 +270,7 @@ class FakeCluster:
 
     def __init__(self, work: dict[str, list[str]]) -> None:
         self.work = work  # worker -> the keys it is running or holds
+        self.deaf: set[str] = set()  # listed by the scheduler, but they do not answer
         self.calls: list[tuple[str, int]] = []
         self.scheduler = self
 
@@ -279,8 +280,8 @@ class FakeCluster:
     async def run(self, fn, run, slots, *, workers, on_error):
         assert on_error == "ignore"
         (address,) = workers
-        if address not in self.work:
-            return {}  # gone: it does not answer
+        if address not in self.work or address in self.deaf:
+            return {}  # gone, or cut off: it does not answer
         self.calls.append((address, slots))
         return {address: None}
 
@@ -327,6 +328,17 @@ async def test_shares_go_where_the_work_is_taken_before_given_and_held_when_a_wo
     await shares.balance(keys)
     assert fake.calls == [("d", 12)]
     assert seen.shares[-1] == {"b": 0, "c": 0, "d": 12}
+
+    # b gets work, but d does not answer when asked to give up half: b gets only what is free.
+    fake.calls.clear()
+    fake.work["b"] = ["run-2"]
+    fake.deaf.add("d")
+    await shares.balance(keys)
+    assert fake.calls == [] and shares.granted == {"b": 0, "c": 0, "d": 12}
+    assert seen.shares[-1] == {"b": 0, "c": 0, "d": 12} and len(seen.shares) == 3  # no change
+    fake.deaf.clear()
+    await shares.balance(keys)
+    assert fake.calls == [("d", 6), ("b", 6)]
 
 
 async def test_an_output_folder_a_worker_cannot_see_is_refused(tmp_path):
