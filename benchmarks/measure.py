@@ -12,6 +12,10 @@ of every descendant reaped below it. A descendant that outlives the root (the re
 exits just after it) is orphaned to this process, a child subreaper, and reaped here with
 ``wait4`` too. The tree is sampled every ``TREE_POLL_S`` in the target phase too, for each
 process's peak RSS (``VmHWM``).
+
+A contender that works through processes of its own that outlive it (a Dask cluster it connects
+to) names them as ``helpers``: the root of another tree whose CPU during the run is added to its
+own, sampled at the same moments.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import resource
 import select
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -91,9 +95,16 @@ def run_measured(
     server: EmulatorProcess,
     latency_s: float,
     timeout_s: float,
+    helpers: int | None = None,
 ) -> Measurement:
     """Spawn ``argv``, watch it until it exits (killed after ``timeout_s``), and measure it."""
     _become_subreaper()
+    helper = _Tree(helpers, role="cluster") if helpers is not None else None
+    helper_before = helper.sample() if helper is not None else 0.0
+
+    def helped() -> float:
+        return helper.sample() - helper_before if helper is not None else 0.0
+
     served_before = server.target_requests()
     server_cpu_before = server.cpu_seconds()
     parent_peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -106,7 +117,13 @@ def run_measured(
         samples = [_Sample(0.0, 0.0, server_cpu_before)]
         tree = _Tree(proc.pid)
         first_seen = _poll_first_target(
-            tree, exited, server, served_before, started, deadline, samples
+            lambda: tree.sample() + helped(),
+            exited,
+            server,
+            served_before,
+            started,
+            deadline,
+            samples,
         )
         tree.watch(exited, deadline)
         if not _exits(exited, 0.0):
@@ -122,7 +139,7 @@ def run_measured(
     return Measurement(
         wall_s=wall,
         first_target_s=first,
-        cpu_s=usage.ru_utime + usage.ru_stime + orphans,
+        cpu_s=usage.ru_utime + usage.ru_stime + orphans + helped(),
         cpu_at_first_s=at_first.cpu,
         peak_rss_mb=usage.ru_maxrss / 1024,  # kilobytes on Linux
         parent_peak_rss_mb=parent_peak_rss_mb,
@@ -130,7 +147,7 @@ def run_measured(
         server_cpu_s=server.cpu_seconds() - server_cpu_before,
         server_cpu_at_first_s=at_first.server_cpu - server_cpu_before,
         exit_code=proc.returncode,
-        processes=tree.processes(),
+        processes=tree.processes() + (helper.processes() if helper is not None else ()),
         orphans_cpu_s=orphans,
     )
 
@@ -138,8 +155,10 @@ def run_measured(
 class _Tree:
     """What has been seen of the contender's process tree: each process's largest figures."""
 
-    def __init__(self, root: int) -> None:
+    def __init__(self, root: int, role: str = "") -> None:
         self.root = root
+        #: Prefixed to each process's role (a helper tree's "cluster scheduler", "cluster worker").
+        self.role = role
         self.seen: dict[tuple[int, int], procstat.ProcessSample] = {}
 
     def sample(self) -> float:
@@ -188,11 +207,17 @@ class _Tree:
 
     def processes(self) -> tuple[ProcessPeak, ...]:
         ordered = sorted(self.seen.values(), key=lambda s: (s.role != "client", s.start))
-        return tuple(ProcessPeak(s.role, s.peak_rss_mb, s.cpu_s) for s in ordered)
+        return tuple(ProcessPeak(self._role(s.role), s.peak_rss_mb, s.cpu_s) for s in ordered)
+
+    def _role(self, role: str) -> str:
+        if not self.role:
+            return role
+        # A helper tree's root is no client: a Dask cluster's runs its scheduler and nannies.
+        return f"{self.role} {'scheduler' if role == 'client' else role}"
 
 
 def _poll_first_target(
-    tree: _Tree,
+    cpu: Callable[[], float],
     exited: int,
     server: EmulatorProcess,
     served_before: int,
@@ -200,7 +225,8 @@ def _poll_first_target(
     deadline: float,
     samples: list[_Sample],
 ) -> float | None:
-    """Sample CPU into ``samples`` every ``POLL_S`` until the server has answered a target request.
+    """Sample ``cpu()`` into ``samples`` every ``POLL_S`` until the server has answered a target
+    request.
 
     Returns when that was seen, in seconds from ``started``; None if the process exited first or
     the deadline passed.
@@ -209,7 +235,7 @@ def _poll_first_target(
         now = time.monotonic()
         if now > deadline:
             return None
-        samples.append(_Sample(now - started, tree.sample(), server.cpu_seconds()))
+        samples.append(_Sample(now - started, cpu(), server.cpu_seconds()))
         if server.target_requests() > served_before:
             return now - started
     return None

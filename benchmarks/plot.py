@@ -24,6 +24,7 @@ _STYLE = {
     "naive_asyncio": ("tab:purple", "D", 6.0),
     "asyncdl": ("tab:blue", "o", 6.0),
     "asyncdl_workers": ("tab:green", "v", 6.0),
+    "asyncdl_cluster": ("tab:olive", "<", 6.0),
     "asyncdl_no_uvloop": ("tab:cyan", "x", 6.0),
 }
 

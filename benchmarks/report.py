@@ -37,8 +37,10 @@ _NOTES = (
     "N times the time per request of the sample. Same data.json: equal in content to asyncdl's. "
     "Strict ideal = T_dry + N·L/C, T_dry being a separate `asyncdl fetch --dry-run` on an empty "
     "cache. CPU is that of all the contender's processes (with --workers: the client, which also "
-    "runs the Dask scheduler and nannies, and each worker); peak RSS per process is each one's "
-    "VmHWM, sampled every 20 ms (the largest per kind of process)."
+    "runs the Dask scheduler and nannies, and each worker; with --scheduler: the client, plus what "
+    "the running cluster's processes used during the run); peak RSS per process is each one's "
+    "VmHWM, sampled every 20 ms (the largest per kind of process; a running cluster's is over its "
+    "whole life)."
 )
 
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 from . import analysis, machine, report
@@ -21,6 +22,7 @@ from .measure import run_measured
 from .server import EmulatorProcess
 from .settings import Settings, parse_args
 from .trials import DRY_RUN, FETCH, NOTHING_TO_DO, Run, Trial, plan
+from .warm_cluster import WarmCluster
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,10 +32,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="asyncdl-bench-") as tmp:
         work = Path(tmp)
         info = machine.describe(env, work)
-        with EmulatorProcess(settings.latency_ms, work / "emulator.log", env) as server:
+        with (
+            EmulatorProcess(settings.latency_ms, work / "emulator.log", env) as server,
+            ExitStack() as stack,
+        ):
             _say(f"emulator at {server.base_url}, latency {settings.latency_ms:g} ms; warming up")
             server.warm_up(sorted({d for t in trials for d in t.data_sets}))
-            runs = execute(trials, server, settings, work, env)
+            cluster = None
+            if any(CONTENDERS[t.contender].on_warm_cluster for t in trials):
+                cluster = stack.enter_context(WarmCluster(work / "cluster.log", env))
+                _say(f"a running Dask cluster of 2 workers at {cluster.address}")
+            runs = execute(trials, server, settings, work, env, cluster)
     results = analysis.analyse(settings, runs)
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     report.write(settings, info, results, settings.out_dir)
@@ -50,6 +59,7 @@ def execute(
     settings: Settings,
     work: Path,
     env: dict[str, str],
+    cluster: WarmCluster | None = None,
 ) -> list[Run]:
     """Every trial ``repeats`` times, repeats interleaved so that slow drift spreads over all."""
     order = [t for r in range(max(t.repeats for t in trials)) for t in trials if r < t.repeats]
@@ -57,7 +67,7 @@ def execute(
     for n, trial in enumerate(order, 1):
         folder = work / f"run{n}"
         folder.mkdir()
-        run = _run(trial, server, settings, folder, env)
+        run = _run(trial, server, settings, folder, env, cluster)
         runs.append(run)
         _say(f"[{n}/{len(order)}] {_describe(run)}")
         if run.measurement.exit_code != 0:
@@ -67,8 +77,15 @@ def execute(
 
 
 def _run(
-    trial: Trial, server: EmulatorProcess, settings: Settings, folder: Path, env: dict[str, str]
+    trial: Trial,
+    server: EmulatorProcess,
+    settings: Settings,
+    folder: Path,
+    env: dict[str, str],
+    cluster: WarmCluster | None,
 ) -> Run:
+    contender = CONTENDERS[trial.contender]
+    warm = cluster if contender.on_warm_cluster else None
     spec = Spec(
         server.base_url,
         trial.data_sets,
@@ -77,8 +94,8 @@ def _run(
         concurrency=trial.concurrency,
         sample=trial.sample,
         dry_run=trial.kind == DRY_RUN,
+        scheduler=warm.address if warm is not None else None,
     )
-    contender = CONTENDERS[trial.contender]
     argv = contender.command(spec)
     env = _hiding(contender.hides, env, folder)
     if trial.kind == NOTHING_TO_DO:  # the job done first, unmeasured
@@ -91,6 +108,7 @@ def _run(
         server=server,
         latency_s=settings.latency_ms / 1000,
         timeout_s=settings.timeout_s,
+        helpers=warm.pid if warm is not None else None,
     )
     if trial.sample or trial.kind != FETCH:  # no data.json worth comparing
         return Run(trial, measurement, {})

@@ -43,8 +43,9 @@ def plan(settings: Settings) -> list[Trial]:
     The sequential seed is timed on a sample; so are the thread pool and naive asyncio at C = 1,
     which then do what it does at its speed. Runs that take a minute or more (C = 1, and the
     baselines' bulk run) are made once; the others ``settings.repeats`` times. The bulk run is also
-    made by asyncdl over two Dask workers and, at the largest C, without uvloop; each job has a dry
-    run, and the bulk run a run with nothing left to do, in one process and with workers.
+    made by asyncdl over two Dask workers (a cluster of its own, and a running one) and, at the
+    largest C, without uvloop; each job has a dry run, and the bulk run a run with nothing left to
+    do, in one process and on Dask.
     """
     single, bulk, repeats = settings.single_ids, settings.bulk_ids, settings.repeats
     trials = [Trial("seed", SINGLE, single, 1, settings.sample, 1)]
@@ -62,13 +63,13 @@ def plan(settings: Settings) -> list[Trial]:
         top = max(settings.bulk_concurrencies)
         trials += [
             Trial(contender, BULK, bulk, c, None, repeats)
-            for contender in ("asyncdl", "asyncdl_workers")
+            for contender in ("asyncdl", "asyncdl_workers", "asyncdl_cluster")
             for c in settings.bulk_concurrencies
         ]
         trials.append(Trial("asyncdl_no_uvloop", BULK, bulk, top, None, repeats))
         trials += [
             Trial(contender, BULK, bulk, top, None, repeats, NOTHING_TO_DO)
-            for contender in ("asyncdl", "asyncdl_workers")
+            for contender in ("asyncdl", "asyncdl_workers", "asyncdl_cluster")
         ]
     top_single = max(settings.concurrencies, default=1)
     trials.append(Trial("asyncdl", SINGLE, single, top_single, None, repeats, DRY_RUN))

@@ -3,7 +3,9 @@
 ``seed`` holds the 2013 script's steps without any I/O; ``sequential``, ``thread_pool`` and
 ``naive_asyncio`` wrap those steps in three ways of doing the I/O. asyncdl itself runs as its
 command line, ``python -m asyncdl fetch``: in one process, over a local Dask cluster of two
-workers (``--workers 2``), and in one process without uvloop (hidden from it, see ``hides``).
+workers (``--workers 2``), over a running cluster of two workers that outlives the runs
+(``--scheduler``, see ``warm_cluster``), and in one process without uvloop (hidden from it, see
+``hides``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class Spec:
     sample: int | None = None
     #: Only the volume phase and the count of targets (asyncdl's ``--dry-run``).
     dry_run: bool = False
+    #: The address of the running Dask cluster (for a contender that needs one).
+    scheduler: str | None = None
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,8 @@ class Contender:
     #: Modules the run must not find: the runner puts a folder first on its PYTHONPATH where
     #: importing each raises ImportError, as if it were not installed.
     hides: tuple[str, ...] = ()
+    #: Runs on the benchmark's running Dask cluster (``Spec.scheduler``), whose CPU counts as its.
+    on_warm_cluster: bool = False
 
 
 def _asyncdl(*options: str) -> Callable[[Spec], list[str]]:
@@ -55,6 +61,12 @@ def _asyncdl(*options: str) -> Callable[[Spec], list[str]]:
         ]
 
     return command
+
+
+def _asyncdl_on_cluster(spec: Spec) -> list[str]:
+    if spec.scheduler is None:
+        raise ValueError("this contender needs the benchmark's running Dask cluster")
+    return _asyncdl("--scheduler", spec.scheduler)(spec)
 
 
 def _seed_like(module: str) -> Callable[[Spec], list[str]]:
@@ -78,6 +90,12 @@ CONTENDERS = {
         Contender("naive_asyncio", "naive asyncio (aiohttp)", _seed_like("naive_asyncio")),
         Contender("asyncdl", "asyncdl", _asyncdl()),
         Contender("asyncdl_workers", "asyncdl --workers 2", _asyncdl("--workers", "2")),
+        Contender(
+            "asyncdl_cluster",
+            "asyncdl --scheduler (a running cluster of 2)",
+            _asyncdl_on_cluster,
+            on_warm_cluster=True,
+        ),
         Contender("asyncdl_no_uvloop", "asyncdl without uvloop", _asyncdl(), hides=("uvloop",)),
     )
 }
