@@ -167,11 +167,16 @@ class _Tree:
         for s in now:
             before = self.seen.get((s.pid, s.start))
             if before is not None:  # keep what an exiting process no longer shows
+                # Seen between fork and exec ("other", its parent's image and high-water mark),
+                # now exec'd as itself: its peak is its own from here (exec starts a new one).
+                exec_since = before.role == "other" and s.role != "other"
                 s = replace(
                     s,
                     role=before.role if s.role == "other" else s.role,
                     cpu_s=max(s.cpu_s, before.cpu_s),
-                    peak_rss_mb=max(s.peak_rss_mb, before.peak_rss_mb),
+                    peak_rss_mb=s.peak_rss_mb
+                    if exec_since
+                    else max(s.peak_rss_mb, before.peak_rss_mb),
                 )
             self.seen[s.pid, s.start] = s
         return sum(s.cpu_s + s.reaped_cpu_s for s in now)
