@@ -142,7 +142,7 @@ async def fetch_on_cluster(
     in the cache and ``tract_ids`` known: the same results, files and guarantees."""
     initial = first_shares(options, workers)
     first = min(initial.values())
-    events.workers_started(len(workers), first, _rate(options, first))
+    events.workers_started(len(workers), first, options.rate_share(first))
 
     run = f"asyncdl-{secrets.token_hex(6)}"
     relay = _Relay(events)
@@ -178,13 +178,6 @@ async def fetch_on_cluster(
         client.unsubscribe_topic(run)
         await asyncio.shield(client.unregister_worker_plugin(run))
     return [results[data_set] for data_set in ids]
-
-
-def _rate(options: FetchOptions, concurrency: int) -> float | None:
-    """The part of ``--rate`` that goes with a share of ``-c``."""
-    if options.rate is None:
-        return None
-    return options.rate * concurrency / options.concurrency
 
 
 class Shares:

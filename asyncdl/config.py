@@ -112,6 +112,10 @@ class FetchOptions:
         if self.prefetch < 1:
             raise UsageError(f"prefetch must be at least 1, got {self.prefetch}")
 
+    def rate_share(self, concurrency: int) -> float | None:
+        """The part of ``rate`` that goes with ``concurrency`` of the ``concurrency`` slots."""
+        return None if self.rate is None else self.rate * concurrency / self.concurrency
+
     @staticmethod
     def describe(name: str) -> tuple[Any, str]:
         """A command-line option's default and help text (with the default), from the field."""

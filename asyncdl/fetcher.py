@@ -151,8 +151,9 @@ class HttpClient:
         much of its ``rate``; return once no more than that is in use. ``0`` pauses requests."""
         if not 0 <= concurrency <= self.options.concurrency:
             raise ValueError(f"share {concurrency} is not within -c {self.options.concurrency}")
-        if self._rate is not None and self.options.rate is not None and concurrency:
-            await self._rate.set_rate(self.options.rate * concurrency / self.options.concurrency)
+        rate = self.options.rate_share(concurrency)
+        if self._rate is not None and rate:  # 0 slots: nothing goes out, the rate may stay
+            await self._rate.set_rate(rate)
         await self._slots.resize(concurrency)
 
     @property
