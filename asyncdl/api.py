@@ -134,9 +134,14 @@ async def _shared_volumes(
         return source.tract_ids
 
 
+def legacy_warning(options: FetchOptions, endpoints: Endpoints) -> str | None:
+    """Why legacy volumes from the real Allen servers are asked for at one's own risk, if they are."""
+    return LEGACY_WARNING if options.volumes == "legacy" and endpoints.is_allen_api else None
+
+
 def _warn_if_legacy(options: FetchOptions, endpoints: Endpoints) -> None:
-    if options.volumes == "legacy" and endpoints.is_allen_api:
-        warnings.warn(LEGACY_WARNING, LegacyVolumesWarning, stacklevel=3)
+    if (message := legacy_warning(options, endpoints)) is not None:
+        warnings.warn(message, LegacyVolumesWarning, stacklevel=3)
 
 
 def fetch_sync(

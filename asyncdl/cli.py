@@ -23,12 +23,11 @@ import orjson
 
 from . import __version__
 from .aio import run
-from .api import fetch, survey
+from .api import fetch, legacy_warning, survey
 from .catalog import Experiment, find_experiments
 from .config import (
     DEFAULT_ARCHIVE_URL,
     DEFAULT_BASE_URL,
-    LEGACY_WARNING,
     VOLUME_KINDS,
     FetchOptions,
     LegacyVolumesWarning,
@@ -355,8 +354,8 @@ async def run_fetch(args: argparse.Namespace) -> int:
         ca_bundle=args.ca_bundle,
     )
     async with serving(args) as endpoints, AsyncExitStack() as stack:
-        if options.volumes == "legacy" and endpoints.is_allen_api:
-            warn(args, LEGACY_WARNING)
+        if (legacy := legacy_warning(options, endpoints)) is not None:
+            warn(args, legacy)
             warnings.filterwarnings("ignore", category=LegacyVolumesWarning)  # said: once is enough
         if args.injection_structure:
             ids += [experiment.id for experiment in await search(args, endpoints, options)]
