@@ -1,10 +1,5 @@
-"""The command line: argument parsing, then library calls, then exit codes. Nothing else lives here.
-
-Exit status: 0 everything fetched; 1 some targets or data sets failed (the rest is written);
-2 usage error; 3 results or cache could not be written (disk full, permissions); 4 the server's
-TLS certificate did not verify, or it does not speak TLS (the run stopped at once); 130 interrupted
-(Ctrl-C); 143 terminated (SIGTERM). Interrupted runs resume.
-"""
+"""The command line: argument parsing, then library calls, then exit statuses (``exits.Exit``).
+Nothing else lives here."""
 
 from __future__ import annotations
 
@@ -34,20 +29,11 @@ from .config import (
 )
 from .errors import AsyncdlError, StorageError, TLSError, UsageError
 from .events import Events, JsonReporter, LineReporter
+from .exits import Exit, help_text
 from .idsfile import read_ids_file
 from .tables import write_csv, write_json_lines
 from .urls import Endpoints, data_set_id
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STORAGE, EXIT_UNTRUSTED = 0, 1, 2, 3, 4
-EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
-
-EXIT_CODES = """\
-exit status:
-  0    everything fetched         1    some targets or data sets failed (the rest is written)
-  2    usage error                3    cannot write results or cache (disk full, permissions)
-  4    the server's TLS certificate did not verify (see --ca-bundle), or it does not speak TLS
-  130  interrupted (Ctrl-C); 143 terminated (SIGTERM); 3, 130, 143: run again to resume
-"""
 FETCH_EXAMPLES = f"""\
 examples:
   asyncdl fetch 156394513 --emulator -o data          # against the bundled emulator
@@ -57,23 +43,19 @@ examples:
   asyncdl fetch --ids-file ids.txt --workers 8 -c 512 -o /shared/data   # a local Dask cluster
   asyncdl fetch --ids-file experiments.csv -o data    # AllenSDK's get_experiments(...).to_csv()
 
-{EXIT_CODES}"""
-LIST_EXAMPLES = """\
+{help_text()}"""
+LIST_EXAMPLES = f"""\
 examples:
   asyncdl list --injection-structure VISp --primary-only
   asyncdl list --injection-structure grey --transgenic-line Rbp4-Cre_KL100 --json
   asyncdl list --injection-structure VISp --csv > visp.csv
 
-exit status:
-  0    listed                     1    the search failed
-  2    usage error                4    the server's TLS certificate did not verify (see --ca-bundle),
-                                       or it does not speak TLS
-"""
+{help_text((Exit.OK, Exit.FAILED, Exit.USAGE, Exit.TLS, Exit.INTERRUPTED, Exit.TERMINATED))}"""
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"asyncdl: error: {message} (see '{self.prog} --help')\n")
+        self.exit(Exit.USAGE, f"asyncdl: error: {message} (see '{self.prog} --help')\n")
 
 
 def _server_options() -> _Parser:
@@ -130,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="asyncdl",
         description="Fast, reliable, asynchronous bulk downloads of Allen Mouse Brain "
         "Connectivity streamlines.",
-        epilog=EXIT_CODES,
+        epilog=help_text(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"asyncdl {__version__}")
@@ -376,7 +358,7 @@ async def run_fetch(args: argparse.Namespace) -> int:
             scheduler=args.scheduler,
         )
         events.finished(results, time.monotonic() - started)
-    return EXIT_OK if all(r.complete for r in results) else EXIT_FAILED
+    return Exit.OK if all(r.complete for r in results) else Exit.FAILED
 
 
 async def dry_run(
@@ -396,7 +378,7 @@ async def dry_run(
         f"dry run: {len(surveys)} data sets, {requests} target requests; at -c "
         f"{options.concurrency}, at least ~{sum(estimates):.1f} s (from the fastest answer seen)"
     )
-    return EXIT_OK if not any(s.error for s in surveys) else EXIT_FAILED
+    return Exit.OK if not any(s.error for s in surveys) else Exit.FAILED
 
 
 async def run_list(args: argparse.Namespace) -> int:
@@ -404,13 +386,13 @@ async def run_list(args: argparse.Namespace) -> int:
         experiments = await search(args, endpoints, FetchOptions(ca_bundle=args.ca_bundle))
     if args.json or args.csv:
         (write_json_lines if args.json else write_csv)(experiments, sys.stdout)
-        return EXIT_OK
+        return Exit.OK
     print(f"{'id':>10}  {'structure':<10}  {'transgenic line':<24}  injection volume")
     for x in experiments:
         volume = f"{x.injection_volume:.4f}" if x.injection_volume is not None else "-"
         print(f"{x.id:>10}  {x.structure:<10}  {x.transgenic_line or '(wild type)':<24}  {volume}")
     print(f"{len(experiments)} experiments", file=sys.stderr)
-    return EXIT_OK
+    return Exit.OK
 
 
 async def run_preview(args: argparse.Namespace) -> int:
@@ -418,7 +400,7 @@ async def run_preview(args: argparse.Namespace) -> int:
 
     for directory in args.dirs:
         print(await asyncio.to_thread(render_preview, directory))
-    return EXIT_OK
+    return Exit.OK
 
 
 async def run_emulate(args: argparse.Namespace) -> int:
@@ -435,7 +417,7 @@ async def run_emulate(args: argparse.Namespace) -> int:
         faults=faults,
         tls=args.tls,
     )
-    return EXIT_OK
+    return Exit.OK
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
@@ -466,24 +448,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(_stoppable(COMMANDS[args.command], args))
     except (KeyboardInterrupt, asyncio.CancelledError) as exc:
         if args.command == "emulate":  # a signal is how an emulator is meant to stop
-            return EXIT_OK
+            return Exit.OK
         how = "interrupted" if isinstance(exc, KeyboardInterrupt) else "terminated"
         print(f"asyncdl: {how}; run the same command again to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED if how == "interrupted" else EXIT_TERMINATED
+        return Exit.INTERRUPTED if how == "interrupted" else Exit.TERMINATED
     except TLSError as exc:
         print(f"asyncdl: error: {exc}", file=sys.stderr)
-        return EXIT_UNTRUSTED
+        return Exit.TLS
     except UsageError as exc:
         print(f"asyncdl: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     except StorageError as exc:
         print(
             f"asyncdl: error: {exc}; run the same command again once it is fixed", file=sys.stderr
         )
-        return EXIT_STORAGE
+        return Exit.STORAGE
     except (AsyncdlError, OSError) as exc:
         print(f"asyncdl: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return Exit.FAILED
 
 
 if __name__ == "__main__":

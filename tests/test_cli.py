@@ -10,6 +10,8 @@ import orjson
 import pandas as pd
 import pytest
 
+from asyncdl import cli
+
 from .conftest import SEED_ID, command, interruptible, read_line, server_args, wait_for_answers
 
 
@@ -299,3 +301,14 @@ def test_preview_of_a_folder_without_data(tmp_path):
     assert proc.returncode == 2
     [line] = proc.stderr.strip().splitlines()
     assert line.startswith("asyncdl: error:") and "data.json" in line
+
+
+def test_fetch_help_lists_every_exit_status_from_the_one_table(capsys):
+    from asyncdl.exits import Exit
+
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["fetch", "--help"])
+    assert stop.value.code == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    for status in Exit:
+        assert f"{int(status)} {status.meaning}" in shown
