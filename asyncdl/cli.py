@@ -31,6 +31,7 @@ from .errors import AsyncdlError, StorageError, TLSError, UsageError
 from .events import Events, JsonReporter, LineReporter
 from .exits import Exit, help_text
 from .idsfile import read_ids_file
+from .results import DataSetResult
 from .tables import write_csv, write_json_lines
 from .urls import Endpoints, data_set_id
 
@@ -164,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.add_argument("--cache-dir", type=Path, help="where volumes are cached (default OUT/.cache)")
     f.add_argument("--restart", action="store_true", help=option("restart")[1])
+    f.add_argument("--wait", action="store_true", help=option("wait")[1])
     f.add_argument(
         "--dry-run",
         action="store_true",
@@ -332,6 +334,7 @@ async def run_fetch(args: argparse.Namespace) -> int:
         volumes=args.volumes,
         rate=args.rate,
         restart=args.restart,
+        wait=args.wait,
         brainrender=args.format == "brainrender",
         ca_bundle=args.ca_bundle,
     )
@@ -358,7 +361,24 @@ async def run_fetch(args: argparse.Namespace) -> int:
             scheduler=args.scheduler,
         )
         events.finished(results, time.monotonic() - started)
-    return Exit.OK if all(r.complete for r in results) else Exit.FAILED
+    return outcome(args, results)
+
+
+def outcome(args: argparse.Namespace, results: Sequence[DataSetResult]) -> Exit:
+    """FAILED if anything failed; else BUSY if data sets were left to another process (with
+    what to do about them); else OK."""
+    busy = sum(r.status == "busy" for r in results)
+    if any(not r.complete and r.status != "busy" for r in results):
+        return Exit.FAILED
+    if busy:
+        if args.log_format == "text":
+            print(
+                f"asyncdl: {busy} data set(s) left to another process; run the same command "
+                "again once it has ended to finish them, or add --wait",
+                file=sys.stderr,
+            )
+        return Exit.BUSY
+    return Exit.OK
 
 
 async def dry_run(

@@ -83,6 +83,13 @@ class FetchOptions:
             "start the data sets over instead of resuming them (needed to change parameters)"
         ),
     )
+    wait: bool = field(
+        default=False,
+        metadata=_help(
+            "wait for data sets that another process is fetching, then finish them, instead of "
+            "leaving them to it"
+        ),
+    )
     #: Also write ``streamlines_<id>.json``, the layout brainrender reads (``asyncdl.brainrender``).
     brainrender: bool = False
     #: PEM file of the CAs to trust instead of the system's (SSL_CERT_FILE/SSL_CERT_DIR otherwise).

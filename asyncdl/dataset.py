@@ -8,6 +8,9 @@ The pipeline (``pipeline``) decides when each step runs and shares one request q
 data sets; everything that concerns one data set is here. A data set that cannot be prepared, or
 whose targets fail, is recorded as such and the run goes on; an error in ``ENDS_THE_RUN`` (the disk,
 an untrusted server) ends the whole run instead.
+
+A data set is worked on under its folder's lock (``store.lock``), from the decision to the summary.
+One that another process holds is left to it (a ``busy`` result) or, with ``wait``, waited for.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .aio import in_thread
 from .brainrender import has_brainrender, write_brainrender
 from .errors import (
     ENDS_THE_RUN,
@@ -32,6 +36,7 @@ from .errors import (
 )
 from .events import Events
 from .fetcher import HttpClient, Tally
+from .locks import POLL_SECONDS
 from .plan import RunPlan
 from .responses import rows
 from .results import DataSetResult
@@ -87,18 +92,30 @@ class DataSet:
         self._failures = 0
         self._answered = asyncio.Event()
         self._error: BaseException | None = None
+        #: Who holds the data set while this run waits for it (``FetchOptions.wait``).
+        self.holder: str | None = None
 
     # -- prepare -----------------------------------------------------------------------------------
 
     async def prepare(self) -> list[int]:
-        """Volumes in, targets out, earlier results judged; the ranks still to fetch.
+        """Lock taken, volumes in, targets out, earlier results judged; the ranks still to fetch.
 
-        Returns ``[]`` with ``result`` set when there is nothing to fetch (complete already, or the
-        data set cannot be prepared: unknown id, bad volume, changed targets).
+        Returns ``[]`` with ``result`` set when there is nothing to fetch (complete already, left
+        to another process, or the data set cannot be prepared: unknown id, bad volume, changed
+        targets), or with ``holder`` set when another process has it and the run waits for it
+        (``wait_for_holder``, then ``prepare`` again).
         """
         plan = self.ctx.plan
         restart = plan.options.restart
+        # A complete data set is skipped without its lock (its files are final), so runs that
+        # overlap on finished data sets never get in each other's way.
         early = decide(self.store.read(), plan.params, restart=restart)
+        if early.action is Action.SKIP and not self._needs_brainrender():
+            await self._skip(early.summary or {})
+            return []
+        if not self._lock():
+            return []
+        early = decide(self.store.read(), plan.params, restart=restart)  # as it is now, locked
         if early.action is Action.SKIP:
             await self._skip(early.summary or {})
             return []
@@ -113,7 +130,7 @@ class DataSet:
             decision = decide(earlier, plan.params, restart=restart, expected=expected)
             if decision.action is Action.REFUSE:
                 raise VolumeError(f"{decision.reason}; rerun with --restart to start over")
-            self._progress = await asyncio.to_thread(self.store.open, decision, expected)
+            self._progress = await in_thread(self.store.open, decision, expected)
         except ENDS_THE_RUN:
             raise
         except (AsyncdlError, OSError) as exc:
@@ -128,11 +145,37 @@ class DataSet:
         self.ctx.events.data_set_started(self.id, len(self._targets), len(done))
         return todo
 
+    def _lock(self) -> bool:
+        """Take the data set's lock. If another process holds it, leave the data set to that
+        process (a ``busy`` result) or, with ``wait``, say who this run waits for (``holder``)."""
+        holder = self.store.lock()
+        if holder is None:
+            return True
+        if self.ctx.plan.options.wait:
+            self.holder = str(holder)
+            self.ctx.events.data_set_waiting(self.id, self.holder)
+        else:
+            where = str(self.store.dir)
+            self._report(DataSetResult(self.id, False, directory=where, held_by=str(holder)))
+        return False
+
+    async def wait_for_holder(self) -> None:
+        """Until the process that holds the data set lets it go; the lock is then this run's."""
+        # Polled: a kernel lock has no event to await, and a thread blocked in flock() could not
+        # be cancelled (a Ctrl-C would wait for the other process).
+        while self.store.lock() is not None:  # noqa: ASYNC110
+            await asyncio.sleep(POLL_SECONDS)
+        self.holder = None
+
+    def _needs_brainrender(self) -> bool:
+        """Whether a complete data set still lacks its brainrender file (or has the old layout)."""
+        return self.ctx.plan.options.brainrender and not has_brainrender(self.store.dir, self.id)
+
     async def _skip(self, summary: Mapping[str, Any]) -> None:
         """Complete already: request nothing (but write the brainrender file if it is missing or
-        in the old layout)."""
-        if self.ctx.plan.options.brainrender and not has_brainrender(self.store.dir, self.id):
-            await asyncio.to_thread(write_brainrender, self.store.dir)
+        in the old layout: only under the lock, which ``prepare`` then holds)."""
+        if self._needs_brainrender():
+            await in_thread(write_brainrender, self.store.dir)
         self._report(
             DataSetResult(
                 self.id,
@@ -205,11 +248,11 @@ class DataSet:
     async def finish(self) -> DataSetResult:
         """data.json from the answers on disk, then the summary (and the brainrender file)."""
         self.store.close()
-        lines = await asyncio.to_thread(self.store.finalize, len(self._targets), self._injection)
+        lines = await in_thread(self.store.finalize, len(self._targets), self._injection)
         if lines != self._lines:  # the file on disk is the truth; a mismatch is a bug
             raise RuntimeError(f"data set {self.id}: wrote {self._lines} lines, found {lines}")
         if self.ctx.plan.options.brainrender:
-            await asyncio.to_thread(write_brainrender, self.store.dir)
+            await in_thread(write_brainrender, self.store.dir)
         failures = self._failures
         error = f"{failures} target(s) failed; see failures.ndjson" if failures else None
         result = self._result(
@@ -219,8 +262,10 @@ class DataSet:
         return result
 
     def close(self) -> None:
-        """Close the data set's files (whatever happened: a later run resumes from them)."""
+        """Close the data set's files and let its lock go (whatever happened: a later run resumes
+        from them)."""
         self.store.close()
+        self.store.unlock()
 
     def _result(
         self, *, complete: bool, targets: int, error: str | None, lines: int = 0
@@ -243,7 +288,7 @@ class DataSet:
 
     async def _record(self, result: DataSetResult) -> None:
         """Write the data set's summary.json (off the loop: it is fsynced), then report it."""
-        await asyncio.to_thread(self.store.record, result, self.ctx.plan.params)
+        await in_thread(self.store.record, result, self.ctx.plan.params)
         self._report(result)
 
     def _report(self, result: DataSetResult) -> None:

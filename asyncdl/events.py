@@ -31,6 +31,10 @@ class Events:
     def shares_changed(self, shares: Mapping[str, int]) -> None:
         """The run's -c is now shared so among the Dask workers (by address): it follows the work."""
 
+    def data_set_waiting(self, data_set: int, holder: str) -> None:
+        """Another process (``holder`` says which) is fetching the data set; this run waits for
+        it (``FetchOptions.wait``) and does the others meanwhile."""
+
     def data_set_started(self, data_set: int, targets: int, resumed: int) -> None:
         """A data set's volumes are in: ``targets`` requests to make, ``resumed`` already done."""
 
@@ -57,6 +61,8 @@ def describe(result: DataSetResult) -> str:
         return head + f"already complete: {result.targets} targets, {result.lines} lines"
     if result.status == "failed":
         return head + f"FAILED: {result.error}"
+    if result.status == "busy":
+        return head + f"BUSY: {result.held_by} is fetching it; left to that process"
     return (
         head + f"{'ok' if result.complete else 'INCOMPLETE'}: {result.targets} targets, "
         f"{result.lines} lines, {result.requests} requests, {result.retries} retries, "
@@ -64,6 +70,11 @@ def describe(result: DataSetResult) -> str:
         + (f", resumed after {result.resumed} targets" if result.resumed else "")
         + (f" ({result.error})" if result.error else "")
     )
+
+
+def describe_waiting(data_set: int, holder: str) -> str:
+    """One line saying that a run waits for another process to finish a data set."""
+    return f"{data_set}: waiting for {holder}, which is fetching it"
 
 
 def describe_workers(workers: int, concurrency: int, rate: float | None) -> str:
@@ -77,9 +88,12 @@ def describe_workers(workers: int, concurrency: int, rate: float | None) -> str:
 def describe_run(results: Sequence[DataSetResult], seconds: float) -> str:
     """One line for the whole run."""
     done = sum(r.complete for r in results)
+    busy = sum(r.status == "busy" for r in results)
     requests = sum(r.requests for r in results)
     return (
-        f"{done} of {len(results)} data sets complete, {sum(r.lines for r in results)} lines, "
+        f"{done} of {len(results)} data sets complete"
+        + (f" ({busy} left to another process)" if busy else "")
+        + f", {sum(r.lines for r in results)} lines, "
         f"{requests} requests in {seconds:.1f} s ({requests / max(seconds, 1e-9):.0f}/s)"
     )
 
@@ -92,6 +106,9 @@ class LineReporter(Events):
 
     def workers_started(self, workers: int, concurrency: int, rate: float | None) -> None:
         print(describe_workers(workers, concurrency, rate), file=self.stream, flush=True)
+
+    def data_set_waiting(self, data_set: int, holder: str) -> None:
+        print(describe_waiting(data_set, holder), file=self.stream, flush=True)
 
     def data_set_done(self, result: DataSetResult) -> None:
         print(describe(result), file=self.stream, flush=True)
@@ -120,6 +137,9 @@ class JsonReporter(Events):
     def shares_changed(self, shares: Mapping[str, int]) -> None:
         self._emit("shares", shares=dict(shares))
 
+    def data_set_waiting(self, data_set: int, holder: str) -> None:
+        self._emit("data_set_wait", data_set=data_set, holder=holder)
+
     def data_set_started(self, data_set: int, targets: int, resumed: int) -> None:
         self._emit("data_set_start", data_set=data_set, targets=targets, resumed=resumed)
 
@@ -137,6 +157,7 @@ class JsonReporter(Events):
             "summary",
             data_sets=len(results),
             complete=sum(r.complete for r in results),
+            busy=sum(r.status == "busy" for r in results),
             lines=sum(r.lines for r in results),
             requests=sum(r.requests for r in results),
             retries=sum(r.retries for r in results),

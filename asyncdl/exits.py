@@ -13,6 +13,7 @@ class Exit(IntEnum):
     USAGE = 2
     STORAGE = 3
     TLS = 4
+    BUSY = 75
     INTERRUPTED = 130
     TERMINATED = 143
 
@@ -23,7 +24,7 @@ class Exit(IntEnum):
     @property
     def resumable(self) -> bool:
         """Whether everything answered so far is on disk and the same command resumes."""
-        return self in (Exit.STORAGE, Exit.INTERRUPTED, Exit.TERMINATED)
+        return self in (Exit.STORAGE, Exit.BUSY, Exit.INTERRUPTED, Exit.TERMINATED)
 
 
 _MEANINGS = {
@@ -34,6 +35,8 @@ _MEANINGS = {
     "the file",
     Exit.TLS: "the server's TLS certificate did not verify (see --ca-bundle), or it does not "
     "speak TLS",
+    Exit.BUSY: "another process is fetching some of the data sets (the lines name it) and they "
+    "were left to it; nothing else failed (see --wait)",
     Exit.INTERRUPTED: "interrupted (Ctrl-C)",
     Exit.TERMINATED: "terminated (SIGTERM)",
 }

@@ -27,12 +27,17 @@ class DataSetResult:
     resumed: int = 0
     #: Already complete from an earlier run: nothing was requested.
     skipped: bool = False
+    #: Left to another process that holds the data set: who it is (pid, host, since when).
+    held_by: str | None = None
 
     @property
     def status(self) -> str:
-        """``ok``, ``skipped`` (complete already), ``incomplete`` (some targets failed) or ``failed``."""
+        """``ok``, ``skipped`` (complete already), ``incomplete`` (some targets failed),
+        ``failed``, or ``busy`` (left to another process that is fetching it)."""
         if self.skipped:
             return "skipped"
+        if self.held_by is not None:
+            return "busy"
         if self.complete:
             return "ok"
         return "incomplete" if self.targets else "failed"

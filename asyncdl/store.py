@@ -10,6 +10,10 @@ rank order. Final files are written atomically (``files.atomic_write``).
 Whether to resume is ``resume.decide``'s call; the store only reads (``read``) and carries it out
 (``open``): a resumed run drops a line cut by a crash and the failures (they are asked again).
 Every write that fails raises ``StorageError`` naming the file.
+
+One process at a time writes a data set: ``lock`` takes the folder's kernel lock (``locks``), and
+only its holder may ``open`` it. What is decided, written or cleaned up in the folder is decided
+under that lock, so a second run on the same ``OUT`` never touches the first one's files.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import numpy.typing as npt
 import orjson
 
 from .files import TEMP_GLOB, AtomicFile, append, atomic_write, writing
+from .locks import FolderLock, Holder
 from .results import DataSetResult
 from .resume import Action, Decision, Earlier
 from .urls import data_set_id
@@ -66,6 +71,16 @@ class DataSetStore:
         self._lines: BinaryIO | None = None
         self._failures: BinaryIO | None = None
         self._scan: _Scan | None = None  # the last scan of lines.ndjson, reused when resuming
+        self._lock = FolderLock(self.dir)
+
+    def lock(self) -> Holder | None:
+        """Take the data set's lock without waiting: ``None`` once this store holds it, otherwise
+        who does. Held until ``unlock`` (or until the process ends, however it ends)."""
+        with writing(self._lock.path):
+            return self._lock.acquire()
+
+    def unlock(self) -> None:
+        self._lock.release()
 
     def read(self, *, scan: bool = False) -> Earlier:
         """What an earlier run left here; with ``scan``, also which targets it answered."""
@@ -85,9 +100,12 @@ class DataSetStore:
     def open(self, decision: Decision, manifest: Mapping[str, Any]) -> Progress:
         """Open the data set for writing, as ``decision`` (FRESH or RESUME) says."""
         assert decision.action in (Action.FRESH, Action.RESUME), decision
+        assert self._lock.held, "a data set is opened under its lock"
         with writing(self.dir):
             self.dir.mkdir(parents=True, exist_ok=True)
-            for stale in self.dir.glob(TEMP_GLOB):  # temp files of a run killed while writing
+            # Provably stale: only the lock's holder writes here, and that is this store, which
+            # has written nothing yet. They are what a run killed while writing left behind.
+            for stale in self.dir.glob(TEMP_GLOB):
                 stale.unlink(missing_ok=True)
             if decision.action is Action.RESUME:
                 return self._resume(manifest["targets"])

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -20,6 +21,7 @@ import pytest
 
 import asyncdl
 from asyncdl import Endpoints, FetchOptions, UsageError
+from asyncdl.locks import LOCK, FolderLock
 
 from .conftest import (
     SEED_ID,
@@ -119,6 +121,46 @@ async def test_output_is_byte_identical_to_a_single_process_run(
             IDS, tmp_path, options=options, endpoints=server.endpoints, client=client
         )
     assert [r.status for r in again] == ["skipped"] * 3
+
+
+async def test_a_data_set_another_process_holds_is_left_to_it_or_waited_for(
+    cluster, server, single_process, tmp_path
+):
+    """As in a local run: left to the process that holds it, or with ``wait``, waited for."""
+    folder = tmp_path / str(SEED_ID)
+    lock = FolderLock(folder)  # held by this process: another process to the workers
+    assert lock.acquire() is None
+    waits: list[tuple[int, str]] = []
+
+    class Release(asyncdl.Events):
+        def data_set_waiting(self, data_set: int, holder: str) -> None:
+            waits.append((data_set, holder))
+            lock.release()
+
+    options = FetchOptions(concurrency=16, density_range=NARROW)
+    try:
+        async with distributed.Client(cluster.scheduler_address, asynchronous=True) as client:
+            left = await asyncdl.fetch(
+                IDS, tmp_path, options=options, endpoints=server.endpoints, client=client
+            )
+            assert [r.status for r in left] == ["busy", "ok", "ok"]
+            assert (left[0].held_by or "").startswith(f"process {os.getpid()} on ")
+            assert [p.name for p in folder.iterdir()] == [LOCK]  # untouched
+            waited = await asyncdl.fetch(
+                IDS,
+                tmp_path,
+                options=replace(options, wait=True),
+                endpoints=server.endpoints,
+                client=client,
+                events=Release(),
+            )
+    finally:
+        lock.release()
+    assert [r.status for r in waited] == ["ok", "skipped", "skipped"]
+    assert [(data_set, holder.split(" on ")[0]) for data_set, holder in waits] == [
+        (SEED_ID, f"process {os.getpid()}")
+    ]
+    assert (folder / "data.json").read_bytes() == single_process[SEED_ID]
 
 
 async def test_the_server_never_sees_more_than_c_from_the_whole_cluster(cluster, tmp_path):

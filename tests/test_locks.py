@@ -1,0 +1,252 @@
+"""One process per data set: the kernel lock, a data set left to the process that holds it or
+waited for, and two real ``asyncdl fetch`` processes on one OUT against one emulator."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+import asyncdl
+from asyncdl import FetchOptions
+from asyncdl.emulator import Emulator
+from asyncdl.locks import LOCK, FolderLock
+
+from .conftest import SEED_ID, command, read_line, server_args, wait_for_answers
+
+OTHER_ID = 100141219
+NARROW = (0.1, 0.12)  # a few hundred targets: quick runs
+
+_HOLD = (
+    "import sys; from pathlib import Path; from asyncdl.locks import FolderLock; "
+    "assert FolderLock(Path(sys.argv[1])).acquire() is None; print('locked', flush=True); "
+    "sys.stdin.readline()"
+)
+
+
+class LockHolder:
+    """Another process that holds a folder's lock until ``release`` (or until it dies)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _HOLD, str(folder)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        assert read_line(self.proc.stdout, 120) == "locked\n"
+        self.pid = self.proc.pid
+
+    def release(self) -> None:
+        """The process ends (its lock with it: nothing of it is left to clean up)."""
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        self.proc.wait(60)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.release()
+
+
+@pytest.fixture
+def holder(tmp_path: Path) -> Iterator[LockHolder]:
+    """Another process holding the lock of ``tmp_path/SEED_ID``."""
+    held = LockHolder(tmp_path / str(SEED_ID))
+    yield held
+    held.kill()
+
+
+def spatial_searches(emulator: Emulator) -> Counter[str]:
+    """How often the emulator was asked each spatial search (by its exact request target)."""
+    assert emulator.stats.wire is not None
+    return Counter(
+        path for path, _ in emulator.stats.wire if "mouse_connectivity_target_spatial" in path
+    )
+
+
+# -- the lock -------------------------------------------------------------------------------------
+
+
+def test_a_held_lock_names_its_holder_and_is_free_again_once_released(tmp_path):
+    first, second = FolderLock(tmp_path / "7"), FolderLock(tmp_path / "7")
+    assert first.acquire() is None and first.held
+    assert first.acquire() is None  # taken already: still ours
+    holder = second.acquire()  # another open file: excluded even within one process
+    assert holder is not None and not second.held
+    assert holder.pid == os.getpid() and holder.host == socket.gethostname()
+    assert holder.since is not None
+    assert str(holder).startswith(f"process {os.getpid()} on {socket.gethostname()} (since ")
+    first.release()
+    assert (tmp_path / "7" / LOCK).read_bytes() == b""  # a free lock names nobody
+    assert second.acquire() is None
+    second.release()
+
+
+def test_the_kernel_lets_go_of_the_lock_of_a_killed_process(tmp_path):
+    other = LockHolder(tmp_path / "7")
+    try:
+        holder = FolderLock(tmp_path / "7").acquire()
+        assert holder is not None and holder.pid == other.pid
+    finally:
+        other.kill()  # SIGKILL: no cleanup of its own runs
+    lock = FolderLock(tmp_path / "7")
+    assert lock.acquire() is None
+    lock.release()
+
+
+def test_a_damaged_holder_record_is_an_unknown_holder(tmp_path):
+    mine = FolderLock(tmp_path / "7")
+    assert mine.acquire() is None
+    (tmp_path / "7" / LOCK).write_bytes(b"\x00garbage")
+    holder = FolderLock(tmp_path / "7").acquire()
+    assert holder is not None and str(holder) == "another process"
+    mine.release()
+
+
+# -- a data set another process holds --------------------------------------------------------------
+
+
+class Waits(asyncdl.Events):
+    """Records the waits; lets the holder go when the run starts waiting for it."""
+
+    def __init__(self, holder: LockHolder | None = None) -> None:
+        self.holder = holder
+        self.waits: list[tuple[int, str]] = []
+
+    def data_set_waiting(self, data_set: int, holder: str) -> None:
+        self.waits.append((data_set, holder))
+        if self.holder is not None:
+            self.holder.release()
+
+
+async def test_a_data_set_another_process_holds_is_left_to_it(emulator, holder, tmp_path):
+    options = FetchOptions(concurrency=8, density_range=NARROW)
+    waits = Waits()
+    busy, other = await asyncdl.fetch(
+        [SEED_ID, OTHER_ID], tmp_path, options=options, endpoints=emulator.endpoints, events=waits
+    )
+    assert busy.status == "busy" and not busy.complete and waits.waits == []
+    assert busy.held_by is not None and busy.held_by.startswith(f"process {holder.pid} on ")
+    assert other.status == "ok"  # the others go on
+    # Nothing of the held data set was asked for or written: its folder is the holder's.
+    assert all(f"{SEED_ID}" not in path for path, _ in emulator.stats.wire or [])
+    assert [p.name for p in (tmp_path / str(SEED_ID)).iterdir()] == [LOCK]
+    line = asyncdl.events.describe(busy)
+    assert line.startswith(f"{SEED_ID}: BUSY: process {holder.pid} on ")
+    assert line.endswith("is fetching it; left to that process")
+
+    holder.release()  # once the holder has gone, the same call finishes it
+    again = await asyncdl.fetch([SEED_ID], tmp_path, options=options, endpoints=emulator.endpoints)
+    assert [r.status for r in again] == ["ok"]
+
+
+async def test_with_wait_a_held_data_set_is_waited_for_and_then_finished(
+    emulator, holder, tmp_path
+):
+    options = FetchOptions(concurrency=8, density_range=NARROW, wait=True)
+    waits = Waits(holder)
+    results = await asyncdl.fetch(
+        [SEED_ID, OTHER_ID], tmp_path, options=options, endpoints=emulator.endpoints, events=waits
+    )
+    assert [r.status for r in results] == ["ok", "ok"]
+    [(data_set, who)] = waits.waits
+    assert data_set == SEED_ID and who.startswith(f"process {holder.pid} on ")
+    assert max(spatial_searches(emulator).values()) == 1
+
+
+# -- two real processes on one OUT ----------------------------------------------------------------
+
+
+def _fetch(emulator: Emulator, out: Path, *extra: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        command("fetch", SEED_ID, "-o", out, "-c", 4, "-q", *server_args(emulator), *extra),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _lines(stderr: str) -> list[str]:
+    assert "Traceback" not in stderr, stderr
+    return stderr.strip().splitlines()
+
+
+def test_the_same_command_started_twice_on_one_out(emulator, seed_reference, tmp_path):
+    """An overlapping second run (and a third with --wait) never crashes, never touches the first
+    one's files, and asks nothing twice; when all have ended, the output is a single run's."""
+    expected = seed_reference(SEED_ID, "nrrd")
+    emulator.stats.reset()
+    first = _fetch(emulator, tmp_path)
+    try:
+        wait_for_answers([tmp_path / str(SEED_ID) / "lines.ndjson"], lambda: first.poll() is None)
+        first.send_signal(signal.SIGSTOP)  # mid-run, however slow the machine: it holds the lock
+        try:
+            second = subprocess.run(
+                command("fetch", SEED_ID, "-o", tmp_path, "-c", 4, *server_args(emulator)),
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert second.returncode == 75, second.stderr
+            busy, summary, advice = _lines(second.stderr)
+            assert busy.startswith(f"{SEED_ID}: BUSY: process {first.pid} on ")
+            assert "0 of 1 data sets complete (1 left to another process)" in summary
+            assert advice.startswith("asyncdl: 1 data set(s) left to another process; run the")
+            third = _fetch(emulator, tmp_path, "--wait")
+            assert third.stderr is not None
+            waiting = read_line(third.stderr, 120)
+            assert waiting.startswith(f"{SEED_ID}: waiting for process {first.pid} on ")
+        finally:
+            first.send_signal(signal.SIGCONT)
+        _, stderr = first.communicate(timeout=300)
+        assert first.returncode == 0, stderr
+        _, stderr = third.communicate(timeout=300)
+        assert third.returncode == 0, stderr
+        assert _lines(stderr)[0] == f"{SEED_ID}: already complete: 1947 targets, 1886 lines"
+    finally:
+        first.kill()
+        first.communicate(timeout=60)
+    folder = tmp_path / str(SEED_ID)
+    assert orjson.loads((folder / "data.json").read_bytes()) == expected
+    asked = spatial_searches(emulator)
+    assert len(asked) == 1947 and set(asked.values()) == {1}  # no target asked twice
+    assert not list(folder.glob(".*.tmp"))
+
+
+def test_two_runs_started_together_share_the_work_and_ask_nothing_twice(emulator, tmp_path_factory):
+    ids = [SEED_ID, OTHER_ID, 112514202]
+    single = tmp_path_factory.mktemp("single")
+    options = FetchOptions(concurrency=8, density_range=NARROW)
+    asyncdl.fetch_sync(ids, single, options=options, endpoints=emulator.endpoints)
+    targets = len(spatial_searches(emulator))
+    emulator.stats.reset()
+    out = tmp_path_factory.mktemp("twice")
+    argv = command("fetch", *ids, "-o", out, "-c", 4, "--density-range", *NARROW)
+    argv += server_args(emulator)
+    runs = [
+        subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    statuses = []
+    for run in runs:
+        _, stderr = run.communicate(timeout=300)
+        _lines(stderr)
+        statuses.append(run.returncode)
+    # Each run leaves to the other what the other holds (75), or finds it complete (0).
+    assert set(statuses) <= {0, 75}, statuses
+    for data_set in ids:
+        name = f"{data_set}/data.json"
+        assert (out / name).read_bytes() == (single / name).read_bytes()
+    asked = spatial_searches(emulator)
+    assert len(asked) == targets and set(asked.values()) == {1}
