@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 import time
 import warnings
@@ -27,11 +26,13 @@ from .config import (
     FetchOptions,
     LegacyVolumesWarning,
 )
+from .crashes import crash_line
 from .errors import AsyncdlError, StorageError, TLSError, UsageError
 from .events import Events, JsonReporter, LineReporter
 from .exits import Exit, help_text
 from .idsfile import read_ids_file
 from .results import DataSetResult
+from .stopping import Stopper
 from .tables import write_csv, write_json_lines
 from .urls import Endpoints, data_set_id
 
@@ -51,7 +52,7 @@ examples:
   asyncdl list --injection-structure grey --transgenic-line Rbp4-Cre_KL100 --json
   asyncdl list --injection-structure VISp --csv > visp.csv
 
-{help_text((Exit.OK, Exit.FAILED, Exit.USAGE, Exit.TLS, Exit.INTERRUPTED, Exit.TERMINATED))}"""
+{help_text((Exit.OK, Exit.FAILED, Exit.USAGE, Exit.TLS, Exit.SOFTWARE, Exit.INTERRUPTED, Exit.TERMINATED))}"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -448,44 +449,40 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
 }
 
 
-async def _stoppable(
-    command: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Namespace
-) -> int:
-    """Run ``command``; SIGTERM cancels it like Ctrl-C does, so everything open is closed."""
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, task.cancel)
-    try:
-        return await command(args)
-    finally:
-        loop.remove_signal_handler(signal.SIGTERM)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(_stoppable(COMMANDS[args.command], args))
-    except (KeyboardInterrupt, asyncio.CancelledError) as exc:
-        if args.command == "emulate":  # a signal is how an emulator is meant to stop
-            return Exit.OK
-        how = "interrupted" if isinstance(exc, KeyboardInterrupt) else "terminated"
-        print(f"asyncdl: {how}; run the same command again to resume", file=sys.stderr)
-        return Exit.INTERRUPTED if how == "interrupted" else Exit.TERMINATED
-    except TLSError as exc:
-        print(f"asyncdl: error: {exc}", file=sys.stderr)
-        return Exit.TLS
-    except UsageError as exc:
-        print(f"asyncdl: error: {exc}", file=sys.stderr)
-        return Exit.USAGE
-    except StorageError as exc:
-        print(
-            f"asyncdl: error: {exc}; run the same command again once it is fixed", file=sys.stderr
-        )
-        return Exit.STORAGE
-    except (AsyncdlError, OSError) as exc:
-        print(f"asyncdl: error: {exc}", file=sys.stderr)
-        return Exit.FAILED
+    """Every way a command ends is an exit status (``exits.Exit``) and at most one line of error:
+    a bug's traceback goes to a crash log (``crashes``). Ctrl-C and SIGTERM: see ``stopping``."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    with Stopper() as stopper:
+        args = build_parser().parse_args(argv)
+        try:
+            return run(stopper.run(COMMANDS[args.command](args)))
+        except (KeyboardInterrupt, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and stopper.signal is None:
+                print(crash_line(exc, argv), file=sys.stderr)  # cancelled, not by a signal: a bug
+                return Exit.SOFTWARE
+            if args.command == "emulate":  # a signal is how an emulator is meant to stop
+                return Exit.OK
+            print(f"asyncdl: {stopper.how}; run the same command again to resume", file=sys.stderr)
+            return stopper.status
+        except TLSError as exc:
+            print(f"asyncdl: error: {exc}", file=sys.stderr)
+            return Exit.TLS
+        except UsageError as exc:
+            print(f"asyncdl: error: {exc}", file=sys.stderr)
+            return Exit.USAGE
+        except StorageError as exc:
+            print(
+                f"asyncdl: error: {exc}; run the same command again once it is fixed",
+                file=sys.stderr,
+            )
+            return Exit.STORAGE
+        except (AsyncdlError, OSError) as exc:
+            print(f"asyncdl: error: {exc}", file=sys.stderr)
+            return Exit.FAILED
+        except Exception as exc:  # anything else is a bug
+            print(crash_line(exc, argv), file=sys.stderr)
+            return Exit.SOFTWARE
 
 
 if __name__ == "__main__":

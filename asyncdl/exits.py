@@ -13,6 +13,7 @@ class Exit(IntEnum):
     USAGE = 2
     STORAGE = 3
     TLS = 4
+    SOFTWARE = 70
     BUSY = 75
     INTERRUPTED = 130
     TERMINATED = 143
@@ -35,10 +36,11 @@ _MEANINGS = {
     "the file",
     Exit.TLS: "the server's TLS certificate did not verify (see --ca-bundle), or it does not "
     "speak TLS",
+    Exit.SOFTWARE: "a bug in asyncdl: the line says where the crash log is; please report it",
     Exit.BUSY: "another process is fetching some of the data sets (the lines name it) and they "
     "were left to it; nothing else failed (see --wait)",
-    Exit.INTERRUPTED: "interrupted (Ctrl-C)",
-    Exit.TERMINATED: "terminated (SIGTERM)",
+    Exit.INTERRUPTED: "interrupted (Ctrl-C; a second Ctrl-C stops at once)",
+    Exit.TERMINATED: "terminated (SIGTERM; a second signal stops at once)",
 }
 
 
