@@ -1,10 +1,10 @@
 """A bug's details go to a crash log; the command line says in one line where, and how to report it.
 
 The log goes to the user's log folder (``platformdirs.user_log_dir``: ``~/.local/state/asyncdl/log``
-on Linux, ``~/Library/Logs/asyncdl`` on macOS, ``%LOCALAPPDATA%\\asyncdl\\Logs`` on Windows), not to
-the temp folder: it outlives the run and a reboot (a cluster job's private ``/tmp`` is wiped when the
-job ends, before anyone reads it) and it is the user's alone (a traceback names paths and URLs).
-Where that folder cannot be written (a read-only home), the system temp folder takes it.
+on Linux, ``~/Library/Logs/asyncdl`` on macOS), not to the temp folder: it outlives the run and a
+reboot (a cluster job's private ``/tmp`` is wiped when the job ends, before anyone reads it) and it
+is the user's alone (a traceback names paths and URLs). Where that folder cannot be written (a
+read-only home), the system temp folder takes it.
 """
 
 from __future__ import annotations
