@@ -47,7 +47,8 @@ class Holder:
 class FolderLock:
     """The lock of one folder, taken without waiting (``acquire``) and held until ``release``.
 
-    Two ``FolderLock`` objects on one folder exclude each other even within one process.
+    Two ``FolderLock`` objects on one folder exclude each other even within one process (on a
+    local file system; NFS's locks are per process).
     """
 
     def __init__(self, folder: Path) -> None:
