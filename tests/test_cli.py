@@ -155,6 +155,12 @@ def test_emulate_serves_until_interrupted():
         assert_clean(emu.output())
 
 
+def test_an_emulator_process_that_cannot_start_says_why():
+    failed = pytest.raises(RuntimeError, match=r"(?s)exited; its output:.*unknown fault kinds")
+    with failed, EmulatorProcess("--faults", "gremlins"):
+        pass
+
+
 def test_ctrl_c_stops_promptly_and_cleanly(emulator, tmp_path):
     concurrency = 2
     proc = subprocess.Popen(
