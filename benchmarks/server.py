@@ -91,14 +91,14 @@ class EmulatorProcess:
 
     def __enter__(self) -> EmulatorProcess:
         self._out = self.log.open("w+b") if self.log is not None else tempfile.TemporaryFile()
-        self._proc = subprocess.Popen(
-            interruptible(self.argv),
-            stdin=subprocess.DEVNULL,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-            env=self._env,
-        )
         try:
+            self._proc = subprocess.Popen(
+                interruptible(self.argv),
+                stdin=subprocess.DEVNULL,
+                stdout=self._out,
+                stderr=subprocess.STDOUT,
+                env=self._env,
+            )
             self._wait_until_listening()
         except BaseException:
             self.__exit__(None, None, None)
@@ -117,8 +117,9 @@ class EmulatorProcess:
                     self.ca_file = Path(ca_file.group(1))
                     return
             assert self._proc is not None
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                how = "exited" if self._proc.poll() is not None else "did not start in time"
+            exited = self._proc.poll() is not None
+            if exited or time.monotonic() > deadline:
+                how = "exited" if exited else f"did not start within {self._start_timeout:g} s"
                 raise RuntimeError(f"asyncdl emulate {how}; its output:\n{text}")
             time.sleep(0.05)
 
