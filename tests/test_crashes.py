@@ -15,7 +15,7 @@ import orjson
 from asyncdl import __version__
 from asyncdl.crashes import write_crash_log
 
-from .conftest import SEED_ID, command, server_args
+from .conftest import SEED_ID, run_cli, server_args
 
 # asyncdl's command line with a bug planted in it: data.json cannot be assembled.
 _BUGGY = """
@@ -33,14 +33,14 @@ sys.exit(main())
 
 def test_a_bug_is_one_line_exit_70_and_a_crash_log(emulator, seed_reference, tmp_path):
     state = tmp_path / "state"  # where platformdirs puts the user's log folder on Linux
-    env = {**os.environ, "XDG_STATE_HOME": str(state)}
+    env = {"XDG_STATE_HOME": str(state)}
     args = ["fetch", SEED_ID, "-o", tmp_path / "out", "-c", 16, *server_args(emulator)]
     proc = subprocess.run(
         [sys.executable, "-c", _BUGGY, *map(str, args)],
         capture_output=True,
         text=True,
         timeout=300,
-        env=env,
+        env={**os.environ, "PYTHONWARNINGS": "error", **env},
     )
     assert proc.returncode == 70, proc.stderr
     [line] = proc.stderr.strip().splitlines()
@@ -60,7 +60,7 @@ def test_a_bug_is_one_line_exit_70_and_a_crash_log(emulator, seed_reference, tmp
     assert text.rstrip().endswith("RuntimeError: a bug planted by the test")
 
     # Every answer was on disk: the same command, without the bug, only assembles data.json.
-    again = subprocess.run(command(*args), capture_output=True, text=True, timeout=300, env=env)
+    again = run_cli(*args, env=env)
     assert again.returncode == 0, again.stderr
     assert re.search(r": ok: (\d+) targets, .*resumed after \1 targets", again.stderr)
     data = (tmp_path / "out" / str(SEED_ID) / "data.json").read_bytes()

@@ -8,28 +8,43 @@ import signal
 import socket
 import subprocess
 import sys
-from collections import Counter
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
 import asyncdl
 from asyncdl import FetchOptions
-from asyncdl.emulator import Emulator
 from asyncdl.locks import LOCK, FolderLock
 
-from .conftest import SEED_ID, command, read_line, server_args, wait_for_answers
+from .conftest import (
+    SEED_ID,
+    EmulatorProcess,
+    Recorder,
+    command,
+    run_cli,
+    wait_for_answers,
+)
 
 OTHER_ID = 100141219
 NARROW = (0.1, 0.12)  # a few hundred targets: quick runs
 
 _HOLD = (
     "import sys; from pathlib import Path; from asyncdl.locks import FolderLock; "
-    "assert FolderLock(Path(sys.argv[1])).acquire() is None; print('locked', flush=True); "
-    "sys.stdin.readline()"
+    "assert FolderLock(Path(sys.argv[1])).acquire() is None; sys.stdin.read()"
 )
+
+
+def until(done: Callable[[], bool], running: Callable[[], bool], what: str) -> None:
+    """Wait (at most two minutes) until ``done()``; fail if ``running()`` stops first."""
+    deadline = time.monotonic() + 120
+    while not done():
+        assert running(), f"it ended before {what}"
+        assert time.monotonic() < deadline, f"not {what} within 120 s"
+        time.sleep(0.02)
 
 
 class LockHolder:
@@ -37,22 +52,23 @@ class LockHolder:
 
     def __init__(self, folder: Path) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _HOLD, str(folder)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
+            [sys.executable, "-c", _HOLD, str(folder)], stdin=subprocess.PIPE, text=True
         )
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        assert read_line(self.proc.stdout, 120) == "locked\n"
         self.pid = self.proc.pid
+
+        def holding() -> bool:  # its record says so once it holds the lock
+            try:
+                return bool(orjson.loads((folder / LOCK).read_bytes())["pid"] == self.pid)
+            except (OSError, ValueError, KeyError, TypeError):
+                return False
+
+        until(holding, lambda: self.proc.poll() is None, "the lock was taken")
 
     def release(self) -> None:
         """The process ends (its lock with it: nothing of it is left to clean up)."""
         if self.proc.stdin is not None and not self.proc.stdin.closed:
             self.proc.stdin.close()
         self.proc.wait(60)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
 
     def kill(self) -> None:
         self.proc.kill()
@@ -67,12 +83,15 @@ def holder(tmp_path: Path) -> Iterator[LockHolder]:
     held.kill()
 
 
-def spatial_searches(emulator: Emulator) -> Counter[str]:
-    """How often the emulator was asked each spatial search (by its exact request target)."""
-    assert emulator.stats.wire is not None
-    return Counter(
-        path for path, _ in emulator.stats.wire if "mouse_connectivity_target_spatial" in path
-    )
+@pytest.fixture(scope="module")
+def server() -> Iterator[EmulatorProcess]:
+    """One emulator in a process of its own, which the runs of a test share."""
+    with EmulatorProcess("--latency-ms", 2) as emu:
+        yield emu
+
+
+def server_options(emu: EmulatorProcess) -> list[str]:
+    return ["--base-url", emu.base_url, "--archive-url", emu.base_url]
 
 
 # -- the lock -------------------------------------------------------------------------------------
@@ -117,26 +136,25 @@ def test_a_damaged_holder_record_is_an_unknown_holder(tmp_path):
 # -- a data set another process holds --------------------------------------------------------------
 
 
-class Waits(asyncdl.Events):
-    """Records the waits; lets the holder go when the run starts waiting for it."""
+class ReleaseWhenWaited(Recorder):
+    """Records the run's events; lets ``holder`` go once the run waits for it."""
 
-    def __init__(self, holder: LockHolder | None = None) -> None:
+    def __init__(self, holder: LockHolder) -> None:
+        super().__init__()
         self.holder = holder
-        self.waits: list[tuple[int, str]] = []
 
     def data_set_waiting(self, data_set: int, holder: str) -> None:
-        self.waits.append((data_set, holder))
-        if self.holder is not None:
-            self.holder.release()
+        super().data_set_waiting(data_set, holder)
+        self.holder.release()
 
 
 async def test_a_data_set_another_process_holds_is_left_to_it(emulator, holder, tmp_path):
     options = FetchOptions(concurrency=8, density_range=NARROW)
-    waits = Waits()
+    seen = Recorder()
     busy, other = await asyncdl.fetch(
-        [SEED_ID, OTHER_ID], tmp_path, options=options, endpoints=emulator.endpoints, events=waits
+        [SEED_ID, OTHER_ID], tmp_path, options=options, endpoints=emulator.endpoints, events=seen
     )
-    assert busy.status == "busy" and not busy.complete and waits.waits == []
+    assert busy.status == "busy" and not busy.complete and seen.of("data_set_waiting") == []
     assert busy.held_by is not None and busy.held_by.startswith(f"process {holder.pid} on ")
     assert other.status == "ok"  # the others go on
     # Nothing of the held data set was asked for or written: its folder is the holder's.
@@ -155,24 +173,28 @@ async def test_with_wait_a_held_data_set_is_waited_for_and_then_finished(
     emulator, holder, tmp_path
 ):
     options = FetchOptions(concurrency=8, density_range=NARROW, wait=True)
-    waits = Waits(holder)
+    seen = ReleaseWhenWaited(holder)
     results = await asyncdl.fetch(
-        [SEED_ID, OTHER_ID], tmp_path, options=options, endpoints=emulator.endpoints, events=waits
+        [SEED_ID, OTHER_ID], tmp_path, options=options, endpoints=emulator.endpoints, events=seen
     )
     assert [r.status for r in results] == ["ok", "ok"]
-    [(data_set, who)] = waits.waits
-    assert data_set == SEED_ID and who.startswith(f"process {holder.pid} on ")
-    assert max(spatial_searches(emulator).values()) == 1
+    [waited] = seen.of("data_set_waiting")
+    assert waited["data_set"] == SEED_ID
+    assert waited["holder"].startswith(f"process {holder.pid} on ")
+    asked = [path for path, _ in emulator.stats.wire or [] if "target_spatial" in path]
+    assert len(asked) == len(set(asked)) == sum(r.targets for r in results)
 
 
-# -- two real processes on one OUT ----------------------------------------------------------------
+# -- two real processes on one OUT, one emulator process ------------------------------------------
 
 
-def _fetch(emulator: Emulator, out: Path, *extra: object) -> subprocess.Popen[str]:
+def _fetch(
+    emu: EmulatorProcess, out: Path, *extra: object, stderr: Any = subprocess.PIPE
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        command("fetch", SEED_ID, "-o", out, "-c", 4, "-q", *server_args(emulator), *extra),
+        command("fetch", SEED_ID, "-o", out, "-c", 4, "-q", *server_options(emu), *extra),
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
         text=True,
     )
 
@@ -182,58 +204,58 @@ def _lines(stderr: str) -> list[str]:
     return stderr.strip().splitlines()
 
 
-def test_the_same_command_started_twice_on_one_out(emulator, seed_reference, tmp_path):
+def test_the_same_command_started_twice_on_one_out(server, seed_reference, tmp_path):
     """An overlapping second run (and a third with --wait) never crashes, never touches the first
     one's files, and asks nothing twice; when all have ended, the output is a single run's."""
     expected = seed_reference(SEED_ID, "nrrd")
-    emulator.stats.reset()
-    first = _fetch(emulator, tmp_path)
+    asked_before = server.target_requests()
+    first = _fetch(server, tmp_path)
     try:
         wait_for_answers([tmp_path / str(SEED_ID) / "lines.ndjson"], lambda: first.poll() is None)
         first.send_signal(signal.SIGSTOP)  # mid-run, however slow the machine: it holds the lock
         try:
-            second = subprocess.run(
-                command("fetch", SEED_ID, "-o", tmp_path, "-c", 4, *server_args(emulator)),
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
+            second = run_cli("fetch", SEED_ID, "-o", tmp_path, "-c", 4, *server_options(server))
             assert second.returncode == 75, second.stderr
             busy, summary, advice = _lines(second.stderr)
             assert busy.startswith(f"{SEED_ID}: BUSY: process {first.pid} on ")
             assert "0 of 1 data sets complete (1 left to another process)" in summary
             assert advice.startswith("asyncdl: 1 data set(s) left to another process; run the")
-            third = _fetch(emulator, tmp_path, "--wait")
-            assert third.stderr is not None
-            waiting = read_line(third.stderr, 120)
-            assert waiting.startswith(f"{SEED_ID}: waiting for process {first.pid} on ")
+            log = tmp_path / "third.log"
+            with log.open("w") as stderr:
+                third = _fetch(server, tmp_path, "--wait", stderr=stderr)
+            waiting = f"{SEED_ID}: waiting for process {first.pid} on "
+            until(lambda: waiting in log.read_text(), lambda: third.poll() is None, "it waited")
         finally:
             first.send_signal(signal.SIGCONT)
         _, stderr = first.communicate(timeout=300)
         assert first.returncode == 0, stderr
-        _, stderr = third.communicate(timeout=300)
-        assert third.returncode == 0, stderr
-        assert _lines(stderr)[0] == f"{SEED_ID}: already complete: 1947 targets, 1886 lines"
+        assert third.wait(300) == 0, log.read_text()
+        said = _lines(log.read_text())
+        assert said[0].startswith(waiting)
+        assert said[1] == f"{SEED_ID}: already complete: 1947 targets, 1886 lines"
     finally:
         first.kill()
         first.communicate(timeout=60)
     folder = tmp_path / str(SEED_ID)
     assert orjson.loads((folder / "data.json").read_bytes()) == expected
-    asked = spatial_searches(emulator)
-    assert len(asked) == 1947 and set(asked.values()) == {1}  # no target asked twice
+    # Every target has its answer, and the server was asked as many times as there are targets
+    # (1947): no target was asked twice, by any of the three.
+    assert server.target_requests() - asked_before == 1947
     assert not list(folder.glob(".*.tmp"))
 
 
-def test_two_runs_started_together_share_the_work_and_ask_nothing_twice(emulator, tmp_path_factory):
+def test_two_runs_started_together_share_the_work_and_ask_nothing_twice(server, tmp_path_factory):
     ids = [SEED_ID, OTHER_ID, 112514202]
     single = tmp_path_factory.mktemp("single")
     options = FetchOptions(concurrency=8, density_range=NARROW)
-    asyncdl.fetch_sync(ids, single, options=options, endpoints=emulator.endpoints)
-    targets = len(spatial_searches(emulator))
-    emulator.stats.reset()
+    asked_before = server.target_requests()
+    results = asyncdl.fetch_sync(ids, single, options=options, endpoints=server.endpoints)
+    targets = sum(r.targets for r in results)
+    assert server.target_requests() - asked_before == targets
+    asked_before = server.target_requests()
     out = tmp_path_factory.mktemp("twice")
     argv = command("fetch", *ids, "-o", out, "-c", 4, "--density-range", *NARROW)
-    argv += server_args(emulator)
+    argv += server_options(server)
     runs = [
         subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         for _ in range(2)
@@ -248,5 +270,4 @@ def test_two_runs_started_together_share_the_work_and_ask_nothing_twice(emulator
     for data_set in ids:
         name = f"{data_set}/data.json"
         assert (out / name).read_bytes() == (single / name).read_bytes()
-    asked = spatial_searches(emulator)
-    assert len(asked) == targets and set(asked.values()) == {1}
+    assert server.target_requests() - asked_before == targets  # none asked twice

@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from .conftest import SEED_ID, command, interruptible, server_args
+from .conftest import SEED_ID, command, interruptible, run_cli, server_args
 
 STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}
 HOW = {130: "interrupted", 143: "terminated"}
@@ -70,12 +70,7 @@ def test_a_second_signal_during_finalize_ends_quietly_and_the_run_resumes(
     if "again" in lines[-1]:
         assert proc.returncode == STATUS[second]
 
-    again = subprocess.run(
-        command("fetch", SEED_ID, "-o", out, "-c", 16, *server_args(emulator)),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    again = run_cli("fetch", SEED_ID, "-o", out, "-c", 16, *server_args(emulator))
     assert again.returncode == 0, again.stderr
     folder = out / str(SEED_ID)
     assert orjson.loads((folder / "data.json").read_bytes()) == seed_reference(SEED_ID, "nrrd")
