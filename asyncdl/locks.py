@@ -67,8 +67,7 @@ class FolderLock:
         if self._fd is not None:
             return None
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Not O_TRUNC: opening must not wipe the holder's record before the lock says who won.
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        fd = _open(self.path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -99,6 +98,18 @@ class FolderLock:
         os.close(fd)  # closing the only descriptor of the open file drops the flock
 
 
+def _open(path: Path) -> int:
+    """The lock file, made if needed (with the umask's permissions, as any other file of the data
+    set). Not truncated: that would wipe the holder's record before the lock says who won. A file
+    that another user made and this one may not write is locked read-only (flock allows it), and
+    its record is then not written."""
+    flags = os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        return os.open(path, os.O_RDWR | flags, 0o666)
+    except PermissionError:
+        return os.open(path, os.O_RDONLY | flags, 0o666)
+
+
 def _read_holder(fd: int) -> Holder:
     """What the holder wrote about itself; whatever cannot be read is left unknown."""
     try:
@@ -112,8 +123,18 @@ def _read_holder(fd: int) -> Holder:
         when = datetime.fromisoformat(since) if isinstance(since, str) else None
     except ValueError:
         when = None
-    return Holder(
-        pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
-        host if isinstance(host, str) else None,
-        when,
-    )
+    if not isinstance(pid, int) or isinstance(pid, bool) or not isinstance(host, str):
+        return Holder()
+    if host == socket.gethostname() and not _alive(pid):
+        return Holder()  # an earlier holder's record: the one holding it now has not written yet
+    return Holder(pid, host, when)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists (another user's, say)
+    return True

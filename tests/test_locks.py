@@ -124,10 +124,32 @@ def test_the_kernel_lets_go_of_the_lock_of_a_killed_process(tmp_path):
     lock.release()
 
 
-def test_a_damaged_holder_record_is_an_unknown_holder(tmp_path):
+@pytest.mark.parametrize("record", [b"\x00garbage", b"[]", b'{"pid": "1"}', b""])
+def test_a_damaged_or_missing_holder_record_is_an_unknown_holder(tmp_path, record):
     mine = FolderLock(tmp_path / "7")
     assert mine.acquire() is None
-    (tmp_path / "7" / LOCK).write_bytes(b"\x00garbage")
+    (tmp_path / "7" / LOCK).write_bytes(record)
+    holder = FolderLock(tmp_path / "7").acquire()
+    assert holder is not None and str(holder) == "another process"
+    mine.release()
+
+
+def test_a_record_left_by_a_process_that_has_ended_names_nobody(tmp_path):
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    mine = FolderLock(tmp_path / "7")
+    assert mine.acquire() is None
+    record = {
+        "pid": int(ended.stdout),
+        "host": socket.gethostname(),
+        "since": "2026-01-01T00:00:00+00:00",
+    }
+    (tmp_path / "7" / LOCK).write_bytes(orjson.dumps(record))
     holder = FolderLock(tmp_path / "7").acquire()
     assert holder is not None and str(holder) == "another process"
     mine.release()
