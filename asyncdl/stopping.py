@@ -35,7 +35,8 @@ STOPS = {
 
 
 class Stopper:
-    """Handles SIGINT and SIGTERM while entered (in the main thread; elsewhere it does nothing).
+    """Handles SIGINT and SIGTERM while entered (in the main thread; elsewhere it does nothing),
+    and after, once a signal has stopped the command, until the process ends.
 
     A signal that was ignored when the process started stays ignored, as a shell's background job
     expects of its Ctrl-C.
@@ -58,6 +59,8 @@ class Stopper:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if self.signal is not None:
+            return  # stopped by a signal, the process is ending: a further one ends it at once
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)  # type: ignore[arg-type]
         self._previous.clear()
