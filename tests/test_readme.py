@@ -147,9 +147,7 @@ def test_the_quick_start_runs_as_written_and_prints_what_it_shows(tmp_path):
     assert install == "pip install ."  # this suite runs from such an install
     argv = shlex.split(command_line)
     assert argv[0] == "asyncdl" and "--emulator" in argv
-    proc = subprocess.run(
-        command(*argv[1:]), cwd=tmp_path, capture_output=True, text=True, timeout=600
-    )
+    proc = run_cli(*argv[1:], cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert [masked(line) for line in proc.stderr.splitlines()] == [masked(s) for s in shown]
     assert data_json(tmp_path)["lines"]
