@@ -6,9 +6,10 @@ import asyncio
 import importlib
 import math
 import os
+import time
 import warnings
 from collections.abc import Iterable
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,7 @@ from .aio import all_of, both, run
 from .config import LEGACY_WARNING, FetchOptions, LegacyVolumesWarning
 from .dataset import RunContext, explain, refuse_mixing, run_parameters
 from .errors import ENDS_THE_RUN, AsyncdlError, UsageError
-from .events import Events
+from .events import Events, LogReporter, Tee
 from .fetcher import HttpClient, Tally
 from .pipeline import Scheduler
 from .results import DataSetResult, Survey
@@ -38,6 +39,7 @@ async def fetch(
     client: DaskClient | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
+    progress: bool = False,
 ) -> list[DataSetResult]:
     """Fetch the streamlines of ``data_sets`` into ``out_dir/<id>/``; one result per data set.
 
@@ -54,6 +56,10 @@ async def fetch(
     started for the call; or with ``scheduler``, the address of a running one (the ``dask`` extra).
     ``concurrency`` and ``rate`` are shared among the workers that have work; the results and
     files are the same. ``out_dir`` must be on a file system they all see.
+
+    What happens is told to ``events`` and logged by the ``asyncdl`` logger (INFO per finished
+    data set, WARNING per failure, DEBUG per retry). ``progress`` draws live bars, in a terminal
+    (on stderr) or in a Jupyter notebook, and a table at the end.
     """
     options = options or FetchOptions()
     endpoints = endpoints or Endpoints()
@@ -76,11 +82,34 @@ async def fetch(
     for data_set in ids:  # before any request: never mix old and new results
         refuse_mixing(out, data_set, params, options.restart)
     cache = Path(cache_dir) if cache_dir is not None else out / ".cache"
-    events = events or Events()
-    if client is not None or workers is not None or scheduler is not None:
-        return await _on_dask(
-            client, workers, scheduler, ids, out, cache, options, endpoints, params, events
-        )
+    started = time.monotonic()
+    with ExitStack() as shown:
+        listeners = [LogReporter(), *([events] if events is not None else [])]
+        if progress:
+            from .progress import RichProgress
+
+            listeners.append(shown.enter_context(RichProgress()))
+        tell = Tee(*listeners)
+        if client is not None or workers is not None or scheduler is not None:
+            results = await _on_dask(
+                client, workers, scheduler, ids, out, cache, options, endpoints, params, tell
+            )
+        else:
+            results = await _locally(ids, out, cache, options, endpoints, params, tell)
+        tell.finished(results, time.monotonic() - started)
+    return results
+
+
+async def _locally(
+    ids: list[int],
+    out: Path,
+    cache: Path,
+    options: FetchOptions,
+    endpoints: Endpoints,
+    params: dict[str, Any],
+    events: Events,
+) -> list[DataSetResult]:
+    """``fetch`` in this process."""
     async with HttpClient(options) as http:
         source = VolumeSource(http, endpoints, cache, options.volumes)
         ctx = RunContext(http, source, endpoints, out, options, params, events)
@@ -147,7 +176,10 @@ def _warn_if_legacy(options: FetchOptions, endpoints: Endpoints) -> None:
 def fetch_sync(
     data_sets: Iterable[int | str], out_dir: str | Path, **kwargs: Any
 ) -> list[DataSetResult]:
-    """``fetch`` for scripts: runs its own event loop (in a notebook, ``await fetch(...)`` instead)."""
+    """``fetch`` for code that is not async: scripts, and notebook cells (where an event loop runs
+    already, the fetch runs on its own in a worker thread). Ctrl-C, or a notebook's interrupt,
+    stops the run and raises ``KeyboardInterrupt`` once everything answered is on disk: the same
+    call resumes."""
     return run(fetch(data_sets, out_dir, **kwargs))
 
 

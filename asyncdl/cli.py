@@ -7,7 +7,6 @@ import argparse
 import asyncio
 import signal
 import sys
-import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -345,19 +344,16 @@ async def run_fetch(args: argparse.Namespace) -> int:
             raise UsageError("no data set ids given (as arguments, --ids-file or a search)")
         if args.dry_run:
             return await dry_run(ids, args, options, endpoints)
-        events = reporter(args, stack)
-        started = time.monotonic()
         results = await fetch(
             ids,
             args.out,
             options=options,
             endpoints=endpoints,
             cache_dir=args.cache_dir,
-            events=events,
+            events=reporter(args, stack),
             workers=args.workers,
             scheduler=args.scheduler,
         )
-        events.finished(results, time.monotonic() - started)
     return Exit.OK if all(r.complete for r in results) else Exit.FAILED
 
 
