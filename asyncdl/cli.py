@@ -64,6 +64,8 @@ def _server_options() -> _Parser:
     p.add_argument(
         "--archive-url", help=f"archive holding the CCF annotation (default {DEFAULT_ARCHIVE_URL})"
     )
+    default, text = FetchOptions.describe("proxy")
+    p.add_argument("--proxy", metavar="URL", default=default, help=text)
     p.add_argument(
         "--ca-bundle",
         type=Path,
@@ -333,6 +335,7 @@ async def run_fetch(args: argparse.Namespace) -> int:
         restart=args.restart,
         brainrender=args.format == "brainrender",
         ca_bundle=args.ca_bundle,
+        proxy=args.proxy,
     )
     async with serving(args) as endpoints, AsyncExitStack() as stack:
         if (legacy := legacy_warning(options, endpoints)) is not None:
@@ -379,7 +382,8 @@ async def dry_run(
 
 async def run_list(args: argparse.Namespace) -> int:
     async with serving(args) as endpoints:
-        experiments = await search(args, endpoints, FetchOptions(ca_bundle=args.ca_bundle))
+        options = FetchOptions(ca_bundle=args.ca_bundle, proxy=args.proxy)
+        experiments = await search(args, endpoints, options)
     if args.json or args.csv:
         (write_json_lines if args.json else write_csv)(experiments, sys.stdout)
         return Exit.OK

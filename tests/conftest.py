@@ -157,6 +157,22 @@ class EmulatorThread:
         self._thread.join(30)
 
 
+#: The variables that send requests through a proxy (urllib, and so asyncdl, reads either case).
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "no_proxy", "all_proxy")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_proxy_from_outside() -> Iterator[None]:
+    """Every test talks to its servers directly unless it sets a proxy itself (with monkeypatch,
+    or in a subprocess's environment, so that it cannot leak into the next test): a proxy set
+    on the machine running the suite must not reroute it."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in PROXY_VARIABLES:
+            mp.delenv(name, raising=False)
+            mp.delenv(name.upper(), raising=False)
+        yield
+
+
 @pytest.fixture(scope="session")
 def emulator_server() -> Iterator[Emulator]:
     with EmulatorThread(latency_ms=2.0, latency_spread=0.9, record=True) as emu:
