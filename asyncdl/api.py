@@ -177,9 +177,9 @@ def fetch_sync(
     data_sets: Iterable[int | str], out_dir: str | Path, **kwargs: Any
 ) -> list[DataSetResult]:
     """``fetch`` for code that is not async: scripts, and notebook cells (where an event loop runs
-    already, the fetch runs on its own in a worker thread). Ctrl-C, or a notebook's interrupt,
-    stops the run and raises ``KeyboardInterrupt`` once everything answered is on disk: the same
-    call resumes."""
+    already, the fetch runs on its own loop in a worker thread, where ``events`` are then called).
+    Ctrl-C, or a notebook's interrupt, stops the run and raises ``KeyboardInterrupt`` once
+    everything answered is on disk: the same call resumes."""
     return run(fetch(data_sets, out_dir, **kwargs))
 
 

@@ -97,6 +97,10 @@ def describe_run(results: Sequence[DataSetResult], seconds: float) -> str:
     )
 
 
+#: The names of the ``Events`` hooks.
+HOOKS = tuple(name for name, value in vars(Events).items() if callable(value) and name[0] != "_")
+
+
 class Tee(Events):
     """Each event handed to every one of ``listeners``, in order."""
 
@@ -112,10 +116,6 @@ class Tee(Events):
             ]
             for name in HOOKS
         }
-
-
-#: The names of the ``Events`` hooks.
-HOOKS = tuple(name for name, value in vars(Events).items() if callable(value) and name[0] != "_")
 
 
 def _forward(name: str) -> Callable[..., None]:
