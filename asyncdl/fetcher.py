@@ -10,6 +10,9 @@ asyncdl's here and nowhere else.
 TLS: one ``ssl.SSLContext`` per run, always verifying. It trusts ``FetchOptions.ca_bundle`` if
 given, else OpenSSL's default paths, which honour ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` (read when
 the run starts, unlike aiohttp's own default context, which is built once at import).
+
+Proxies (``proxies``): chosen once per run and per host, not by aiohttp's ``trust_env``, which
+reads the environment and ``~/.netrc`` again in a thread for every request.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
+from urllib.request import getproxies_environment
 
 import aiohttp
 import orjson
@@ -50,6 +54,7 @@ from .errors import (
     UsageError,
 )
 from .files import atomic_file_async, writing
+from .proxies import Proxies
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -120,6 +125,8 @@ class HttpClient:
         self._slots = Slots(options.concurrency)
         self._rate = RateLimiter(options.rate, sleep=sleep) if options.rate else None
         self._session: aiohttp.ClientSession | None = None
+        self._proxies = Proxies()
+        self._proxy_of: dict[tuple[str, str | None, int | None], URL | None] = {}
         #: The quickest any answer's headers came back, in seconds: a floor on the server's latency.
         self.fastest_answer = math.inf
         # Per attempt: a JSON answer must be whole in time; a download must keep flowing.
@@ -129,6 +136,7 @@ class HttpClient:
         )
 
     async def __aenter__(self) -> HttpClient:
+        self._proxies = Proxies.choose(self.options.proxy, getproxies_environment())
         connector = aiohttp.TCPConnector(
             limit=self.options.concurrency,
             limit_per_host=0,
@@ -249,7 +257,9 @@ class HttpClient:
                 await self._rate.wait()
             try:
                 sent = time.monotonic()
-                async with self.session.get(URL(url, encoded=True), timeout=timeout) as resp:
+                target = URL(url, encoded=True)
+                proxy = self._proxy(target)
+                async with self.session.get(target, timeout=timeout, proxy=proxy) as resp:
                     self.fastest_answer = min(self.fastest_answer, time.monotonic() - sent)
                     _check_status(resp, url)
                     result, size = await consume(resp, url)
@@ -266,6 +276,13 @@ class HttpClient:
                 raise FetchError(_describe(exc), url) from exc
         tally.bytes += size
         return result
+
+    def _proxy(self, url: URL) -> URL | None:
+        """The proxy for ``url``'s host (a run asks for a few hosts, millions of times)."""
+        key = (url.scheme, url.host, url.port)
+        if key not in self._proxy_of:
+            self._proxy_of[key] = self._proxies.for_url(url)
+        return self._proxy_of[key]
 
     @staticmethod
     async def _read_body(resp: aiohttp.ClientResponse, url: str) -> tuple[bytes, int]:
