@@ -31,6 +31,11 @@ class Events:
     def shares_changed(self, shares: Mapping[str, int]) -> None:
         """The run's -c is now shared so among the Dask workers (by address): it follows the work."""
 
+    def repairing(self, data_set: int, damage: str, remedy: str) -> None:
+        """A data set's folder was found damaged (``damage``: a final file missing or of the wrong
+        size, run.json or summary.json unreadable, answers that do not belong to its targets);
+        ``remedy`` says how it is repaired (rebuilt from the journal, or fetched again)."""
+
     def data_set_started(self, data_set: int, targets: int, resumed: int) -> None:
         """A data set's volumes are in: ``targets`` requests to make, ``resumed`` already done."""
 
@@ -66,6 +71,11 @@ def describe(result: DataSetResult) -> str:
     )
 
 
+def describe_repair(data_set: int, damage: str, remedy: str) -> str:
+    """One line saying what was damaged in a data set's folder and how it is repaired."""
+    return f"{data_set}: repairing ({damage}): {remedy}"
+
+
 def describe_workers(workers: int, concurrency: int, rate: float | None) -> str:
     """One line saying how a run is spread over a Dask cluster."""
     each = f"-c {concurrency}" + (f", --rate {rate:g}" if rate is not None else "")
@@ -93,6 +103,9 @@ class LineReporter(Events):
     def workers_started(self, workers: int, concurrency: int, rate: float | None) -> None:
         print(describe_workers(workers, concurrency, rate), file=self.stream, flush=True)
 
+    def repairing(self, data_set: int, damage: str, remedy: str) -> None:
+        print(describe_repair(data_set, damage, remedy), file=self.stream, flush=True)
+
     def data_set_done(self, result: DataSetResult) -> None:
         print(describe(result), file=self.stream, flush=True)
 
@@ -119,6 +132,9 @@ class JsonReporter(Events):
 
     def shares_changed(self, shares: Mapping[str, int]) -> None:
         self._emit("shares", shares=dict(shares))
+
+    def repairing(self, data_set: int, damage: str, remedy: str) -> None:
+        self._emit("repair", data_set=data_set, damage=damage, remedy=remedy)
 
     def data_set_started(self, data_set: int, targets: int, resumed: int) -> None:
         self._emit("data_set_start", data_set=data_set, targets=targets, resumed=resumed)

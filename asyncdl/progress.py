@@ -21,7 +21,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from .events import Events, describe, describe_run, describe_workers
+from .events import Events, describe, describe_repair, describe_run, describe_workers
 from .results import DataSetResult
 
 
@@ -66,6 +66,9 @@ class RichProgress(Events):
 
     def workers_started(self, workers: int, concurrency: int, rate: float | None) -> None:
         self.progress.console.print(describe_workers(workers, concurrency, rate), highlight=False)
+
+    def repairing(self, data_set: int, damage: str, remedy: str) -> None:
+        self.progress.console.print(describe_repair(data_set, damage, remedy), highlight=False)
 
     def data_set_started(self, data_set: int, targets: int, resumed: int) -> None:
         self._tasks[data_set] = self.progress.add_task(

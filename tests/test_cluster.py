@@ -119,6 +119,26 @@ async def test_output_is_byte_identical_to_a_single_process_run(
             IDS, tmp_path, options=options, endpoints=server.endpoints, client=client
         )
     assert [r.status for r in again] == ["skipped"] * 3
+    # A damaged data.json is repaired on a worker, and its note reaches the client.
+    data = tmp_path / str(IDS[1]) / "data.json"
+    data.write_bytes(data.read_bytes()[:1000])
+    notes = Repairs()
+    async with distributed.Client(cluster.scheduler_address, asynchronous=True) as client:
+        repaired = await asyncdl.fetch(
+            IDS, tmp_path, options=options, endpoints=server.endpoints, client=client, events=notes
+        )
+    assert [r.status for r in repaired] == ["skipped", "ok", "skipped"]
+    assert data.read_bytes() == single_process[IDS[1]]
+    [(data_set, damage, _)] = notes.repairs
+    assert data_set == IDS[1] and damage.startswith("data.json is 1,000 bytes")
+
+
+class Repairs(asyncdl.Events):
+    def __init__(self) -> None:
+        self.repairs: list[tuple[int, str, str]] = []
+
+    def repairing(self, data_set: int, damage: str, remedy: str) -> None:
+        self.repairs.append((data_set, damage, remedy))
 
 
 async def test_the_server_never_sees_more_than_c_from_the_whole_cluster(cluster, tmp_path):
