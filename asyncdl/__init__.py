@@ -1,7 +1,7 @@
 """asyncdl: fast, reliable, asynchronous bulk downloads of Allen Mouse Connectivity streamlines."""
 
 from ._version import __version__
-from .api import fetch, fetch_sync, survey
+from .api import fetch, fetch_sync, survey, verify
 from .catalog import Experiment, find_experiments
 from .config import FetchOptions, LegacyVolumesWarning
 from .datafile import Streamlines, read_streamlines
@@ -19,7 +19,7 @@ from .errors import (
 )
 from .events import Events
 from .idsfile import read_ids_file
-from .results import DataSetResult, Survey
+from .results import DataSetResult, Survey, Verdict
 from .urls import Endpoints
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "TLSError",
     "TransientError",
     "UsageError",
+    "Verdict",
     "VolumeError",
     "__version__",
     "fetch",
@@ -48,4 +49,5 @@ __all__ = [
     "read_ids_file",
     "read_streamlines",
     "survey",
+    "verify",
 ]
