@@ -178,7 +178,7 @@ class DataSet:
         first: False if it is damaged (marked so in summary.json, for ``prepare`` to repair)."""
         store, options = self.store, self.ctx.plan.options
         render = options.brainrender and not has_brainrender(store.dir, self.id)
-        drop = not options.keep_journal and store.journal.exists()
+        drop = not options.keep_journal and store.has_journal()
         if render or drop:
             verdict = await asyncio.to_thread(store.verify)
             if verdict.status != "verified":
