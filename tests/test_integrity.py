@@ -7,6 +7,7 @@ Every run is against the emulator on a loopback socket; each scenario is one the
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -19,26 +20,12 @@ import asyncdl
 from asyncdl import FetchOptions
 from asyncdl.emulator import Emulator, FaultPlan
 
-from .conftest import SEED_ID, command, server_args
+from .conftest import SEED_ID, Recorder, run_cli, server_args
 
 OTHER_ID = 100141219
 IDS = (SEED_ID, OTHER_ID)
 SMALL = (0.1, 0.12)  # a few hundred targets per data set: quick runs
 OPTIONS = FetchOptions(concurrency=8, density_range=SMALL)
-
-
-class Notes(asyncdl.Events):
-    """Records the repair notes and the finished data sets of a run."""
-
-    def __init__(self) -> None:
-        self.repairs: list[tuple[int, str, str]] = []
-        self.done: list[asyncdl.DataSetResult] = []
-
-    def repairing(self, data_set: int, damage: str, remedy: str) -> None:
-        self.repairs.append((data_set, damage, remedy))
-
-    def data_set_done(self, result: asyncdl.DataSetResult) -> None:
-        self.done.append(result)
 
 
 @pytest.fixture(scope="module")
@@ -54,23 +41,19 @@ def uninterrupted(
 
 async def fetch(
     out: Path, emulator: Emulator, ids: tuple[int, ...] = (SEED_ID,), **changes: Any
-) -> tuple[list[asyncdl.DataSetResult], Notes]:
-    notes = Notes()
+) -> tuple[list[asyncdl.DataSetResult], list[tuple[int, str, str]]]:
+    """A run's results, and its repair notes: (data set, damage, remedy) each."""
+    recorder = Recorder()
     options = replace(OPTIONS, **changes)
     results = await asyncdl.fetch(
-        ids, out, options=options, endpoints=emulator.endpoints, events=notes
+        ids, out, options=options, endpoints=emulator.endpoints, events=recorder
     )
+    notes = [(n["data_set"], n["damage"], n["remedy"]) for n in recorder.of("repairing")]
     return results, notes
 
 
 def folder(out: Path, data_set: int = SEED_ID) -> Path:
     return out / str(data_set)
-
-
-def cli(*args: object) -> Any:
-    import subprocess
-
-    return subprocess.run(command(*args), capture_output=True, text=True, timeout=300)
 
 
 # -- damaged final files -------------------------------------------------------------------------
@@ -93,11 +76,11 @@ async def test_a_damaged_data_json_is_fetched_again_to_the_same_bytes(
     assert data.read_bytes() == uninterrupted[SEED_ID]
     # The journal went when the data set finished: every target is asked again.
     assert emulator.stats.requests["query"] == again.targets == first.targets
-    [(data_set, what, remedy)] = notes.repairs
+    [(data_set, what, remedy)] = notes
     assert data_set == SEED_ID and "data.json" in what and f"fetching its {first.targets}" in remedy
     emulator.stats.reset()
     [third], notes = await fetch(tmp_path, emulator)
-    assert third.skipped and not notes.repairs and sum(emulator.stats.requests.values()) == 0
+    assert third.skipped and not notes and sum(emulator.stats.requests.values()) == 0
 
 
 async def test_with_the_journal_kept_a_damaged_data_json_is_rebuilt_without_a_request(
@@ -113,7 +96,7 @@ async def test_with_the_journal_kept_a_damaged_data_json_is_rebuilt_without_a_re
     assert again.complete and again.resumed == again.targets and again.requests <= 3  # volumes
     assert emulator.stats.requests["query"] == 0
     assert data.read_bytes() == uninterrupted[SEED_ID]
-    [(_, what, remedy)] = notes.repairs
+    [(_, what, remedy)] = notes
     assert "data.json is 1,000 bytes" in what and "rebuilding data.json from" in remedy
 
 
@@ -131,8 +114,6 @@ async def test_the_journal_goes_once_data_json_is_verified_and_stays_while_unfin
     assert not journal.exists()
     summary = orjson.loads((folder(tmp_path) / "summary.json").read_bytes())
     data = (folder(tmp_path) / "data.json").read_bytes()
-    import hashlib
-
     assert summary["files"] == {
         "data.json": {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     }
@@ -149,10 +130,10 @@ async def test_a_journal_left_behind_goes_on_a_rerun_once_data_json_is_verified(
     [again], notes = await fetch(tmp_path, emulator)  # without --keep-journal
     # data.json was checked before its journal could go: it is rebuilt from it instead.
     assert again.complete and emulator.stats.requests["query"] == 0
-    [(_, what, _)] = notes.repairs
+    [(_, what, _)] = notes
     assert "SHA-256" in what and not journal.exists()
     [third], notes = await fetch(tmp_path, emulator)
-    assert third.skipped and not notes.repairs
+    assert third.skipped and not notes
 
 
 async def test_a_summary_of_an_older_asyncdl_is_vouched_for_by_rebuilding_from_the_journal(
@@ -167,7 +148,7 @@ async def test_a_summary_of_an_older_asyncdl_is_vouched_for_by_rebuilding_from_t
     [again], notes = await fetch(tmp_path, emulator)
     assert again.complete and emulator.stats.requests["query"] == 0
     assert (folder(tmp_path) / "data.json").read_bytes() == uninterrupted[SEED_ID]
-    [(_, what, _)] = notes.repairs
+    [(_, what, _)] = notes
     assert "records no size and SHA-256 of data.json" in what
     assert "data.json" in orjson.loads(path.read_bytes())["files"]
 
@@ -177,11 +158,11 @@ async def test_a_summary_of_an_older_asyncdl_is_vouched_for_by_rebuilding_from_t
 
 def test_garbage_in_run_json_is_repaired_and_the_other_ids_go_on(emulator, uninterrupted, tmp_path):
     args = ("fetch", *IDS, "-o", tmp_path, "-c", 8, "--density-range", *SMALL)
-    first = cli(*args, *server_args(emulator))
+    first = run_cli(*args, *server_args(emulator))
     assert first.returncode == 0, first.stderr
     (folder(tmp_path) / "run.json").write_bytes(b'{"format": 1, "params": {"density_ra\x00\xff')
     emulator.stats.reset()
-    again = cli(*args, *server_args(emulator))
+    again = run_cli(*args, *server_args(emulator))
     assert again.returncode == 0, again.stderr
     lines = again.stderr.strip().splitlines()
     [note] = [line for line in lines if "repairing" in line]
@@ -200,9 +181,7 @@ async def test_an_unreadable_summary_json_is_repaired_and_the_other_ids_go_on(
     (folder(tmp_path) / "summary.json").write_bytes(b"\x00" * 100)
     [damaged, other], notes = await fetch(tmp_path, emulator, IDS)
     assert damaged.complete and not damaged.skipped and other.skipped
-    assert [(ds, what) for ds, what, _ in notes.repairs] == [
-        (SEED_ID, "summary.json cannot be read")
-    ]
+    assert [(ds, what) for ds, what, _ in notes] == [(SEED_ID, "summary.json cannot be read")]
     for data_set in IDS:
         assert (folder(tmp_path, data_set) / "data.json").read_bytes() == uninterrupted[data_set]
 
@@ -220,7 +199,7 @@ async def test_a_deleted_run_json_keeps_the_answers_that_belong_to_the_targets(
     assert again.complete and again.resumed == first.targets - first.failures
     assert emulator.stats.requests["query"] == first.failures  # the answers on disk were kept
     assert (folder(tmp_path) / "data.json").read_bytes() == uninterrupted[SEED_ID]
-    [(_, what, remedy)] = notes.repairs
+    [(_, what, remedy)] = notes
     assert what == "run.json is missing"
     assert remedy == (
         f"keeping the {again.resumed} answers in lines.ndjson, fetching the other {first.failures}"
@@ -241,7 +220,7 @@ async def test_a_deleted_run_json_says_that_answers_of_other_targets_are_dropped
     assert again.complete and again.resumed == 0
     assert emulator.stats.requests["query"] == again.targets
     assert (folder(tmp_path) / "data.json").read_bytes() == uninterrupted[SEED_ID]
-    [(_, what, remedy)] = notes.repairs
+    [(_, what, remedy)] = notes
     assert what == (
         f"run.json is missing; lines.ndjson holds {answered} line(s) that do not belong to its "
         "targets"
@@ -256,8 +235,8 @@ def test_verify_finds_a_changed_byte_and_the_next_fetch_repairs_it(
     emulator, uninterrupted, tmp_path
 ):
     fetch_args = ("fetch", *IDS, "-o", tmp_path, "-c", 8, "--density-range", *SMALL)
-    assert cli(*fetch_args, *server_args(emulator)).returncode == 0
-    ok = cli("verify", tmp_path)
+    assert run_cli(*fetch_args, *server_args(emulator)).returncode == 0
+    ok = run_cli("verify", tmp_path)
     assert ok.returncode == 0 and ok.stdout == "", ok.stderr
     assert "2 data sets, 2 verified, 0 damaged" in ok.stderr
 
@@ -265,25 +244,25 @@ def test_verify_finds_a_changed_byte_and_the_next_fetch_repairs_it(
     body = bytearray(data.read_bytes())
     body[100] ^= 0x20  # same size: a rerun's size check cannot see it, verify must
     data.write_bytes(bytes(body))
-    found = cli("verify", tmp_path)
+    found = run_cli("verify", tmp_path)
     assert found.returncode == 5, found.stderr
     assert found.stdout.splitlines() == [
         f"{SEED_ID}: DAMAGED: data.json does not match the SHA-256 summary.json records"
     ]
-    assert cli("verify", tmp_path, OTHER_ID).returncode == 0  # only the ids asked for
+    assert run_cli("verify", tmp_path, OTHER_ID).returncode == 0  # only the ids asked for
 
-    repaired = cli(*fetch_args, *server_args(emulator))
+    repaired = run_cli(*fetch_args, *server_args(emulator))
     assert repaired.returncode == 0, repaired.stderr
     assert f"{SEED_ID}: repairing (data.json does not match" in repaired.stderr
     assert data.read_bytes() == uninterrupted[SEED_ID]
-    assert cli("verify", tmp_path).returncode == 0
+    assert run_cli("verify", tmp_path).returncode == 0
 
 
 def test_verify_of_unfinished_and_unknown_folders(tmp_path):
-    assert cli("verify", tmp_path / "nowhere").returncode == 2
-    assert cli("verify", tmp_path).returncode == 2  # no data set folders
+    assert run_cli("verify", tmp_path / "nowhere").returncode == 2
+    assert run_cli("verify", tmp_path).returncode == 2  # no data set folders
     (tmp_path / str(SEED_ID)).mkdir()
-    unfinished = cli("verify", tmp_path, SEED_ID, OTHER_ID)
+    unfinished = run_cli("verify", tmp_path, SEED_ID, OTHER_ID)
     assert unfinished.returncode == 1
     assert unfinished.stdout.splitlines() == [
         f"{SEED_ID}: UNFINISHED: no summary.json: its fetch has not finished",
