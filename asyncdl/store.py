@@ -146,21 +146,7 @@ class DataSetStore:
             return str(summary.get("error") or f"{SUMMARY} says a final file is damaged")
         if summary.get("complete") is not True:
             return ""
-        records = _records(summary)
-        if DATA not in records:
-            return f"{SUMMARY} records no size and SHA-256 of {DATA} (an older asyncdl wrote it)"
-        for name in final:
-            if (record := records.get(name)) is None:
-                continue  # not written by the run that finished it: not vouched for
-            try:
-                size = os.stat(self._prefix + name).st_size
-            except FileNotFoundError:
-                return f"{name} is missing"
-            except OSError as exc:
-                return f"{name} cannot be read ({exc.strerror or exc})"
-            if size != record.size:
-                return f"{name} is {size:,} bytes, not the {record.size:,} {SUMMARY} records"
-        return ""
+        return _problem(self._prefix, _records(summary), final, whole=False)
 
     def open(self, decision: Decision, manifest: Mapping[str, Any]) -> None:
         """Open the data set for writing, as ``decision`` (FRESH or RESUME) says.
@@ -308,8 +294,9 @@ class DataSetStore:
         if summary.status in ("unreadable", DAMAGED):
             return Verdict(self.data_set, "damaged", summary.error or "")
         if not summary.complete:
-            return Verdict(self.data_set, "unfinished", f"{summary.status}: {summary.error}")
-        problem = _problem(self.dir, summary.files)
+            why = f"{summary.status}: {summary.error}" if summary.error else summary.status
+            return Verdict(self.data_set, "unfinished", why)
+        problem = _problem(self._prefix, summary.files, summary.files, whole=True)
         if not problem:
             return Verdict(self.data_set, "verified")
         self.write_summary(
@@ -368,27 +355,32 @@ def _as_json(records: Iterable[FileRecord]) -> dict[str, dict[str, Any]]:
     return {r.name: {"size": r.size, "sha256": r.sha256} for r in records}
 
 
-def _sha256(path: Path) -> tuple[int, str]:
-    with path.open("rb") as fh:
+def _sha256(path: str | Path) -> tuple[int, str]:
+    with open(path, "rb") as fh:
         digest = hashlib.file_digest(fh, "sha256")
         return fh.tell(), digest.hexdigest()
 
 
-def _problem(directory: Path, files: Mapping[str, FileRecord]) -> str:
-    """What is wrong with these final files, read whole ("" if nothing)."""
+def _problem(
+    prefix: str, files: Mapping[str, FileRecord], names: Iterable[str], *, whole: bool
+) -> str:
+    """What is wrong with the recorded final files of ``names`` ("" if nothing): by their sizes,
+    or with ``whole``, by every byte. A record must vouch for data.json at least."""
     if DATA not in files:
         return f"{SUMMARY} records no size and SHA-256 of {DATA} (an older asyncdl wrote it)"
-    for record in files.values():
+    for name in names:
+        if (record := files.get(name)) is None:
+            continue  # not written by the run that finished the data set: nothing to check
         try:
-            size, sha256 = _sha256(directory / record.name)
+            size, sha256 = _sha256(prefix + name) if whole else (os.stat(prefix + name).st_size, "")
         except FileNotFoundError:
-            return f"{record.name} is missing"
+            return f"{name} is missing"
         except OSError as exc:
-            return f"{record.name} cannot be read ({exc.strerror or exc})"
+            return f"{name} cannot be read ({exc.strerror or exc})"
         if size != record.size:
-            return f"{record.name} is {size:,} bytes, not the {record.size:,} {SUMMARY} records"
-        if sha256 != record.sha256:
-            return f"{record.name} does not match the SHA-256 {SUMMARY} records"
+            return f"{name} is {size:,} bytes, not the {record.size:,} {SUMMARY} records"
+        if whole and sha256 != record.sha256:
+            return f"{name} does not match the SHA-256 {SUMMARY} records"
     return ""
 
 
