@@ -5,9 +5,9 @@
     finish:   data.json in the seed's order, the brainrender file if asked, summary.json with the
               size and SHA-256 of each; then the journal goes (unless --keep-journal)
 
-A data set found damaged (a final file missing or of the wrong size, run.json or summary.json
+A data set found damaged (data.json missing or of the wrong size, run.json or summary.json
 unreadable) is repaired: rebuilt from the journal if it is there, else fetched again, with a note
-(``Events.repairing``).
+(``Events.repairing``); a file made from data.json (brainrender's) is made again.
 
 The pipeline (``pipeline``) decides when each step runs and shares one request queue among many
 data sets; everything that concerns one data set is here. A data set that cannot be prepared, or
@@ -129,8 +129,7 @@ class DataSet:
         """
         plan = self.ctx.plan
         restart = plan.options.restart
-        final = final_files(self.id, plan.options)
-        early = decide(self.store.read(final=final), plan.params, restart=restart)
+        early = decide(self.store.read(), plan.params, restart=restart)
         if early.action is Action.SKIP and await self._skip(early.summary or {}):
             return []
         try:
@@ -140,7 +139,7 @@ class DataSet:
             expected = manifest(
                 self.id, plan.params, len(self._targets), targets_digest(self._targets.index)
             )
-            earlier = await asyncio.to_thread(self.store.read, self._targets, final=final)
+            earlier = await asyncio.to_thread(self.store.read, self._targets)
             decision = decide(earlier, plan.params, restart=restart, expected=expected)
             if decision.action is Action.REFUSE:
                 raise VolumeError(f"{decision.reason}; rerun with --restart to start over")
@@ -173,14 +172,18 @@ class DataSet:
         return f"dropped them, {action}" if decision.keep.dropped else action
 
     async def _skip(self, summary: Mapping[str, Any]) -> bool:
-        """Complete already: request nothing, but write the brainrender file if it is missing or
-        in the old layout, and let a journal left behind go. Both check data.json byte for byte
-        first: False if it is damaged (marked so in summary.json, for ``prepare`` to repair)."""
+        """Complete already: request nothing, but write the brainrender file again from data.json
+        if it is missing, of another size than recorded or in the old layout, and let a journal
+        left behind go. Both check data.json byte for byte first: False if it is damaged (marked so
+        in summary.json, for ``prepare`` to repair)."""
         store, options = self.store, self.ctx.plan.options
-        render = options.brainrender and not has_brainrender(store.dir, self.id)
+        render = options.brainrender and (
+            not has_brainrender(store.dir, self.id)
+            or store.resized(streamlines_file(Path(), self.id).name)
+        )
         drop = not options.keep_journal and store.has_journal()
         if render or drop:
-            verdict = await asyncio.to_thread(store.verify)
+            verdict = await asyncio.to_thread(store.verify, [DATA])  # what the rest comes from
             if verdict.status != "verified":
                 return False
         if render:

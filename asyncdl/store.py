@@ -121,16 +121,16 @@ class DataSetStore:
         """``lines.ndjson``: the answers as they came, from which data.json is assembled."""
         return self.dir / LINES
 
-    def read(self, targets: Targets | None = None, *, final: Iterable[str] = (DATA,)) -> Earlier:
-        """What an earlier run left here. Of the final files, those named in ``final`` are checked
-        against the sizes summary.json records; with ``targets``, the journal is read too, keeping
-        the answers whose rank, index and coordinates are those of a target."""
+    def read(self, targets: Targets | None = None) -> Earlier:
+        """What an earlier run left here, data.json checked against the size summary.json
+        records; with ``targets``, the journal too, keeping the answers whose rank, index and
+        coordinates are those of a target."""
         summary = _read_object(self._prefix + SUMMARY, missing=None, broken={})
         journal = Journal() if targets is None else _scan(self.journal, len(targets), targets)
         return Earlier(
             manifest=_read_object(self._prefix + MANIFEST, missing=None, broken={}),
             summary=summary,
-            damage=self._damage(summary, final),
+            damage=self._damage(summary),
             journal=journal,
         )
 
@@ -138,15 +138,21 @@ class DataSetStore:
         """What an earlier run left here, as far as run.json says (its parameters, its targets)."""
         return Earlier(manifest=_read_object(self._prefix + MANIFEST, missing=None, broken={}))
 
-    def _damage(self, summary: Mapping[str, Any] | None, final: Iterable[str]) -> str:
-        """What is wrong with the final files a summary vouches for, by their sizes ("" if nothing)."""
+    def _damage(self, summary: Mapping[str, Any] | None) -> str:
+        """What is wrong with the data.json a summary vouches for, by its size ("" if nothing).
+        (The other final files are made from data.json: ``resized`` finds those to make again.)"""
         if not summary:
             return ""
         if summary.get("status") == DAMAGED:
             return str(summary.get("error") or f"{SUMMARY} says a final file is damaged")
         if summary.get("complete") is not True:
             return ""
-        return _problem(self._prefix, _records(summary), final, whole=False)
+        return _problem(self._prefix, _records(summary), [DATA], whole=False)
+
+    def resized(self, name: str) -> bool:
+        """Whether a final file summary.json records is missing or of another size."""
+        summary = _read_object(self._prefix + SUMMARY, missing={}, broken={}) or {}
+        return bool(_problem(self._prefix, _records(summary), [name], whole=False))
 
     def open(self, decision: Decision, manifest: Mapping[str, Any]) -> None:
         """Open the data set for writing, as ``decision`` (FRESH or RESUME) says.
@@ -283,9 +289,10 @@ class DataSetStore:
             raise StorageError(f"cannot write {path}: it reads back other than written", str(path))
         return found
 
-    def verify(self) -> Verdict:
-        """Every final file summary.json records, checked byte for byte against its size and
-        SHA-256. A damaged data set is marked so in summary.json: the next fetch repairs it."""
+    def verify(self, only: Iterable[str] | None = None) -> Verdict:
+        """Every final file summary.json records (or those of them named in ``only``), checked
+        byte for byte against its size and SHA-256. A damaged data set is marked so in
+        summary.json: the next fetch repairs it."""
         summary = read_summary(self.dir)
         if summary is None:
             exists = self.dir.is_dir()
@@ -296,7 +303,8 @@ class DataSetStore:
         if not summary.complete:
             why = f"{summary.status}: {summary.error}" if summary.error else summary.status
             return Verdict(self.data_set, "unfinished", why)
-        problem = _problem(self._prefix, summary.files, summary.files, whole=True)
+        names = summary.files if only is None else only
+        problem = _problem(self._prefix, summary.files, names, whole=True)
         if not problem:
             return Verdict(self.data_set, "verified")
         self.write_summary(

@@ -100,6 +100,30 @@ async def test_with_the_journal_kept_a_damaged_data_json_is_rebuilt_without_a_re
     assert "data.json is 1,000 bytes" in what and "rebuilding data.json from" in remedy
 
 
+async def test_a_damaged_brainrender_file_is_made_again_from_data_json_without_a_request(
+    emulator, tmp_path
+):
+    [first], _ = await fetch(tmp_path, emulator, brainrender=True)
+    assert first.complete
+    viewer = folder(tmp_path) / f"streamlines_{SEED_ID}.json"
+    written = viewer.read_bytes()
+    recorded = orjson.loads((folder(tmp_path) / "summary.json").read_bytes())["files"]
+    assert recorded[viewer.name] == {
+        "size": len(written),
+        "sha256": hashlib.sha256(written).hexdigest(),
+    }
+    os.truncate(viewer, len(written) - 10)
+    emulator.stats.reset()
+    [again], notes = await fetch(tmp_path, emulator, brainrender=True)
+    assert again.skipped and sum(emulator.stats.requests.values()) == 0 and not notes
+    assert viewer.read_bytes() == written
+    assert orjson.loads((folder(tmp_path) / "summary.json").read_bytes())["files"] == recorded
+    # Without --format brainrender, its file is not the rerun's business (verify still reads it).
+    viewer.unlink()
+    [third], _ = await fetch(tmp_path, emulator)
+    assert third.skipped and not viewer.exists()
+
+
 async def test_the_journal_goes_once_data_json_is_verified_and_stays_while_unfinished(
     emulator, tmp_path
 ):
