@@ -137,7 +137,10 @@ def _damage(earlier: Earlier) -> str:
     """What is wrong with the folder that a repair must mend ("" if nothing is)."""
     found = []
     if earlier.manifest is None:
-        if earlier.summary is not None or earlier.journal.lines or earlier.journal.dropped:
+        # Missing is damage only where a run got as far as writing it: answers, or a summary
+        # with targets (a data set that failed before its targets were known has none).
+        journal, summary = earlier.journal, earlier.summary or {}
+        if journal.lines or journal.dropped or summary.get("targets"):
             found.append("run.json is missing")
     elif not earlier.manifest:
         found.append("run.json cannot be read")

@@ -70,6 +70,11 @@ def test_a_lost_run_json_is_damage_never_other_parameters(run_json, damage):
     )
 
 
+def test_a_data_set_that_failed_before_its_targets_were_known_has_no_run_json_to_miss():
+    failed = Earlier(summary={"complete": False, "status": "failed", "targets": 0, "error": "404"})
+    assert decide(failed, PARAMS, restart=False, expected=EXPECTED) == Decision(Action.FRESH)
+
+
 def test_answers_that_do_not_belong_to_the_targets_are_dropped_and_said():
     dropped = Journal(dropped=4)
     decision = decide(Earlier(journal=dropped), PARAMS, restart=False, expected=EXPECTED)
