@@ -410,6 +410,7 @@ class _WorkerEvents(Events):
         self.topic = topic
         self._started: list[list[int]] = []
         self._waiting: list[list[Any]] = []
+        self._repairs: list[list[Any]] = []
         self._done: defaultdict[int, list[int]] = defaultdict(lambda: [0, 0])
         self._retries: list[list[Any]] = []
         self._failed: list[list[Any]] = []
@@ -417,6 +418,9 @@ class _WorkerEvents(Events):
 
     def data_set_waiting(self, data_set: int, holder: str) -> None:
         self._waiting.append([data_set, holder])
+
+    def repairing(self, data_set: int, damage: str, remedy: str) -> None:
+        self._repairs.append([data_set, damage, remedy])
 
     def data_set_started(self, data_set: int, targets: int, resumed: int) -> None:
         self._started.append([data_set, targets, resumed])
@@ -431,16 +435,25 @@ class _WorkerEvents(Events):
         self._failed.append([data_set, rank, error])
 
     def flush(self) -> None:
-        if not (self._waiting or self._started or self._done or self._retries or self._failed):
+        if not (
+            self._waiting
+            or self._repairs
+            or self._started
+            or self._done
+            or self._retries
+            or self._failed
+        ):
             return
         message = {
             "waiting": self._waiting,
+            "repairs": self._repairs,
             "started": self._started,
             "done": [[ds, ok, bad] for ds, (ok, bad) in self._done.items()],
             "retries": self._retries,
             "failed": self._failed,
         }
-        self._waiting, self._started, self._retries, self._failed = [], [], [], []
+        self._waiting, self._repairs, self._started = [], [], []
+        self._retries, self._failed = [], []
         self._done.clear()
         self.worker.log_event(self.topic, message)
 
@@ -472,6 +485,9 @@ class _Relay:
         for data_set, holder in message["waiting"]:
             if data_set not in self._finished:
                 self.events.data_set_waiting(data_set, holder)
+        for data_set, damage, remedy in message["repairs"]:
+            if data_set not in self._finished:
+                self.events.repairing(data_set, damage, remedy)
         for data_set, targets, resumed in message["started"]:
             if data_set not in self._targets and data_set not in self._finished:
                 self._targets[data_set] = targets

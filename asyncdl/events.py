@@ -38,6 +38,11 @@ class Events:
         """Another process (``holder`` says which) is fetching the data set; this run waits for
         it (``FetchOptions.wait``) and does the others meanwhile."""
 
+    def repairing(self, data_set: int, damage: str, remedy: str) -> None:
+        """A data set's folder was found damaged (``damage``: a final file missing or of the wrong
+        size, run.json or summary.json unreadable, answers that do not belong to its targets);
+        ``remedy`` says how it is repaired (rebuilt from the journal, or fetched again)."""
+
     def data_set_started(self, data_set: int, targets: int, resumed: int) -> None:
         """A data set's volumes are in: ``targets`` requests to make, ``resumed`` already done."""
 
@@ -88,6 +93,11 @@ def describe_failure(data_set: int, rank: int, error: str) -> str:
 def describe_waiting(data_set: int, holder: str) -> str:
     """One line saying that a run waits for another process to finish a data set."""
     return f"{data_set}: waiting for {holder}, which is fetching it"
+
+
+def describe_repair(data_set: int, damage: str, remedy: str) -> str:
+    """One line saying what was damaged in a data set's folder and how it is repaired."""
+    return f"{data_set}: repairing ({damage}): {remedy}"
 
 
 def describe_workers(workers: int, concurrency: int, rate: float | None) -> str:
@@ -180,6 +190,9 @@ class LogReporter(Events):
     def target_failed(self, data_set: int, rank: int, error: str) -> None:
         log.warning(describe_failure(data_set, rank, error), extra={"data_set": data_set})
 
+    def repairing(self, data_set: int, damage: str, remedy: str) -> None:
+        log.warning(describe_repair(data_set, damage, remedy), extra={"data_set": data_set})
+
     def data_set_done(self, result: DataSetResult) -> None:
         level = logging.INFO if result.complete else logging.WARNING
         log.log(level, describe(result), extra={"data_set": result.data_set})
@@ -213,6 +226,9 @@ class LineReporter(Events):
         if self.verbose:
             self._print(describe_failure(data_set, rank, error))
 
+    def repairing(self, data_set: int, damage: str, remedy: str) -> None:
+        self._print(describe_repair(data_set, damage, remedy))
+
     def data_set_done(self, result: DataSetResult) -> None:
         self._print(describe(result))
 
@@ -242,6 +258,9 @@ class JsonReporter(Events):
 
     def data_set_waiting(self, data_set: int, holder: str) -> None:
         self._emit("data_set_wait", data_set=data_set, holder=holder)
+
+    def repairing(self, data_set: int, damage: str, remedy: str) -> None:
+        self._emit("repair", data_set=data_set, damage=damage, remedy=remedy)
 
     def data_set_started(self, data_set: int, targets: int, resumed: int) -> None:
         self._emit("data_set_start", data_set=data_set, targets=targets, resumed=resumed)

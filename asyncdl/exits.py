@@ -13,6 +13,7 @@ class Exit(IntEnum):
     USAGE = 2
     STORAGE = 3
     TLS = 4
+    DAMAGED = 5
     SOFTWARE = 70
     BUSY = 75
     INTERRUPTED = 130
@@ -36,6 +37,7 @@ _MEANINGS = {
     "the file",
     Exit.TLS: "the server's TLS certificate did not verify (see --ca-bundle), or it does not "
     "speak TLS",
+    Exit.DAMAGED: "verify found damaged data sets (a line each); the next fetch repairs them",
     Exit.SOFTWARE: "a bug in asyncdl: the line says where the crash log is; please report it",
     Exit.BUSY: "another process is fetching some of the data sets (the lines name it) and they "
     "were left to it; nothing else failed (see --wait)",

@@ -28,6 +28,7 @@ from .events import (
     Events,
     describe,
     describe_failure,
+    describe_repair,
     describe_retry,
     describe_run,
     describe_waiting,
@@ -111,6 +112,9 @@ class RichProgress(Events):
 
     def data_set_waiting(self, data_set: int, holder: str) -> None:
         self._print(describe_waiting(data_set, holder))
+
+    def repairing(self, data_set: int, damage: str, remedy: str) -> None:
+        self._print(describe_repair(data_set, damage, remedy))
 
     def data_set_started(self, data_set: int, targets: int, resumed: int) -> None:
         self._tasks[data_set] = self.progress.add_task(
