@@ -258,7 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
         "brainrender file if written) and compare it with the size and SHA-256 its summary.json "
         "recorded when it was written. Prints a line per damaged or unfinished data set; a "
         "damaged one is marked so in its summary.json, and the next fetch repairs it.",
-        epilog=help_text((Exit.OK, Exit.FAILED, Exit.USAGE, Exit.DAMAGED)),
+        epilog=help_text(
+            (Exit.OK, Exit.FAILED, Exit.USAGE, Exit.DAMAGED, Exit.BUSY, Exit.SOFTWARE)
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     v.add_argument("out", type=Path, metavar="OUT", help="the output folder of fetch (-o)")
@@ -484,12 +486,16 @@ async def run_verify(args: argparse.Namespace) -> int:
     print(
         f"verify: {len(verdicts)} data sets, {counts['verified']} verified, "
         f"{counts['damaged']} damaged, {counts['unfinished']} unfinished"
-        + ("; run the same fetch again to repair them" if counts["damaged"] else ""),
+        + (f", {counts['busy']} busy" if counts["busy"] else "")
+        + ("; run the same fetch again to repair them" if counts["damaged"] else "")
+        + ("; verify the busy ones again once that process has ended" if counts["busy"] else ""),
         file=sys.stderr,
     )
     if counts["damaged"]:
         return Exit.DAMAGED
-    return Exit.FAILED if counts["unfinished"] else Exit.OK
+    if counts["unfinished"]:
+        return Exit.FAILED
+    return Exit.BUSY if counts["busy"] else Exit.OK
 
 
 async def run_preview(args: argparse.Namespace) -> int:

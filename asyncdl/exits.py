@@ -39,8 +39,8 @@ _MEANINGS = {
     "speak TLS",
     Exit.DAMAGED: "verify found damaged data sets (a line each); the next fetch repairs them",
     Exit.SOFTWARE: "a bug in asyncdl: the line says where the crash log is; please report it",
-    Exit.BUSY: "another process is fetching some of the data sets (the lines name it) and they "
-    "were left to it; nothing else failed (see --wait)",
+    Exit.BUSY: "another process holds some of the data sets (a line each names it): they were "
+    "left to it, and nothing else failed (fetch: see --wait)",
     Exit.INTERRUPTED: "interrupted (Ctrl-C; a second Ctrl-C stops at once)",
     Exit.TERMINATED: "terminated (SIGTERM; a second signal stops at once)",
 }

@@ -61,9 +61,10 @@ class Survey:
 @dataclass(frozen=True)
 class Verdict:
     """What ``verify`` found in one data set's folder: its final files ``verified`` against their
-    SHA-256, ``damaged`` (marked so that the next fetch repairs it), or ``unfinished`` (its fetch
-    has not completed: nothing to verify yet). ``problem`` says what, in a phrase."""
+    SHA-256, ``damaged`` (marked so that the next fetch repairs it), ``unfinished`` (its fetch
+    has not completed: nothing to verify yet), or ``busy`` (another process holds it, a fetch
+    perhaps in the middle of writing it: not checked). ``problem`` says what, in a phrase."""
 
     data_set: int
-    status: Literal["verified", "damaged", "unfinished"]
+    status: Literal["verified", "damaged", "unfinished", "busy"]
     problem: str = ""

@@ -207,6 +207,64 @@ async def test_with_wait_a_held_data_set_is_waited_for_and_then_finished(
     assert len(asked) == len(set(asked)) == sum(r.targets for r in results)
 
 
+# -- asyncdl verify takes the same lock ---------------------------------------------------------
+
+
+async def test_verify_leaves_a_data_set_another_process_holds_unread_and_unmarked(
+    emulator, tmp_path
+):
+    """A fetch that holds a data set may be rewriting its files (a repair, a --restart): verify
+    reports it busy, naming the holder, instead of judging a file half written and marking the
+    data set damaged under the writer's feet."""
+    options = FetchOptions(concurrency=8, density_range=NARROW)
+    await asyncdl.fetch(
+        [SEED_ID, OTHER_ID], tmp_path, options=options, endpoints=emulator.endpoints
+    )
+    folder = tmp_path / str(SEED_ID)
+    summary = (folder / "summary.json").read_bytes()
+    data = (folder / "data.json").read_bytes()
+    other = LockHolder(folder)
+    try:
+        (folder / "data.json").write_bytes(data[: len(data) // 2])  # as the holder writes it
+        verified, busy = asyncdl.verify(tmp_path)  # in id order
+        assert busy.data_set == SEED_ID and busy.status == "busy"
+        assert busy.problem.startswith(f"process {other.pid} on ")
+        assert busy.problem.endswith(" holds it; not checked")
+        assert (verified.data_set, verified.status) == (OTHER_ID, "verified")
+        assert (folder / "summary.json").read_bytes() == summary  # not marked damaged
+        (folder / "data.json").write_bytes(data)  # the holder has finished writing
+    finally:
+        other.release()
+    assert [v.status for v in asyncdl.verify(tmp_path)] == ["verified", "verified"]
+    # The lock of a data set verify holds is let go: a fetch finds it complete, not busy.
+    again = await asyncdl.fetch([SEED_ID], tmp_path, options=options, endpoints=emulator.endpoints)
+    assert [r.status for r in again] == ["skipped"]
+
+
+def test_verify_on_the_command_line_says_which_process_holds_a_data_set(tmp_path):
+    (tmp_path / str(SEED_ID)).mkdir()
+    other = LockHolder(tmp_path / str(SEED_ID))
+    try:
+        held = run_cli("verify", tmp_path, SEED_ID, OTHER_ID)
+    finally:
+        other.release()
+    assert held.returncode == 1, held.stderr  # unfinished beats busy, as failed does in fetch
+    busy, unfinished = held.stdout.splitlines()
+    assert busy.startswith(f"{SEED_ID}: BUSY: process {other.pid} on ")
+    assert busy.endswith(" holds it; not checked")
+    assert unfinished == f"{OTHER_ID}: UNFINISHED: not fetched"
+    assert "1 unfinished, 1 busy; verify the busy ones again once" in held.stderr
+    assert not (tmp_path / str(OTHER_ID)).exists()  # no lock file is made where nothing is
+    other = LockHolder(tmp_path / str(SEED_ID))
+    try:
+        only_busy = run_cli("verify", tmp_path, SEED_ID)
+    finally:
+        other.release()
+    assert only_busy.returncode == 75, only_busy.stderr
+    [line] = only_busy.stdout.splitlines()
+    assert line.startswith(f"{SEED_ID}: BUSY: process {other.pid} on ")
+
+
 # -- two real processes on one OUT, one emulator process ------------------------------------------
 
 
@@ -242,6 +300,9 @@ def test_the_same_command_started_twice_on_one_out(server, seed_reference, tmp_p
             assert busy.startswith(f"{SEED_ID}: BUSY: process {first.pid} on ")
             assert "0 of 1 data sets complete (1 left to another process)" in summary
             assert advice.startswith("asyncdl: 1 data set(s) left to another process; run the")
+            checked = run_cli("verify", tmp_path, SEED_ID)  # not judged half written
+            assert checked.returncode == 75, checked.stderr
+            assert checked.stdout.startswith(f"{SEED_ID}: BUSY: process {first.pid} on ")
             log = tmp_path / "third.log"
             with log.open("w") as stderr:
                 third = _fetch(server, tmp_path, "--wait", stderr=stderr)
