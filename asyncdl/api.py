@@ -232,14 +232,8 @@ def verify(
 
 
 def _verify(store: DataSetStore) -> Verdict:
-    """``store.verify()`` under the data set's lock (a folder that is not there has nothing to
-    lock: no lock file is made for it)."""
-    if not store.dir.is_dir():
+    """``store.verify()`` under the data set's lock."""
+    with store.locked() as holder:
+        if holder is not None:
+            return Verdict(store.data_set, "busy", f"{holder} holds it; not checked")
         return store.verify()
-    holder = store.lock()
-    if holder is not None:
-        return Verdict(store.data_set, "busy", f"{holder} holds it; not checked")
-    try:
-        return store.verify()
-    finally:
-        store.unlock()

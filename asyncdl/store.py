@@ -21,6 +21,7 @@ under that lock, so a second run on the same ``OUT`` never touches the first one
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -130,6 +131,22 @@ class DataSetStore:
 
     def unlock(self) -> None:
         self._lock.release()
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[Holder | None]:
+        """The lock for a command on finished output (``verify``, ``export``) to read and write
+        the data set under: yields ``None`` while held, or who holds it instead (then the block
+        must leave the data set alone). A folder that is not there is not made just to lock it."""
+        if not self.dir.is_dir():
+            yield None
+            return
+        mine = self._lock.held  # held already (by a fetch's DataSet): it lets it go itself
+        holder = self.lock()
+        try:
+            yield holder
+        finally:
+            if holder is None and not mine:
+                self.unlock()
 
     @property
     def journal(self) -> Path:
