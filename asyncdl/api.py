@@ -12,6 +12,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import outputs
 from .aio import all_of, both, run
 from .config import LEGACY_WARNING, FetchOptions, LegacyVolumesWarning
 from .dataset import RunContext, explain, refuse_mixing, run_parameters
@@ -61,6 +62,7 @@ async def fetch(
     if not ids:
         raise UsageError("no data set ids given")
     _warn_if_legacy(options, endpoints)
+    outputs.require(options.formats)
     if sum(x is not None for x in (client, workers, scheduler)) > 1:
         raise UsageError(
             "give at most one of client, workers (--workers) and scheduler (--scheduler)"

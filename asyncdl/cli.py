@@ -16,16 +16,18 @@ from typing import NoReturn
 
 import orjson
 
-from . import __version__
+from . import __version__, outputs
 from .aio import run
 from .api import fetch, legacy_warning, survey
 from .catalog import Experiment, find_experiments
 from .config import (
     DEFAULT_ARCHIVE_URL,
     DEFAULT_BASE_URL,
+    OUTPUT_FORMATS,
     VOLUME_KINDS,
     FetchOptions,
     LegacyVolumesWarning,
+    OutputFormat,
 )
 from .errors import AsyncdlError, StorageError, TLSError, UsageError
 from .events import Events, JsonReporter, LineReporter
@@ -40,10 +42,19 @@ examples:
   asyncdl fetch 156394513 100141219 -c 64 -o data     # against api.brain-map.org
   asyncdl fetch --injection-structure VISp --primary-only --dry-run -o data
   asyncdl fetch --ids-file ids.txt --volumes legacy --format brainrender -o data
+  asyncdl fetch --ids-file ids.txt --format parquet -o data   # + points/lines.parquet
   asyncdl fetch --ids-file ids.txt --workers 8 -c 512 -o /shared/data   # a local Dask cluster
   asyncdl fetch --ids-file experiments.csv -o data    # AllenSDK's get_experiments(...).to_csv()
 
 {help_text()}"""
+EXPORT_EXAMPLES = f"""\
+examples:
+  asyncdl export data --format parquet                 # every data set in data/
+  asyncdl export data 156394513 --format parquet,brainrender
+
+{help_text((Exit.OK, Exit.FAILED, Exit.USAGE, Exit.STORAGE, Exit.INTERRUPTED, Exit.TERMINATED))}"""
+#: What --format takes: "seed" is data.json alone, which is always written.
+FORMAT_CHOICES = ("seed", *OUTPUT_FORMATS)
 LIST_EXAMPLES = f"""\
 examples:
   asyncdl list --injection-structure VISp --primary-only
@@ -107,6 +118,36 @@ def _search_options(required: bool) -> _Parser:
     return p
 
 
+def _format_names(text: str) -> list[str]:
+    """``--format``'s value: names, comma-separated."""
+    names = [name.strip() for name in text.split(",")]
+    for name in names:
+        if name not in FORMAT_CHOICES:
+            raise argparse.ArgumentTypeError(
+                f"unknown format {name!r} (choose from {', '.join(FORMAT_CHOICES)})"
+            )
+    return names
+
+
+def _format_option(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    parser.add_argument(
+        "--format",
+        type=_format_names,
+        action="extend",
+        required=required,
+        default=[],
+        metavar="FORMAT[,FORMAT]",
+        help=FetchOptions.describe("formats")[1]
+        + ("" if required else "; seed: data.json alone (the default)")
+        + "; repeat the option or separate names with commas to write several",
+    )
+
+
+def chosen_formats(args: argparse.Namespace) -> tuple[OutputFormat, ...]:
+    """The formats asked for with ``--format``, each once (``seed`` is data.json, always written)."""
+    return tuple(dict.fromkeys(name for name in args.format if name != "seed"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="asyncdl",
@@ -155,13 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     default, text = option("volumes")
     f.add_argument("--volumes", choices=VOLUME_KINDS, default=default, help=text)
-    f.add_argument(
-        "--format",
-        choices=("seed", "brainrender"),
-        default="seed",
-        help="brainrender: also write OUT/<id>/streamlines_<id>.json, which brainrender loads "
-        "with Streamlines(pandas.read_json(path)) (data.json is always written)",
-    )
+    _format_option(f, required=False)
     f.add_argument("--cache-dir", type=Path, help="where volumes are cached (default OUT/.cache)")
     f.add_argument("--restart", action="store_true", help=option("restart")[1])
     f.add_argument(
@@ -212,6 +247,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the same fields as CSV, nested values as JSON text (pandas.read_csv(f))",
     )
+
+    x = sub.add_parser(
+        "export",
+        help="write Parquet (or brainrender) files of data sets already fetched",
+        description="Write the files of --format for data sets already fetched into OUT, from "
+        "what is on disk; nothing is downloaded. A data set is exported as its last fetch left it.",
+        epilog=EXPORT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    x.add_argument("out", type=Path, metavar="OUT", help="the folder fetched into")
+    x.add_argument(
+        "ids", nargs="*", metavar="ID", help="data set ids (default: every OUT/<id> folder)"
+    )
+    _format_option(x, required=True)
 
     pv = sub.add_parser(
         "preview",
@@ -332,7 +381,7 @@ async def run_fetch(args: argparse.Namespace) -> int:
         volumes=args.volumes,
         rate=args.rate,
         restart=args.restart,
-        brainrender=args.format == "brainrender",
+        formats=chosen_formats(args),
         ca_bundle=args.ca_bundle,
     )
     async with serving(args) as endpoints, AsyncExitStack() as stack:
@@ -395,6 +444,26 @@ async def run_list(args: argparse.Namespace) -> int:
     return Exit.OK
 
 
+async def run_export(args: argparse.Namespace) -> int:
+    formats = chosen_formats(args)
+    if not formats:
+        raise UsageError(
+            "--format seed is data.json, which is there already: name a format to write"
+        )
+    outputs.require(formats)
+    ids = outputs.export_ids(args.out, [data_set_id(i) for i in args.ids] if args.ids else None)
+    failed = 0
+    for data_set in ids:
+        error = await asyncio.to_thread(outputs.export, args.out, data_set, formats)
+        if error is None:
+            print(f"{data_set}: wrote {', '.join(outputs.final_files(data_set, formats)[1:])}")
+        else:
+            failed += 1
+            print(f"{data_set}: FAILED: {error}", file=sys.stderr)
+    print(f"asyncdl: exported {len(ids) - failed} of {len(ids)} data sets", file=sys.stderr)
+    return Exit.FAILED if failed else Exit.OK
+
+
 async def run_preview(args: argparse.Namespace) -> int:
     from .preview import render_preview
 
@@ -423,6 +492,7 @@ async def run_emulate(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
     "fetch": run_fetch,
     "list": run_list,
+    "export": run_export,
     "preview": run_preview,
     "emulate": run_emulate,
 }

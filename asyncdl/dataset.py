@@ -2,7 +2,7 @@
 
     prepare:  decide (skip? refuse?) -> volumes -> targets -> decide (fresh or resume) -> open files
     fetch:    one spatial search per target still to do; each answer or failure is recorded at once
-    finish:   data.json in the seed's order, summary.json, the brainrender file if asked
+    finish:   data.json in the seed's order, the files of each --format, summary.json
 
 The scheduler (``pipeline``) decides when each step runs and shares one request queue among many
 data sets; everything that concerns one data set is here. A data set that cannot be prepared, or
@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .brainrender import has_brainrender, write_brainrender
-from .config import FetchOptions
+from . import outputs
+from .config import FetchOptions, OutputFormat
 from .errors import (
     ENDS_THE_RUN,
     AsyncdlError,
@@ -143,21 +143,37 @@ class DataSet:
         return todo
 
     async def _skip(self, summary: Mapping[str, Any]) -> None:
-        """Complete already: request nothing (but write the brainrender file if it is missing or
-        in the old layout)."""
-        if self.ctx.options.brainrender and not has_brainrender(self.store.dir, self.id):
-            await asyncio.to_thread(write_brainrender, self.store.dir)
+        """Complete already: request nothing, but write the files of a format asked for now that
+        are missing (or in an old layout)."""
+        targets, lines = int(summary.get("targets") or 0), int(summary.get("lines") or 0)
+        error = await self._write_formats(
+            outputs.missing(self.store, self.ctx.options.formats), lines
+        )
         self._report(
             DataSetResult(
                 self.id,
-                True,
-                targets=int(summary.get("targets") or 0),
-                lines=int(summary.get("lines") or 0),
+                error is None,
+                targets=targets,
+                lines=lines,
                 directory=str(self.store.dir),
-                resumed=int(summary.get("targets") or 0),
-                skipped=True,
+                resumed=targets,
+                skipped=error is None,
+                error=error,
             )
         )
+
+    async def _write_formats(self, formats: list[OutputFormat], lines: int) -> str | None:
+        """Write the files of ``formats``; why they could not be (the data does not convert), or
+        None. data.json stays as it is either way."""
+        if not formats:
+            return None
+        try:
+            await asyncio.to_thread(outputs.write, self.store, formats, lines)
+        except ENDS_THE_RUN:
+            raise
+        except AsyncdlError as exc:
+            return explain(exc)
+        return None
 
     # -- fetch -------------------------------------------------------------------------------------
 
@@ -217,17 +233,20 @@ class DataSet:
     # -- finish ------------------------------------------------------------------------------------
 
     async def finish(self) -> DataSetResult:
-        """data.json from the answers on disk, then the summary (and the brainrender file)."""
+        """data.json from the answers on disk, then the files of each format, then the summary."""
         self.store.close()
         lines = await asyncio.to_thread(self.store.finalize, len(self._targets), self._injection)
         if lines != self._lines:  # the file on disk is the truth; a mismatch is a bug
             raise RuntimeError(f"data set {self.id}: wrote {self._lines} lines, found {lines}")
-        if self.ctx.options.brainrender:
-            await asyncio.to_thread(write_brainrender, self.store.dir)
         failures = self._failures
-        error = f"{failures} target(s) failed; see failures.ndjson" if failures else None
+        errors = [f"{failures} target(s) failed; see failures.ndjson"] if failures else []
+        if unwritten := await self._write_formats(list(self.ctx.options.formats), lines):
+            errors.append(unwritten)
         result = self._result(
-            complete=failures == 0, targets=len(self._targets), error=error, lines=lines
+            complete=not errors,
+            targets=len(self._targets),
+            error="; ".join(errors) or None,
+            lines=lines,
         )
         await self._record(result)
         return result

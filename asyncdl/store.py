@@ -51,6 +51,16 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class Answer:
+    """One target's answer as ``lines.ndjson`` holds it: its rank, its coordinates (um), and the
+    spatial search's records (0 or more lines)."""
+
+    rank: int
+    coord: list[float]
+    records: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
 class _Scan:
     offsets: dict[int, tuple[int, int]]
     lines: int
@@ -66,6 +76,11 @@ class DataSetStore:
         self._lines: BinaryIO | None = None
         self._failures: BinaryIO | None = None
         self._scan: _Scan | None = None  # the last scan of lines.ndjson, reused when resuming
+
+    @property
+    def journal(self) -> Path:
+        """``lines.ndjson``: the answers as they came, from which data.json is assembled."""
+        return self.dir / LINES
 
     def read(self, *, scan: bool = False) -> Earlier:
         """What an earlier run left here; with ``scan``, also which targets it answered."""
@@ -152,22 +167,15 @@ class DataSetStore:
 
         Targets without an answer (failures) are left out; the caller says whether it is complete.
         """
-        path = self.dir / LINES
-        offsets = _scan_lines(path, targets).offsets
         count = 0
 
         def chunks() -> Iterator[bytes]:
             nonlocal count
             yield b'{"lines":['
-            with path.open("rb") as fh:
-                for rank in range(targets):
-                    where = offsets.get(rank)
-                    if where is None:
-                        continue
-                    fh.seek(where[0])
-                    for record in orjson.loads(fh.read(where[1]))["msg"]:
-                        yield (b"," if count else b"") + orjson.dumps(record)
-                        count += 1
+            for answer in self.answers(targets):
+                for record in answer.records:
+                    yield (b"," if count else b"") + orjson.dumps(record)
+                    count += 1
             yield b'],"injectionCoordinates":'
             yield orjson.dumps(injection.tolist())
             yield b"}"
@@ -175,6 +183,20 @@ class DataSetStore:
         with writing(self.dir / DATA):  # reading lines.ndjson back is part of writing data.json
             atomic_write(self.dir / DATA, chunks())
         return count
+
+    def answers(self, targets: int) -> Iterator[Answer]:
+        """The answered targets in ``lines.ndjson``, in rank order: ``data.json``'s order. One
+        target's answer is read at a time (a rank answered twice counts once, as when resuming)."""
+        path = self.dir / LINES
+        offsets = _scan_lines(path, targets).offsets
+        with path.open("rb") as fh:
+            for rank in range(targets):
+                where = offsets.get(rank)
+                if where is None:
+                    continue
+                fh.seek(where[0])
+                line = orjson.loads(fh.read(where[1]))
+                yield Answer(rank, line["coord"], line["msg"])
 
     def record(self, result: DataSetResult, params: Mapping[str, Any]) -> None:
         """summary.json: the result, and the parameters it was made with (what resume checks)."""
