@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import outputs
 from .aio import all_of, both, run
+from .allensdk_cache import AllenSdkCache
 from .config import LEGACY_WARNING, FetchOptions, LegacyVolumesWarning
 from .dataset import RunContext, explain, refuse_mixing, run_parameters
 from .errors import ENDS_THE_RUN, AsyncdlError, UsageError
@@ -63,6 +64,8 @@ async def fetch(
         raise UsageError("no data set ids given")
     _warn_if_legacy(options, endpoints)
     outputs.require(options.formats)
+    if options.allensdk_cache is not None:  # a bad manifest is a usage error before any request
+        AllenSdkCache.open(options.allensdk_cache)
     if sum(x is not None for x in (client, workers, scheduler)) > 1:
         raise UsageError(
             "give at most one of client, workers (--workers) and scheduler (--scheduler)"
@@ -84,7 +87,9 @@ async def fetch(
             client, workers, scheduler, ids, out, cache, options, endpoints, params, events
         )
     async with HttpClient(options) as http:
-        source = VolumeSource(http, endpoints, cache, options.volumes)
+        source = VolumeSource(
+            http, endpoints, cache, options.volumes, allensdk=options.allensdk_cache
+        )
         ctx = RunContext(http, source, endpoints, out, options, params, events)
         events.started(ids)
         async with Scheduler(ctx) as queue:
@@ -131,7 +136,9 @@ async def _shared_volumes(
 ) -> frozenset[int] | None:
     """The fiber volume and the tract mask in the cache, for the workers; the tract ids."""
     async with HttpClient(options) as http:
-        source = VolumeSource(http, endpoints, cache, options.volumes)
+        source = VolumeSource(
+            http, endpoints, cache, options.volumes, allensdk=options.allensdk_cache
+        )
         await source.prefetch_shared(Tally(), first)
         return source.tract_ids
 
@@ -166,7 +173,9 @@ async def survey(
     _warn_if_legacy(options, endpoints)
     ids = list(dict.fromkeys(data_set_id(d) for d in data_sets))
     async with HttpClient(options) as client:
-        source = VolumeSource(client, endpoints, Path(cache_dir), options.volumes)
+        source = VolumeSource(
+            client, endpoints, Path(cache_dir), options.volumes, allensdk=options.allensdk_cache
+        )
         slots = asyncio.Semaphore(options.prefetch)
 
         async def one(data_set: int) -> Survey:

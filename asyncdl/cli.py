@@ -198,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--volumes", choices=VOLUME_KINDS, default=default, help=text)
     _format_option(f, required=False)
     f.add_argument("--cache-dir", type=Path, help="where volumes are cached (default OUT/.cache)")
+    f.add_argument("--allensdk-cache", type=Path, metavar="DIR", help=option("allensdk_cache")[1])
     f.add_argument("--restart", action="store_true", help=option("restart")[1])
     f.add_argument(
         "--dry-run",
@@ -382,6 +383,7 @@ async def run_fetch(args: argparse.Namespace) -> int:
         rate=args.rate,
         restart=args.restart,
         formats=chosen_formats(args),
+        allensdk_cache=args.allensdk_cache,
         ca_bundle=args.ca_bundle,
     )
     async with serving(args) as endpoints, AsyncExitStack() as stack:

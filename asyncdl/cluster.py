@@ -365,7 +365,12 @@ class RunPlugin(WorkerPlugin):
         await client.share(share)
         self.http = client
         source = VolumeSource(
-            client, self.endpoints, self.cache, self.options.volumes, tract_ids=self.tract_ids
+            client,
+            self.endpoints,
+            self.cache,
+            self.options.volumes,
+            tract_ids=self.tract_ids,
+            allensdk=self.options.allensdk_cache,
         )
         ctx = RunContext(
             client, source, self.endpoints, self.out, self.options, self.params, self._events

@@ -97,6 +97,15 @@ class FetchOptions:
             "pip install 'asyncdl[parquet]')"
         ),
     )
+    allensdk_cache: Path | None = field(
+        default=None,
+        metadata=_help(
+            "use the volumes an AllenSDK MouseConnectivityCache already holds (its folder or its "
+            "manifest file): the 100 um grids of a cache made with resolution=100 and the 25 um "
+            "annotation, each checked as a whole volume on the CCF grid, instead of downloading "
+            "them (--volumes nrrd)"
+        ),
+    )
     #: PEM file of the CAs to trust instead of the system's (SSL_CERT_FILE/SSL_CERT_DIR otherwise).
     #: Certificates are always verified; there is no way to turn that off.
     ca_bundle: Path | None = None
@@ -126,6 +135,8 @@ class FetchOptions:
             raise UsageError(f"formats is a tuple of names, e.g. ({given!r},)")
         if unknown := [f for f in self.formats if f not in OUTPUT_FORMATS]:
             raise UsageError(f"formats must be among {OUTPUT_FORMATS}, got {unknown}")
+        if self.allensdk_cache is not None and self.volumes != "nrrd":
+            raise UsageError("an AllenSDK cache holds NRRD volumes: use it with --volumes nrrd")
         if self.prefetch < 1:
             raise UsageError(f"prefetch must be at least 1, got {self.prefetch}")
 
