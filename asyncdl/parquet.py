@@ -45,7 +45,7 @@ _FILES: dict[Table, str] = {"points": POINTS_FILE, "lines": LINES_FILE}
 #: Points per row group: about 1.5 MB of columns in memory while writing.
 ROWS_PER_GROUP = 65_536
 #: zstd level 3: 7% smaller than level 1 here, and still far faster to write than data.json.
-_WRITE = {"compression": "zstd", "compression_level": 3}
+ZSTD_LEVEL = 3
 
 _POINT_FLOATS = ("x", "y", "z", "density", "intensity")
 Kind = Literal["int", "float", "str"]
@@ -135,9 +135,13 @@ def write_parquet(store: DataSetStore, lines: int) -> None:
     with (
         atomic_file(points_path) as points_fh,
         atomic_file(lines_path) as lines_fh,
-        writing(store.dir / POINTS_FILE),
-        pq.ParquetWriter(points_fh, points_schema_, **_WRITE) as points_out,  # type: ignore[arg-type]
-        pq.ParquetWriter(lines_fh, lines_schema_, **_WRITE) as lines_out,  # type: ignore[arg-type]
+        writing(store.dir),
+        pq.ParquetWriter(
+            points_fh, points_schema_, compression="zstd", compression_level=ZSTD_LEVEL
+        ) as points_out,
+        pq.ParquetWriter(
+            lines_fh, lines_schema_, compression="zstd", compression_level=ZSTD_LEVEL
+        ) as lines_out,
     ):
         batch = _Batch(store.data_set)
         for line in answers:
@@ -147,7 +151,7 @@ def write_parquet(store: DataSetStore, lines: int) -> None:
         batch.flush(points_out, lines_out)
         if batch.line != lines:
             raise UsageError(
-                f"{store.dir / source} holds {batch.line} lines and summary.json {lines}: the "
+                f"{store.dir / source} holds {batch.line} lines where data.json has {lines}: the "
                 "data set changed since it was fetched (is it being fetched again?); finish "
                 "that fetch, then write Parquet"
             )
@@ -345,11 +349,12 @@ def read_parquet(
     paths = [out / str(i) / name for i in ids]
     if missing := [str(p) for p in paths if not p.is_file()]:
         raise UsageError(f"no {missing[0]} (fetch with --format parquet, or run asyncdl export)")
-    try:
-        tables = [pq.read_table(p, columns=columns) for p in paths]
+    try:  # one dataset of all the files: pyarrow reads them in parallel, in this order
+        arrow = pq.read_table([str(p) for p in paths], columns=columns)
     except (OSError, pa.ArrowException) as exc:
         raise UsageError(f"cannot read {name}: {exc}") from exc
-    return pa.concat_tables(tables).to_pandas()
+    frame: pd.DataFrame = arrow.to_pandas()
+    return frame
 
 
 def _data_set_dirs(out: Path) -> list[Path]:

@@ -156,7 +156,7 @@ def test_a_count_that_differs_from_the_summary_is_refused(fetched, tmp_path):
     copy = tmp_path / str(SEED_ID)
     shutil.copytree(directory, copy)
     before = (copy / "points.parquet").read_bytes()
-    with pytest.raises(UsageError, match=rf"holds {result.lines} lines and summary.json 7"):
+    with pytest.raises(UsageError, match=rf"holds {result.lines} lines where data.json has 7"):
         write_parquet(DataSetStore(tmp_path, SEED_ID), 7)
     assert (copy / "points.parquet").read_bytes() == before  # the old file stays whole
     assert not list(copy.glob(".*.tmp"))
