@@ -31,7 +31,7 @@ class Format:
     require: Callable[[], None] = lambda: None
 
 
-def _write_brainrender(store: DataSetStore) -> None:
+def _write_brainrender(store: DataSetStore, lines: int) -> None:
     write_brainrender(store.dir)
 
 
@@ -42,7 +42,7 @@ def _parquet_present(directory: Path, data_set: int) -> bool:
 FORMATS: dict[OutputFormat, Format] = {
     "brainrender": Format(
         files=lambda data_set: (streamlines_file(Path(), data_set).name,),
-        write=lambda store, lines: _write_brainrender(store),
+        write=_write_brainrender,
         present=has_brainrender,
     ),
     "parquet": Format(
