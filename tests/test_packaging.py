@@ -71,7 +71,8 @@ def test_the_oldest_run_installs_exactly_the_floors():
     for req in requirements():
         [floor] = [Version(s.version) for s in req.specifier if s.operator == ">="]
         assert pins.pop(req.name) == floor, req
-    assert pins == {"allensdk": Version("2.16.2")}  # installed beside asyncdl, not a floor
+    # Not floors: AllenSDK beside asyncdl, and the pyparsing of the matplotlib floor's time.
+    assert pins.keys() == {"allensdk", "pyparsing"}
 
 
 def test_ci_runs_the_readme_test_command():
