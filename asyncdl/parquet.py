@@ -12,8 +12,8 @@ answers in columns, for analyses over many data sets (docs/parquet.md has the sc
 They are written from the data set's answers on disk, one target at a time and a row group at a
 time: from ``lines.ndjson`` when it is there (it has the targets' ranks), else from data.json
 (``rank`` is then null). Both files are zstd-compressed and appear atomically, only once their
-line count matches what the data set's summary says. pyarrow (the ``parquet`` extra) is imported
-only when a file is written or read.
+line count matches data.json's. pyarrow (the ``parquet`` extra) is imported only when a file is
+written or read.
 """
 
 from __future__ import annotations
@@ -332,6 +332,10 @@ def read_parquet(
     those. polars and DuckDB read the same files directly: ``OUT/*/points.parquet``.
     """
     require()
+    try:
+        import pandas  # noqa: F401
+    except ImportError as exc:
+        raise UsageError("read_parquet needs pandas: pip install 'asyncdl[parquet]'") from exc
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -357,3 +357,10 @@ def test_cli_export_without_pyarrow_says_what_to_install(two_data_sets):
     assert proc.stderr == (
         "asyncdl: error: Parquet output needs pyarrow: pip install 'asyncdl[parquet]'\n"
     )
+
+
+def test_read_parquet_without_pandas_says_what_to_install(two_data_sets, monkeypatch):
+    out, _ = two_data_sets
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    with pytest.raises(UsageError, match=r"read_parquet needs pandas: pip install"):
+        asyncdl.read_parquet(out)
