@@ -37,7 +37,8 @@ _MEANINGS = {
     "the file",
     Exit.TLS: "the server's TLS certificate did not verify (see --ca-bundle), or it does not "
     "speak TLS",
-    Exit.DAMAGED: "verify found damaged data sets (a line each); the next fetch repairs them",
+    Exit.DAMAGED: "verify or export found damaged data sets (a line each); the next fetch "
+    "repairs them",
     Exit.SOFTWARE: "a bug in asyncdl: the line says where the crash log is; please report it",
     Exit.BUSY: "another process holds some of the data sets (a line each names it): they were "
     "left to it, and nothing else failed (fetch: see --wait)",

@@ -265,6 +265,28 @@ def test_verify_on_the_command_line_says_which_process_holds_a_data_set(tmp_path
     assert line.startswith(f"{SEED_ID}: BUSY: process {other.pid} on ")
 
 
+def test_export_leaves_a_data_set_another_process_holds(emulator, tmp_path):
+    options = FetchOptions(concurrency=8, density_range=NARROW)
+    asyncdl.fetch_sync([SEED_ID, OTHER_ID], tmp_path, options=options, endpoints=emulator.endpoints)
+    folder = tmp_path / str(SEED_ID)
+    summary = (folder / "summary.json").read_bytes()
+    other = LockHolder(folder)
+    try:
+        held = run_cli("export", tmp_path, "--format", "parquet")
+    finally:
+        other.release()
+    assert held.returncode == 75, held.stderr
+    assert held.stdout.startswith(f"{OTHER_ID}: wrote ")  # the others go on
+    busy = held.stderr.splitlines()[0]
+    assert busy.startswith(f"{SEED_ID}: BUSY: process {other.pid} on ")
+    assert busy.endswith(" holds it; not exported")
+    assert "export the busy ones again once that process has ended" in held.stderr
+    assert not list(folder.glob("*.parquet")) and (folder / "summary.json").read_bytes() == summary
+    again = run_cli("export", tmp_path, SEED_ID, "--format", "parquet")
+    assert again.returncode == 0, again.stderr
+    assert (folder / "points.parquet").is_file()
+
+
 # -- two real processes on one OUT, one emulator process ------------------------------------------
 
 
