@@ -150,7 +150,7 @@ class DataSetStore:
         if not self.dir.is_dir():
             yield None
             return
-        mine = self._lock.held  # held already (by a fetch's DataSet): it lets it go itself
+        mine = self._lock.held  # held before the block: still held after it
         holder = self.lock()
         try:
             yield holder
