@@ -46,6 +46,22 @@ async def _await(aw: Awaitable[T]) -> T:
     return await aw
 
 
+async def in_thread(func: Callable[..., T], /, *args: Any) -> T:
+    """``asyncio.to_thread``, except that a cancelled caller still waits for the thread to end
+    (a thread cannot be stopped) before the cancellation goes on: whatever the caller holds while
+    the thread writes, such as a data set's lock, is never let go under it."""
+    work = asyncio.ensure_future(asyncio.to_thread(func, *args))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError as cancelled:
+        while not work.done():
+            with contextlib.suppress(asyncio.CancelledError):  # again: the thread still ends first
+                await asyncio.wait([work])
+        if not work.cancelled():
+            work.exception()  # retrieved: the cancellation is what the caller gets
+        raise cancelled
+
+
 class Slots:
     """A semaphore whose size can change while it is in use (a worker's share of a run's ``-c``).
 

@@ -228,15 +228,24 @@ def verify(
     final file against the size and SHA-256 its summary.json recorded when it was written.
 
     One ``Verdict`` per data set, in order (also given to ``each`` as it comes). A damaged data
-    set is marked so in its summary.json, and the next ``fetch`` of it repairs it.
+    set is marked so in its summary.json, and the next ``fetch`` of it repairs it. Each is checked
+    under its lock: one that another process holds (a fetch may be writing it) is ``busy``.
     """
     out = Path(out_dir)
     ids = chosen_data_sets(out, data_sets)
     verdicts = []
     # Hashing releases the GIL: a thread per core reads and hashes files side by side.
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        for verdict in pool.map(lambda data_set: DataSetStore(out, data_set).verify(), ids):
+        for verdict in pool.map(lambda data_set: _verify(DataSetStore(out, data_set)), ids):
             verdicts.append(verdict)
             if each is not None:
                 each(verdict)
     return verdicts
+
+
+def _verify(store: DataSetStore) -> Verdict:
+    """``store.verify()`` under the data set's lock."""
+    with store.locked() as holder:
+        if holder is not None:
+            return Verdict(store.data_set, "busy", f"{holder} holds it; not checked")
+        return store.verify()

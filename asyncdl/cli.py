@@ -7,7 +7,6 @@ import argparse
 import asyncio
 import os
 import select
-import signal
 import sys
 import warnings
 from collections import Counter
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 import orjson
 
 from . import __version__, outputs
-from .aio import run
+from .aio import in_thread, run
 from .api import fetch, legacy_warning, survey, verify
 from .catalog import Experiment, find_experiments
 from .config import (
@@ -31,11 +30,13 @@ from .config import (
     LegacyVolumesWarning,
     OutputFormat,
 )
+from .crashes import crash_line
 from .errors import AsyncdlError, StorageError, TLSError, UsageError
 from .events import Events, JsonReporter, LineReporter
 from .exits import Exit, help_text
 from .idsfile import read_ids_file
-from .results import Verdict
+from .results import DataSetResult, Verdict
+from .stopping import Stopper
 from .store import chosen_data_sets
 from .tables import write_csv, write_json_lines
 from .urls import Endpoints, data_set_id
@@ -54,13 +55,16 @@ examples:
   asyncdl fetch --ids-file experiments.csv -o data    # AllenSDK's get_experiments(...).to_csv()
 
 {help_text()}"""
-#: What ``asyncdl export`` can end with: DAMAGED when a data.json does not check out.
+#: What ``asyncdl export`` can end with: DAMAGED when a data.json does not check out, BUSY when
+#: another process holds a data set.
 EXPORT_EXITS = (
     Exit.OK,
     Exit.FAILED,
     Exit.USAGE,
     Exit.STORAGE,
     Exit.DAMAGED,
+    Exit.SOFTWARE,
+    Exit.BUSY,
     Exit.INTERRUPTED,
     Exit.TERMINATED,
 )
@@ -78,7 +82,7 @@ examples:
   asyncdl list --injection-structure grey --transgenic-line Rbp4-Cre_KL100 --json
   asyncdl list --injection-structure VISp --csv > visp.csv
 
-{help_text((Exit.OK, Exit.FAILED, Exit.USAGE, Exit.TLS, Exit.INTERRUPTED, Exit.TERMINATED))}"""
+{help_text((Exit.OK, Exit.FAILED, Exit.USAGE, Exit.TLS, Exit.SOFTWARE, Exit.INTERRUPTED, Exit.TERMINATED))}"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -196,6 +200,7 @@ def _add_fetch_output(parser: _Parser) -> None:
     )
     _option(group, "allensdk_cache", type=Path, metavar="DIR")
     _option(group, "restart", action="store_true")
+    _option(group, "wait", action="store_true")
     _option(group, "keep_journal", action="store_true")
     group.add_argument(
         "--dry-run",
@@ -304,7 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
         "brainrender file if written) and compare it with the size and SHA-256 its summary.json "
         "recorded when it was written. Prints a line per damaged or unfinished data set; a "
         "damaged one is marked so in its summary.json, and the next fetch repairs it.",
-        epilog=help_text((Exit.OK, Exit.FAILED, Exit.USAGE, Exit.DAMAGED)),
+        epilog=help_text(
+            (Exit.OK, Exit.FAILED, Exit.USAGE, Exit.DAMAGED, Exit.SOFTWARE, Exit.BUSY)
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     v.add_argument("out", type=Path, metavar="OUT", help="the output folder of fetch (-o)")
@@ -453,6 +460,7 @@ async def run_fetch(args: argparse.Namespace) -> int:
         volumes=args.volumes,
         rate=args.rate,
         restart=args.restart,
+        wait=args.wait,
         keep_journal=args.keep_journal,
         formats=chosen_formats(args),
         allensdk_cache=args.allensdk_cache,
@@ -479,7 +487,24 @@ async def run_fetch(args: argparse.Namespace) -> int:
             workers=args.workers,
             scheduler=args.scheduler,
         )
-    return Exit.OK if all(r.complete for r in results) else Exit.FAILED
+    return outcome(args, results)
+
+
+def outcome(args: argparse.Namespace, results: Sequence[DataSetResult]) -> Exit:
+    """FAILED if anything failed; else BUSY if data sets were left to another process (with
+    what to do about them); else OK."""
+    busy = sum(r.status == "busy" for r in results)
+    if any(not r.complete and r.status != "busy" for r in results):
+        return Exit.FAILED
+    if busy:
+        if args.log_format == "text":
+            print(
+                f"asyncdl: {busy} data set(s) left to another process; run the same command "
+                "again once it has ended to finish them, or add --wait",
+                file=sys.stderr,
+            )
+        return Exit.BUSY
+    return Exit.OK
 
 
 async def dry_run(
@@ -528,12 +553,16 @@ async def run_verify(args: argparse.Namespace) -> int:
     print(
         f"verify: {len(verdicts)} data sets, {counts['verified']} verified, "
         f"{counts['damaged']} damaged, {counts['unfinished']} unfinished"
-        + ("; run the same fetch again to repair them" if counts["damaged"] else ""),
+        + (f", {counts['busy']} busy" if counts["busy"] else "")
+        + ("; run the same fetch again to repair them" if counts["damaged"] else "")
+        + ("; verify the busy ones again once that process has ended" if counts["busy"] else ""),
         file=sys.stderr,
     )
     if counts["damaged"]:
         return Exit.DAMAGED
-    return Exit.FAILED if counts["unfinished"] else Exit.OK
+    if counts["unfinished"]:
+        return Exit.FAILED
+    return Exit.BUSY if counts["busy"] else Exit.OK
 
 
 async def run_export(args: argparse.Namespace) -> int:
@@ -546,7 +575,7 @@ async def run_export(args: argparse.Namespace) -> int:
     ids = chosen_data_sets(args.out, args.ids or None)
     counts: Counter[str] = Counter()
     for data_set in ids:
-        done = await asyncio.to_thread(outputs.export, args.out, data_set, formats)
+        done = await in_thread(outputs.export, args.out, data_set, formats)
         counts[done.status] += 1
         if done.status == "written":
             print(f"{data_set}: wrote {done.detail}", flush=True)
@@ -554,12 +583,15 @@ async def run_export(args: argparse.Namespace) -> int:
             print(f"{data_set}: {done.status.upper()}: {done.detail}", file=sys.stderr)
     print(
         f"asyncdl: exported {counts['written']} of {len(ids)} data sets"
-        + ("; run the same fetch again to repair the damaged" if counts["damaged"] else ""),
+        + ("; run the same fetch again to repair the damaged" if counts["damaged"] else "")
+        + ("; export the busy ones again once that process has ended" if counts["busy"] else ""),
         file=sys.stderr,
     )
     if counts["damaged"]:
         return Exit.DAMAGED
-    return Exit.FAILED if counts["failed"] else Exit.OK
+    if counts["failed"]:
+        return Exit.FAILED
+    return Exit.BUSY if counts["busy"] else Exit.OK
 
 
 async def run_preview(args: argparse.Namespace) -> int:
@@ -597,20 +629,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
 }
 
 
-async def _stoppable(
-    command: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Namespace
-) -> int:
-    """Run ``command``; SIGTERM cancels it like Ctrl-C does, so everything open is closed."""
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, task.cancel)
-    try:
-        return await command(args)
-    finally:
-        loop.remove_signal_handler(signal.SIGTERM)
-
-
 def _reader_gone(stream: TextIO) -> bool:
     """Whether ``stream`` is a pipe whose reader has closed it (``| head``): poll says POLLERR."""
     try:
@@ -622,40 +640,50 @@ def _reader_gone(stream: TextIO) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        status = run(_stoppable(COMMANDS[args.command], args))
-        sys.stdout.flush()  # here, not at exit: a reader that has gone is seen below
-        return status
-    except BrokenPipeError as exc:
-        if not _reader_gone(sys.stdout):
+    """Every way a command ends is an exit status (``exits.Exit``) and at most one line of error:
+    a bug's traceback goes to a crash log (``crashes``). Ctrl-C and SIGTERM: see ``stopping``."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    with Stopper() as stopper:
+        args = build_parser().parse_args(argv)
+        try:
+            status = run(stopper.run(COMMANDS[args.command](args)))
+            sys.stdout.flush()  # here, not at exit: a reader that has gone is seen below
+            return status
+        except BrokenPipeError as exc:
+            if not _reader_gone(sys.stdout):
+                print(f"asyncdl: error: {exc}", file=sys.stderr)
+                return Exit.FAILED
+            # `asyncdl list ... | head`: the reader has what it wanted. As Python's documentation
+            # advises for SIGPIPE, what is left for stdout goes to /dev/null, so that the flush at
+            # exit does not fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return Exit.OK
+        except (KeyboardInterrupt, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and stopper.signal is None:
+                print(crash_line(exc, argv), file=sys.stderr)  # cancelled, not by a signal: a bug
+                return Exit.SOFTWARE
+            if args.command == "emulate":  # a signal is how an emulator is meant to stop
+                return Exit.OK
+            print(f"asyncdl: {stopper.how}; run the same command again to resume", file=sys.stderr)
+            return stopper.status
+        except TLSError as exc:
+            print(f"asyncdl: error: {exc}", file=sys.stderr)
+            return Exit.TLS
+        except UsageError as exc:
+            print(f"asyncdl: error: {exc}", file=sys.stderr)
+            return Exit.USAGE
+        except StorageError as exc:
+            print(
+                f"asyncdl: error: {exc}; run the same command again once it is fixed",
+                file=sys.stderr,
+            )
+            return Exit.STORAGE
+        except (AsyncdlError, OSError) as exc:
             print(f"asyncdl: error: {exc}", file=sys.stderr)
             return Exit.FAILED
-        # `asyncdl list ... | head`: the reader has what it wanted. As Python's documentation
-        # advises for SIGPIPE, what is left for stdout goes to /dev/null, so that the flush at
-        # exit does not fail again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return Exit.OK
-    except (KeyboardInterrupt, asyncio.CancelledError) as exc:
-        if args.command == "emulate":  # a signal is how an emulator is meant to stop
-            return Exit.OK
-        how = "interrupted" if isinstance(exc, KeyboardInterrupt) else "terminated"
-        print(f"asyncdl: {how}; run the same command again to resume", file=sys.stderr)
-        return Exit.INTERRUPTED if how == "interrupted" else Exit.TERMINATED
-    except TLSError as exc:
-        print(f"asyncdl: error: {exc}", file=sys.stderr)
-        return Exit.TLS
-    except UsageError as exc:
-        print(f"asyncdl: error: {exc}", file=sys.stderr)
-        return Exit.USAGE
-    except StorageError as exc:
-        print(
-            f"asyncdl: error: {exc}; run the same command again once it is fixed", file=sys.stderr
-        )
-        return Exit.STORAGE
-    except (AsyncdlError, OSError) as exc:
-        print(f"asyncdl: error: {exc}", file=sys.stderr)
-        return Exit.FAILED
+        except Exception as exc:  # anything else is a bug
+            print(crash_line(exc, argv), file=sys.stderr)
+            return Exit.SOFTWARE
 
 
 if __name__ == "__main__":

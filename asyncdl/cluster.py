@@ -286,11 +286,17 @@ async def _workers_up(client: Client) -> list[str]:
 
 
 def _killed(plan: RunPlan, data_set: int, error: str) -> DataSetResult:
+    """A data set whose task Dask gave up on, recorded as failed (unless another process now
+    holds it: it is that process's to record)."""
     store = DataSetStore(plan.out, data_set)
     result = DataSetResult(
         data_set, False, error=f"KilledWorker: {error}", directory=str(store.dir)
     )
-    store.record(result, plan.params)
+    if store.lock() is None:
+        try:
+            store.record(result, plan.params)
+        finally:
+            store.unlock()
     return result
 
 
@@ -408,11 +414,15 @@ class _WorkerEvents(Events):
         self.worker = worker
         self.topic = topic
         self._started: list[list[int]] = []
+        self._waiting: list[list[Any]] = []
         self._repairs: list[list[Any]] = []
         self._done: defaultdict[int, list[int]] = defaultdict(lambda: [0, 0])
         self._retries: list[list[Any]] = []
         self._failed: list[list[Any]] = []
         self._flusher = asyncio.create_task(self._flush_every())
+
+    def data_set_waiting(self, data_set: int, holder: str) -> None:
+        self._waiting.append([data_set, holder])
 
     def repairing(self, data_set: int, damage: str, remedy: str) -> None:
         self._repairs.append([data_set, damage, remedy])
@@ -430,16 +440,25 @@ class _WorkerEvents(Events):
         self._failed.append([data_set, rank, error])
 
     def flush(self) -> None:
-        if not (self._repairs or self._started or self._done or self._retries or self._failed):
+        if not (
+            self._waiting
+            or self._repairs
+            or self._started
+            or self._done
+            or self._retries
+            or self._failed
+        ):
             return
         message = {
+            "waiting": self._waiting,
             "repairs": self._repairs,
             "started": self._started,
             "done": [[ds, ok, bad] for ds, (ok, bad) in self._done.items()],
             "retries": self._retries,
             "failed": self._failed,
         }
-        self._repairs, self._started, self._retries, self._failed = [], [], [], []
+        self._waiting, self._repairs, self._started = [], [], []
+        self._retries, self._failed = [], []
         self._done.clear()
         self.worker.log_event(self.topic, message)
 
@@ -468,6 +487,9 @@ class _Relay:
 
     def receive(self, event: tuple[float, Mapping[str, Any]]) -> None:
         message = event[1]
+        for data_set, holder in message["waiting"]:
+            if data_set not in self._finished:
+                self.events.data_set_waiting(data_set, holder)
         for data_set, damage, remedy in message["repairs"]:
             if data_set not in self._finished:
                 self.events.repairing(data_set, damage, remedy)

@@ -89,6 +89,13 @@ class FetchOptions:
             "start the data sets over instead of resuming them (needed to change parameters)"
         ),
     )
+    wait: bool = field(
+        default=False,
+        metadata=_help(
+            "wait for data sets that another process is fetching, then finish them, instead of "
+            "leaving them to it"
+        ),
+    )
     formats: tuple[OutputFormat, ...] = field(
         default=(),
         metadata=_help(

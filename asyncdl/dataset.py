@@ -13,6 +13,9 @@ The pipeline (``pipeline``) decides when each step runs and shares one request q
 data sets; everything that concerns one data set is here. A data set that cannot be prepared, or
 whose targets fail, is recorded as such and the run goes on; an error in ``ENDS_THE_RUN`` (the disk,
 an untrusted server) ends the whole run instead.
+
+A data set is worked on under its folder's lock (``store.lock``), from the decision to the summary.
+One that another process holds is left to it (a ``busy`` result) or, with ``wait``, waited for.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import outputs
+from .aio import in_thread
 from .errors import (
     ENDS_THE_RUN,
     AsyncdlError,
@@ -37,6 +41,7 @@ from .errors import (
 )
 from .events import Events
 from .fetcher import HttpClient, Tally
+from .locks import POLL_SECONDS
 from .plan import RunPlan
 from .responses import rows
 from .results import DataSetResult
@@ -111,20 +116,36 @@ class DataSet:
         self._failures = 0
         self._answered = asyncio.Event()
         self._error: BaseException | None = None
+        #: Who holds the data set while this run waits for it (``FetchOptions.wait``).
+        self.holder: str | None = None
 
     # -- prepare -----------------------------------------------------------------------------------
 
     async def prepare(self) -> list[int]:
-        """Volumes in, targets out, earlier results judged; the ranks still to fetch.
+        """Lock taken, volumes in, targets out, earlier results judged; the ranks still to fetch.
 
-        Returns ``[]`` with ``result`` set when there is nothing to fetch (complete already, or the
-        data set cannot be prepared: unknown id, bad volume, changed targets).
+        Returns ``[]`` with ``result`` set when there is nothing to fetch (complete already, left
+        to another process, or the data set cannot be prepared: unknown id, bad volume, changed
+        targets), or with ``holder`` set when another process has it and the run waits for it
+        (``wait_for_holder``, then ``prepare`` again).
         """
         plan = self.ctx.plan
         restart = plan.options.restart
+        # A complete data set with nothing left to write is skipped without its lock (its files
+        # are final), so runs that overlap on finished data sets never get in each other's way.
         early = decide(self.store.read(), plan.params, restart=restart)
-        if early.action is Action.SKIP and await self._skip(early.summary or {}):
+        if early.action is Action.SKIP:
+            chores = await self._chores()
+            if not any(chores):
+                await self._skip(early.summary or {}, chores)
+                return []
+        if not self._lock():
             return []
+        early = decide(self.store.read(), plan.params, restart=restart)  # as it is now, locked
+        if early.action is Action.SKIP:
+            chores = await self._chores()
+            if await self._skip(early.summary or {}, chores):
+                return []
         try:
             self._targets, self._injection = await self.ctx.source.select(
                 self.id, plan.options, self._tally
@@ -137,7 +158,7 @@ class DataSet:
             if decision.action is Action.REFUSE:
                 raise VolumeError(f"{decision.reason}; rerun with --restart to start over")
             derived = outputs.derived_files(self.id)
-            await asyncio.to_thread(self.store.open, decision, expected, derived)
+            await in_thread(self.store.open, decision, expected, derived)
         except ENDS_THE_RUN:
             raise
         except (AsyncdlError, OSError) as exc:
@@ -154,6 +175,28 @@ class DataSet:
         self.ctx.events.data_set_started(self.id, len(self._targets), len(self._kept.lines))
         return todo
 
+    def _lock(self) -> bool:
+        """Take the data set's lock. If another process holds it, leave the data set to that
+        process (a ``busy`` result) or, with ``wait``, say who this run waits for (``holder``)."""
+        holder = self.store.lock()
+        if holder is None:
+            return True
+        if self.ctx.plan.options.wait:
+            self.holder = str(holder)
+            self.ctx.events.data_set_waiting(self.id, self.holder)
+        else:
+            where = str(self.store.dir)
+            self._report(DataSetResult(self.id, False, directory=where, held_by=str(holder)))
+        return False
+
+    async def wait_for_holder(self) -> None:
+        """Until the process that holds the data set lets it go; the lock is then this run's."""
+        # Polled: a kernel lock has no event to await, and a thread blocked in flock() could not
+        # be cancelled (a Ctrl-C would wait for the other process).
+        while self.store.lock() is not None:  # noqa: ASYNC110
+            await asyncio.sleep(POLL_SECONDS)
+        self.holder = None
+
     def _remedy(self, decision: Decision) -> str:
         """What a repair does, in a phrase."""
         targets, kept = len(self._targets), len(decision.keep.lines)
@@ -165,23 +208,29 @@ class DataSet:
             action = f"fetching its {targets} targets"
         return f"dropped them, {action}" if decision.keep.dropped else action
 
-    async def _skip(self, summary: Mapping[str, Any]) -> bool:
-        """Complete already: request nothing, but make the files of a format asked for now that
-        are missing, unrecorded, of another size than recorded or in an old layout, from the
-        answers on disk, and record them; then let a journal left behind go. Either checks
-        data.json byte for byte first: False if it is damaged (marked so in summary.json, for
-        ``prepare`` to repair)."""
+    async def _chores(self) -> tuple[list[str], bool]:
+        """What a complete data set still needs written: the files of a format asked for now
+        that are missing, unrecorded, of another size than recorded or in an old layout; and
+        whether a journal left behind is to go."""
         store, options = self.store, self.ctx.plan.options
-        targets, lines = int(summary.get("targets") or 0), int(summary.get("lines") or 0)
         todo = await asyncio.to_thread(outputs.stale, store, options.formats)
-        drop = not options.keep_journal and store.has_journal()
+        return todo, not options.keep_journal and store.has_journal()
+
+    async def _skip(self, summary: Mapping[str, Any], chores: tuple[list[str], bool]) -> bool:
+        """Complete already: request nothing, but do its ``chores`` (only under the lock): make
+        the files to be made from the answers on disk and record them, then let a journal left
+        behind go. Either checks data.json byte for byte first: False if it is damaged (marked
+        so in summary.json, for ``prepare`` to repair)."""
+        store = self.store
+        targets, lines = int(summary.get("targets") or 0), int(summary.get("lines") or 0)
+        todo, drop = chores
         if todo or drop:
-            verdict = await asyncio.to_thread(store.verify, [DATA])  # what the rest comes from
+            verdict = await in_thread(store.verify, [DATA])  # what the rest comes from
             if verdict.status != "verified":
                 return False
         errors = await self._write_formats(todo, lines)
         if drop and not errors:  # summary.json vouches for every file: the journal can go
-            await asyncio.to_thread(store.drop_journal)
+            await in_thread(store.drop_journal)
         error = "; ".join(errors) or None
         self._report(
             DataSetResult(
@@ -202,9 +251,9 @@ class DataSet:
         be made (its data does not convert), a phrase each. data.json stays as it is."""
         if not names:
             return []
-        written, errors = await asyncio.to_thread(outputs.write, self.store, names, lines)
+        written, errors = await in_thread(outputs.write, self.store, names, lines)
         if written:
-            await asyncio.to_thread(self.store.add_files, written)
+            await in_thread(self.store.add_files, written)
         return errors
 
     # -- fetch -------------------------------------------------------------------------------------
@@ -270,13 +319,13 @@ class DataSet:
         journal goes, data.json holding the same answers."""
         options = self.ctx.plan.options
         self.store.close()
-        lines = await asyncio.to_thread(self.store.finalize, len(self._targets), self._injection)
+        lines = await in_thread(self.store.finalize, len(self._targets), self._injection)
         if lines != self._lines:  # the file on disk is the truth; a mismatch is a bug
             raise RuntimeError(f"data set {self.id}: wrote {self._lines} lines, found {lines}")
         failures = self._failures
         errors = [f"{failures} target(s) failed; see failures.ndjson"] if failures else []
         derived = outputs.final_files(self.id, options.formats)[1:]
-        written, unwritten = await asyncio.to_thread(outputs.write, self.store, derived, lines)
+        written, unwritten = await in_thread(outputs.write, self.store, derived, lines)
         errors += unwritten
         result = self._result(
             complete=not errors,
@@ -286,12 +335,14 @@ class DataSet:
         )
         await self._record(result, [DATA, *written])
         if result.complete and not options.keep_journal:  # recorded: every file read back whole
-            await asyncio.to_thread(self.store.drop_journal)
+            await in_thread(self.store.drop_journal)
         return result
 
     def close(self) -> None:
-        """Close the data set's files (whatever happened: a later run resumes from them)."""
+        """Close the data set's files and let its lock go (whatever happened: a later run resumes
+        from them)."""
         self.store.close()
+        self.store.unlock()
 
     def _result(
         self, *, complete: bool, targets: int, error: str | None, lines: int = 0
@@ -315,7 +366,7 @@ class DataSet:
     async def _record(self, result: DataSetResult, files: Iterable[str] = ()) -> None:
         """Write the data set's summary.json (off the loop: it is fsynced, and ``files`` are read
         back to record their SHA-256), then report it."""
-        await asyncio.to_thread(self.store.record, result, self.ctx.plan.params, files)
+        await in_thread(self.store.record, result, self.ctx.plan.params, files)
         self._report(result)
 
     def _report(self, result: DataSetResult) -> None:

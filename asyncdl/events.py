@@ -34,6 +34,10 @@ class Events:
     def shares_changed(self, shares: Mapping[str, int]) -> None:
         """The run's -c is now shared so among the Dask workers (by address): it follows the work."""
 
+    def data_set_waiting(self, data_set: int, holder: str) -> None:
+        """Another process (``holder`` says which) is fetching the data set; this run waits for
+        it (``FetchOptions.wait``) and does the others meanwhile."""
+
     def repairing(self, data_set: int, damage: str, remedy: str) -> None:
         """A data set's folder was found damaged (``damage``: a final file missing or of the wrong
         size, run.json or summary.json unreadable, answers that do not belong to its targets);
@@ -65,6 +69,8 @@ def describe(result: DataSetResult) -> str:
         return head + f"already complete: {result.targets} targets, {result.lines} lines"
     if result.status == "failed":
         return head + f"FAILED: {result.error}"
+    if result.status == "busy":
+        return head + f"BUSY: {result.held_by} is fetching it; left to that process"
     return (
         head + f"{'ok' if result.complete else 'INCOMPLETE'}: {result.targets} targets, "
         f"{result.lines} lines, {result.requests} requests, {result.retries} retries, "
@@ -84,6 +90,11 @@ def describe_failure(data_set: int, rank: int, error: str) -> str:
     return f"{data_set}: target {rank} failed: {error}"
 
 
+def describe_waiting(data_set: int, holder: str) -> str:
+    """One line saying that a run waits for another process to finish a data set."""
+    return f"{data_set}: waiting for {holder}, which is fetching it"
+
+
 def describe_repair(data_set: int, damage: str, remedy: str) -> str:
     """One line saying what was damaged in a data set's folder and how it is repaired."""
     return f"{data_set}: repairing ({damage}): {remedy}"
@@ -100,9 +111,12 @@ def describe_workers(workers: int, concurrency: int, rate: float | None) -> str:
 def describe_run(results: Sequence[DataSetResult], seconds: float) -> str:
     """One line for the whole run."""
     done = sum(r.complete for r in results)
+    busy = sum(r.status == "busy" for r in results)
     requests = sum(r.requests for r in results)
     return (
-        f"{done} of {len(results)} data sets complete, {sum(r.lines for r in results)} lines, "
+        f"{done} of {len(results)} data sets complete"
+        + (f" ({busy} left to another process)" if busy else "")
+        + f", {sum(r.lines for r in results)} lines, "
         f"{requests} requests in {seconds:.1f} s ({requests / max(seconds, 1e-9):.0f}/s)"
     )
 
@@ -157,6 +171,9 @@ class LogReporter(Events):
     def shares_changed(self, shares: Mapping[str, int]) -> None:
         log.debug("shares of -c: %s", ", ".join(f"{w} {n}" for w, n in shares.items()))
 
+    def data_set_waiting(self, data_set: int, holder: str) -> None:
+        log.info(describe_waiting(data_set, holder), extra={"data_set": data_set})
+
     def data_set_started(self, data_set: int, targets: int, resumed: int) -> None:
         log.debug(
             "%s: %d targets, %d answered before",
@@ -198,6 +215,9 @@ class LineReporter(Events):
     def workers_started(self, workers: int, concurrency: int, rate: float | None) -> None:
         self._print(describe_workers(workers, concurrency, rate))
 
+    def data_set_waiting(self, data_set: int, holder: str) -> None:
+        self._print(describe_waiting(data_set, holder))
+
     def retry(self, data_set: int, url: str, error: str, wait: float) -> None:
         if self.verbose:
             self._print(describe_retry(data_set, url, error, wait))
@@ -236,6 +256,9 @@ class JsonReporter(Events):
     def shares_changed(self, shares: Mapping[str, int]) -> None:
         self._emit("shares", shares=dict(shares))
 
+    def data_set_waiting(self, data_set: int, holder: str) -> None:
+        self._emit("data_set_wait", data_set=data_set, holder=holder)
+
     def repairing(self, data_set: int, damage: str, remedy: str) -> None:
         self._emit("repair", data_set=data_set, damage=damage, remedy=remedy)
 
@@ -256,6 +279,7 @@ class JsonReporter(Events):
             "summary",
             data_sets=len(results),
             complete=sum(r.complete for r in results),
+            busy=sum(r.status == "busy" for r in results),
             lines=sum(r.lines for r in results),
             requests=sum(r.requests for r in results),
             retries=sum(r.retries for r in results),

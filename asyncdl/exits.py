@@ -14,6 +14,8 @@ class Exit(IntEnum):
     STORAGE = 3
     TLS = 4
     DAMAGED = 5
+    SOFTWARE = 70
+    BUSY = 75
     INTERRUPTED = 130
     TERMINATED = 143
 
@@ -24,7 +26,7 @@ class Exit(IntEnum):
     @property
     def resumable(self) -> bool:
         """Whether everything answered so far is on disk and the same command resumes."""
-        return self in (Exit.STORAGE, Exit.INTERRUPTED, Exit.TERMINATED)
+        return self in (Exit.STORAGE, Exit.BUSY, Exit.INTERRUPTED, Exit.TERMINATED)
 
 
 _MEANINGS = {
@@ -37,8 +39,11 @@ _MEANINGS = {
     "speak TLS",
     Exit.DAMAGED: "verify or export found damaged data sets (a line each); the next fetch "
     "repairs them",
-    Exit.INTERRUPTED: "interrupted (Ctrl-C)",
-    Exit.TERMINATED: "terminated (SIGTERM)",
+    Exit.SOFTWARE: "a bug in asyncdl: the line says where the crash log is; please report it",
+    Exit.BUSY: "another process holds some of the data sets (a line each names it): they were "
+    "left to it, and nothing else failed (fetch: see --wait)",
+    Exit.INTERRUPTED: "interrupted (Ctrl-C; a second Ctrl-C stops at once)",
+    Exit.TERMINATED: "terminated (SIGTERM; a second signal stops at once)",
 }
 
 

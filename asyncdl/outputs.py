@@ -106,11 +106,11 @@ def write(store: DataSetStore, names: Iterable[str], lines: int) -> tuple[list[s
 @dataclass(frozen=True)
 class Exported:
     """What ``export`` did for one data set: its files ``written``, or not, as its data.json is
-    ``damaged`` (marked so: the next fetch repairs it) or another reason ``failed`` it; ``detail``
-    names the files, or says why not."""
+    ``damaged`` (marked so: the next fetch repairs it), another process holds it (``busy``: it
+    is left to it), or another reason ``failed`` it; ``detail`` names the files, or says why not."""
 
     data_set: int
-    status: Literal["written", "damaged", "failed"]
+    status: Literal["written", "damaged", "busy", "failed"]
     detail: str
 
 
@@ -118,8 +118,17 @@ def export(out: Path, data_set: int, formats: Iterable[OutputFormat]) -> Exporte
     """Write the files of ``formats`` for a data set already fetched into ``out``, and record them
     in its summary.json. A data set is exported as its last fetch left it (targets that failed
     for good are not in it), once that fetch has finished and its data.json checks out byte for
-    byte against its recorded SHA-256; a damaged data.json is never read."""
+    byte against its recorded SHA-256; a damaged data.json is never read. All of it is done
+    under the data set's lock: one that another process holds (a fetch may be writing it) is
+    left to it."""
     store = DataSetStore(out, data_set)
+    with store.locked() as holder:
+        if holder is not None:
+            return Exported(store.data_set, "busy", f"{holder} holds it; not exported")
+        return _export(store, formats)
+
+
+def _export(store: DataSetStore, formats: Iterable[OutputFormat]) -> Exported:
     verdict = store.verify([DATA], incomplete=True)
     if verdict.status == "damaged":
         return Exported(store.data_set, "damaged", verdict.problem)

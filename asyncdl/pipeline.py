@@ -71,11 +71,9 @@ class Pipeline:
         """Fetch one data set, sharing the lanes with every other ``run`` in progress."""
         ds = DataSet(data_set, self.ctx)
         try:
-            async with self._ahead:
-                todo = await ds.prepare()
-                if ds.result is not None:
-                    return ds.result
-                await self._feeding.acquire()
+            todo = await self._prepare(ds)
+            if ds.result is not None:
+                return ds.result
             try:
                 for rank in todo:
                     if ds.aborted:
@@ -87,6 +85,19 @@ class Pipeline:
             return await ds.finish()
         finally:
             ds.close()
+
+    async def _prepare(self, ds: DataSet) -> list[int]:
+        """``ds.prepare()`` in a read-ahead slot, then the turn to feed the queue (unless it has a
+        result already). A data set that another process holds is waited for outside the slots
+        (``--wait``), so that the other data sets go ahead meanwhile."""
+        while True:
+            async with self._ahead:
+                todo = await ds.prepare()
+                if ds.holder is None:
+                    if ds.result is None:
+                        await self._feeding.acquire()
+                    return todo
+            await ds.wait_for_holder()
 
     async def _lane(self) -> None:
         me = asyncio.current_task()

@@ -31,6 +31,7 @@ from .events import (
     describe_repair,
     describe_retry,
     describe_run,
+    describe_waiting,
     describe_workers,
 )
 from .results import DataSetResult
@@ -108,6 +109,9 @@ class RichProgress(Events):
 
     def workers_started(self, workers: int, concurrency: int, rate: float | None) -> None:
         self._print(describe_workers(workers, concurrency, rate))
+
+    def data_set_waiting(self, data_set: int, holder: str) -> None:
+        self._print(describe_waiting(data_set, holder))
 
     def repairing(self, data_set: int, damage: str, remedy: str) -> None:
         self._print(describe_repair(data_set, damage, remedy))

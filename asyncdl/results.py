@@ -27,12 +27,17 @@ class DataSetResult:
     resumed: int = 0
     #: Already complete from an earlier run: nothing was requested.
     skipped: bool = False
+    #: Left to another process that holds the data set: who it is (pid, host, since when).
+    held_by: str | None = None
 
     @property
     def status(self) -> str:
-        """``ok``, ``skipped`` (complete already), ``incomplete`` (some targets failed) or ``failed``."""
+        """``ok``, ``skipped`` (complete already), ``incomplete`` (some targets failed),
+        ``failed``, or ``busy`` (left to another process that is fetching it)."""
         if self.skipped:
             return "skipped"
+        if self.held_by is not None:
+            return "busy"
         if self.complete:
             return "ok"
         return "incomplete" if self.targets else "failed"
@@ -56,9 +61,10 @@ class Survey:
 @dataclass(frozen=True)
 class Verdict:
     """What ``verify`` found in one data set's folder: its final files ``verified`` against their
-    SHA-256, ``damaged`` (marked so that the next fetch repairs it), or ``unfinished`` (its fetch
-    has not completed: nothing to verify yet). ``problem`` says what, in a phrase."""
+    SHA-256, ``damaged`` (marked so that the next fetch repairs it), ``unfinished`` (its fetch
+    has not completed: nothing to verify yet), or ``busy`` (another process holds it, a fetch
+    perhaps in the middle of writing it: not checked). ``problem`` says what, in a phrase."""
 
     data_set: int
-    status: Literal["verified", "damaged", "unfinished"]
+    status: Literal["verified", "damaged", "unfinished", "busy"]
     problem: str = ""

@@ -13,10 +13,15 @@ the journal, a second copy of the same answers, can go (``drop_journal``).
 
 Whether to resume is ``resume.decide``'s call; the store only reads (``read``) and carries it out
 (``open``). Every write that fails raises ``StorageError`` naming the file.
+
+One process at a time writes a data set: ``lock`` takes the folder's kernel lock (``locks``), and
+only its holder may ``open`` it. What is decided, written or cleaned up in the folder is decided
+under that lock, so a second run on the same ``OUT`` never touches the first one's files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -31,6 +36,7 @@ import orjson
 
 from .errors import StorageError, UsageError
 from .files import TEMP_GLOB, AtomicFile, append, atomic_write, writing
+from .locks import FolderLock, Holder
 from .results import DataSetResult, Verdict
 from .resume import Action, Decision, Earlier, Journal
 from .targets import Targets
@@ -125,6 +131,32 @@ class DataSetStore:
         self._lines: BinaryIO | None = None
         self._failures: BinaryIO | None = None
         self._written: FileRecord | None = None  # data.json as finalize wrote it
+        self._lock = FolderLock(self.dir)
+
+    def lock(self) -> Holder | None:
+        """Take the data set's lock without waiting: ``None`` once this store holds it, otherwise
+        who does. Held until ``unlock`` (or until the process ends, however it ends)."""
+        with writing(self._lock.path):
+            return self._lock.acquire()
+
+    def unlock(self) -> None:
+        self._lock.release()
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[Holder | None]:
+        """The lock for a command on finished output (``verify``, ``export``) to read and write
+        the data set under: yields ``None`` while held, or who holds it instead (then the block
+        must leave the data set alone). A folder that is not there is not made just to lock it."""
+        if not self.dir.is_dir():
+            yield None
+            return
+        mine = self._lock.held  # held before the block: still held after it
+        holder = self.lock()
+        try:
+            yield holder
+        finally:
+            if holder is None and not mine:
+                self.unlock()
 
     @property
     def journal(self) -> Path:
@@ -180,11 +212,14 @@ class DataSetStore:
         makes those asked for again); FRESH drops data.json too.
         """
         assert decision.action in (Action.FRESH, Action.RESUME), decision
+        assert self._lock.held, "a data set is opened under its lock"
         doomed = (FAILURES, SUMMARY, *derived)
         doomed += (LINES, DATA) if decision.action is Action.FRESH else ()
         with writing(self.dir):
             self.dir.mkdir(parents=True, exist_ok=True)
-            for stale in self.dir.glob(TEMP_GLOB):  # temp files of a run killed while writing
+            # Provably stale: only the lock's holder writes here, and that is this store, which
+            # has written nothing yet. They are what a run killed while writing left behind.
+            for stale in self.dir.glob(TEMP_GLOB):
                 stale.unlink(missing_ok=True)
             for name in doomed:
                 (self.dir / name).unlink(missing_ok=True)

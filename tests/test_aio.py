@@ -1,9 +1,10 @@
 import asyncio
+import threading
 
 import pytest
 
 from asyncdl import ApiError
-from asyncdl.aio import Slots, all_of, both
+from asyncdl.aio import Slots, all_of, both, in_thread
 
 
 async def test_results_come_in_order():
@@ -133,3 +134,30 @@ async def test_a_waiter_cancelled_as_it_is_granted_hands_its_slot_on():
     release.set()
     await asyncio.gather(second, third, return_exceptions=True)
     assert second.cancelled() and entered == [2] and slots.used == 0
+
+
+async def test_a_cancelled_caller_of_in_thread_goes_on_only_once_the_thread_has_ended():
+    started, release, ended = threading.Event(), threading.Event(), threading.Event()
+
+    def work() -> None:
+        started.set()
+        release.wait(60)
+        ended.set()
+
+    task = asyncio.create_task(in_thread(work))
+    await asyncio.to_thread(started.wait, 60)
+    task.cancel()
+    await asyncio.sleep(0.05)
+    task.cancel()  # a second cancellation does not cut it short either
+    await asyncio.sleep(0.05)
+    assert not task.done()  # still waiting for the thread
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert ended.is_set()  # the thread had ended before the caller went on
+
+
+async def test_in_thread_returns_what_the_thread_returns_and_raises_what_it_raises():
+    assert await in_thread(sum, [1, 2, 3]) == 6
+    with pytest.raises(ZeroDivisionError):
+        await in_thread(divmod, 1, 0)

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -19,6 +20,7 @@ import pytest
 
 import asyncdl
 from asyncdl import FetchOptions, UsageError
+from asyncdl.locks import LOCK, FolderLock
 
 from .conftest import (
     SEED_ID,
@@ -95,6 +97,46 @@ async def test_output_is_byte_identical_to_a_single_process_run(
     assert data.read_bytes() == single_process[IDS[1]]
     [note] = notes.of("repairing")
     assert note["data_set"] == IDS[1] and note["damage"].startswith("data.json is 1,000 bytes")
+
+
+async def test_a_data_set_another_process_holds_is_left_to_it_or_waited_for(
+    cluster, server, single_process, tmp_path
+):
+    """As in a local run: left to the process that holds it, or with ``wait``, waited for."""
+    folder = tmp_path / str(SEED_ID)
+    lock = FolderLock(folder)  # held by this process: another process to the workers
+    assert lock.acquire() is None
+
+    class Release(Recorder):
+        def data_set_waiting(self, data_set: int, holder: str) -> None:
+            super().data_set_waiting(data_set, holder)
+            lock.release()
+
+    seen = Release()
+    options = FetchOptions(concurrency=16, density_range=NARROW)
+    try:
+        async with distributed.Client(cluster.scheduler_address, asynchronous=True) as client:
+            left = await asyncdl.fetch(
+                IDS, tmp_path, options=options, endpoints=server.endpoints, client=client
+            )
+            assert [r.status for r in left] == ["busy", "ok", "ok"]
+            assert (left[0].held_by or "").startswith(f"process {os.getpid()} on ")
+            assert [p.name for p in folder.iterdir()] == [LOCK]  # untouched
+            waited = await asyncdl.fetch(
+                IDS,
+                tmp_path,
+                options=replace(options, wait=True),
+                endpoints=server.endpoints,
+                client=client,
+                events=seen,
+            )
+    finally:
+        lock.release()
+    assert [r.status for r in waited] == ["ok", "skipped", "skipped"]
+    [wait] = seen.of("data_set_waiting")
+    assert wait["data_set"] == SEED_ID
+    assert wait["holder"].startswith(f"process {os.getpid()} on ")
+    assert (folder / "data.json").read_bytes() == single_process[SEED_ID]
 
 
 async def test_the_server_never_sees_more_than_c_from_the_whole_cluster(cluster, tmp_path):

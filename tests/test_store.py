@@ -26,7 +26,8 @@ ANSWERS = [(rank, [{"rank": rank, "k": k} for k in range(rank % 3)]) for rank in
 
 
 def begin(store, params, targets=TARGETS, restart=False):
-    """Open a store as a run does: ask ``decide`` with the targets, then carry it out."""
+    """Open a store as a run does: take its lock, ask ``decide`` with the targets, carry it out."""
+    assert store.lock() is None
     expected = manifest(store.data_set, params, len(targets), targets_digest(targets.index))
     decision = decide(store.read(targets), params, restart=restart, expected=expected)
     assert decision.action in (Action.FRESH, Action.RESUME), decision
@@ -38,6 +39,12 @@ def completed(store, params):
     """The earlier summary if ``decide`` says the data set can be skipped."""
     decision = decide(store.read(), params, restart=False)
     return decision.summary if decision.action is Action.SKIP else None
+
+
+def end(store):
+    """Close a store and let its lock go, as a run does when it is done with a data set."""
+    store.close()
+    store.unlock()
 
 
 def write(store, answers):
@@ -63,11 +70,13 @@ def test_data_json_order_does_not_depend_on_arrival_order(tmp_path):
         write(store, shuffled)
         store.close()
         assert store.finalize(50, INJECTION) == len(expected_lines())
+        store.unlock()
         outputs.append((store.dir / "data.json").read_bytes())
     assert outputs[0] == outputs[1]
     data = orjson.loads(outputs[0])
     assert data == {"lines": expected_lines(), "injectionCoordinates": [[100.0, 200.0, 300.0]]}
     assert sorted(p.name for p in (tmp_path / "1" / "7").iterdir()) == [
+        ".lock",
         "data.json",
         "lines.ndjson",
         "run.json",
@@ -79,7 +88,7 @@ def test_resume_keeps_answers_repairs_a_cut_line_and_forgets_failures(tmp_path):
     begin(store, PARAMS)
     write(store, ANSWERS[:20])
     store.add_failure(20, [60, 61, 62], [6000.0, 6100.0, 6200.0], "HTTP 503", 6)
-    store.close()
+    end(store)
     lines = tmp_path / "7" / "lines.ndjson"
     good_size = lines.stat().st_size
     with lines.open("ab") as fh:  # a crash in the middle of a write
@@ -106,7 +115,7 @@ def test_other_parameters_are_refused_unless_restarting(tmp_path):
     store = DataSetStore(tmp_path, 7)
     begin(store, PARAMS)
     write(store, ANSWERS[:5])
-    store.close()
+    end(store)
     other = {**PARAMS, "density_range": [0.1, 0.2]}
     with pytest.raises(UsageError, match=r"other parameters \(density_range .* --restart"):
         refuse_mixing(tmp_path, [7], other, restart=False)
@@ -121,7 +130,7 @@ def test_other_parameters_are_refused_unless_restarting(tmp_path):
 def test_changed_targets_are_refused(tmp_path):
     store = DataSetStore(tmp_path, 7)
     begin(store, PARAMS)
-    store.close()
+    end(store)
     again = DataSetStore(tmp_path, 7)
     expected = manifest(7, PARAMS, len(INDEX) - 1, targets_digest(INDEX[:-1]))
     decision = decide(again.read(TARGETS), PARAMS, restart=False, expected=expected)
@@ -156,7 +165,9 @@ def test_a_zombie_attempt_never_interleaves_with_the_attempt_that_resumed_it(tmp
     zombie = DataSetStore(tmp_path, 7)
     begin(zombie, PARAMS)
     write(zombie, ANSWERS[:10])
-    # Another attempt resumes the data set while the first one is still running.
+    # Another attempt resumes the data set while the first one is still running: its lock was
+    # lost under it (NFS drops the locks of a machine cut off from the server for too long).
+    zombie.unlock()
     current = DataSetStore(tmp_path, 7)
     assert begin(current, PARAMS).keep.ranks == frozenset(range(10))
     write(zombie, ANSWERS[10:30])  # the zombie writes on, into the file it opened
@@ -172,7 +183,7 @@ def test_only_answers_to_these_targets_are_kept_and_the_others_are_counted(tmp_p
     store = DataSetStore(tmp_path, 7)
     begin(store, PARAMS)
     write(store, ANSWERS[:10])
-    store.close()
+    end(store)
     lines = tmp_path / "7" / "lines.ndjson"
     with lines.open("ab") as fh:
         fh.write(b"not json\n")  # damaged in the middle: the lines after it still count
@@ -188,7 +199,7 @@ def test_only_answers_to_these_targets_are_kept_and_the_others_are_counted(tmp_p
 
     again = DataSetStore(tmp_path, 7)
     decision = begin(again, PARAMS)
-    again.close()
+    end(again)
     assert decision.keep.ranks == {*range(10), 12, 13} and decision.keep.dropped == 3
     assert "3 line(s) that do not belong" in decision.reason
     kept = [orjson.loads(line)["rank"] for line in lines.read_bytes().splitlines()]
