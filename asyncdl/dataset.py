@@ -78,6 +78,7 @@ class DataSet:
         #: Set when the data set needs no fetching (skipped, or failed to prepare), or is finished.
         self.result: DataSetResult | None = None
         self._tally = Tally()
+        #: When its preparation began: its ``seconds`` are its own, not the run's.
         self._started = time.monotonic()
         self._targets = Targets(np.empty((0, 3), np.int64), np.empty((0, 3)))
         self._injection: npt.NDArray[np.float64] = np.empty((0, 3))
@@ -96,6 +97,7 @@ class DataSet:
         Returns ``[]`` with ``result`` set when there is nothing to fetch (complete already, or the
         data set cannot be prepared: unknown id, bad volume, changed targets).
         """
+        self._started = time.monotonic()
         plan = self.ctx.plan
         restart = plan.options.restart
         early = decide(self.store.read(), plan.params, restart=restart)
