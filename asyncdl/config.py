@@ -97,6 +97,14 @@ class FetchOptions:
         ),
     )
 
+    progress_interval: float = field(
+        default=30.0,
+        metadata=_help(
+            "seconds between two progress lines (done/total, rate, time left) when stderr is not "
+            "a terminal, e.g. in a batch job's log; 0 for none"
+        ),
+    )
+
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise UsageError(f"concurrency must be at least 1, got {self.concurrency}")
@@ -117,6 +125,8 @@ class FetchOptions:
             )
         if self.volumes not in VOLUME_KINDS:
             raise UsageError(f"volumes must be one of {VOLUME_KINDS}, got {self.volumes!r}")
+        if not self.progress_interval >= 0:
+            raise UsageError(f"progress interval must be 0 or more, got {self.progress_interval}")
         if self.prefetch < 1:
             raise UsageError(f"prefetch must be at least 1, got {self.prefetch}")
         if self.proxy:
