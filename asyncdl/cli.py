@@ -10,6 +10,7 @@ import select
 import signal
 import sys
 import warnings
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -18,8 +19,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 import orjson
 
 from . import __version__
-from .aio import run
-from .api import fetch, legacy_warning, survey
+from .aio import every, run
+from .api import fetch, legacy_warning, plan_run
 from .catalog import Experiment, find_experiments
 from .config import (
     DEFAULT_ARCHIVE_URL,
@@ -29,10 +30,14 @@ from .config import (
     LegacyVolumesWarning,
 )
 from .errors import AsyncdlError, StorageError, TLSError, UsageError
-from .events import Events, JsonReporter, LineReporter
+from .events import Events, JsonReporter, LineReporter, Tee
 from .exits import Exit, help_text
 from .idsfile import read_ids_file
+from .planning import describe_forecast
+from .results import Survey
+from .status import describe_status, folder_status
 from .tables import write_csv, write_json_lines
+from .tracker import RunTracker
 from .urls import Endpoints, data_set_id
 
 if TYPE_CHECKING:
@@ -166,6 +171,7 @@ def _add_fetch_output(parser: _Parser) -> None:
         default="text",
         help="json: one JSON event per line on stderr, for batch systems",
     )
+    _option(group, "progress_interval", type=float, metavar="SECONDS")
 
 
 def _add_server(parser: _Parser, *, archive: bool) -> None:
@@ -245,6 +251,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="the same fields as CSV, nested values as JSON text (pandas.read_csv(f))",
     )
     _add_server(ls, archive=False)
+
+    st = sub.add_parser(
+        "status",
+        help="say what an output folder holds and what running fetch again would do",
+        description="Summarise an output folder: its data sets complete, partial (interrupted), "
+        "incomplete (targets that failed for good) and failed, what a rerun of fetch would do with "
+        "each, and the disk it takes. It only reads.",
+        epilog=help_text((Exit.OK, Exit.USAGE)),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    st.add_argument("out", type=Path, metavar="OUT", help="output folder (fetch -o)")
+    st.add_argument("ids", nargs="*", metavar="ID", help="only these data sets (default: all)")
+    st.add_argument(
+        "--json", action="store_true", help="one JSON object per data set, then one for the folder"
+    )
 
     pv = sub.add_parser(
         "preview",
@@ -352,15 +373,25 @@ async def search(
     )
 
 
-def reporter(args: argparse.Namespace, stack: AsyncExitStack) -> Events:
-    """JSON events if asked; live bars on a terminal; otherwise a line per data set."""
+async def reporter(args: argparse.Namespace, stack: AsyncExitStack) -> Events:
+    """JSON events if asked; live bars on a terminal; otherwise a line per data set. Where stderr
+    is not a terminal, a heartbeat every --progress-interval seconds too."""
+    shown: JsonReporter | LineReporter
     if args.log_format == "json":
-        return JsonReporter()
-    if args.quiet or not sys.stderr.isatty():
-        return LineReporter(verbose=args.verbose)
-    from .progress import RichProgress
+        shown = JsonReporter()
+    elif args.quiet or not sys.stderr.isatty():
+        shown = LineReporter(verbose=args.verbose)
+    else:
+        from .progress import RichProgress
 
-    return stack.enter_context(RichProgress(verbose=args.verbose))
+        return stack.enter_context(RichProgress(verbose=args.verbose))
+    if sys.stderr.isatty() or not args.progress_interval:
+        return shown
+    tracker = RunTracker()
+    await stack.enter_async_context(
+        every(args.progress_interval, lambda: shown.progress(tracker.snapshot()))
+    )
+    return Tee(tracker, shown)
 
 
 async def run_fetch(args: argparse.Namespace) -> int:
@@ -377,6 +408,7 @@ async def run_fetch(args: argparse.Namespace) -> int:
         brainrender=args.format == "brainrender",
         ca_bundle=args.ca_bundle,
         proxy=args.proxy,
+        progress_interval=args.progress_interval,
     )
     async with serving(args) as endpoints, AsyncExitStack() as stack:
         if (legacy := legacy_warning(options, endpoints)) is not None:
@@ -394,7 +426,7 @@ async def run_fetch(args: argparse.Namespace) -> int:
             options=options,
             endpoints=endpoints,
             cache_dir=args.cache_dir,
-            events=reporter(args, stack),
+            events=await reporter(args, stack),
             workers=args.workers,
             scheduler=args.scheduler,
         )
@@ -405,20 +437,47 @@ async def dry_run(
     ids: list[int], args: argparse.Namespace, options: FetchOptions, endpoints: Endpoints
 ) -> int:
     cache = args.cache_dir or args.out / ".cache"
-    surveys = await survey(ids, options=options, endpoints=endpoints, cache_dir=cache)
-    requests = sum(s.targets for s in surveys)
+    async with counting(args, len(ids)) as counted:
+        surveys, ahead, measures = await plan_run(
+            ids, options=options, endpoints=endpoints, cache_dir=cache, on_survey=counted
+        )
     for s in surveys:
         if s.error:
             print(f"{s.data_set}: FAILED: {s.error}")
         else:
             when = f", ~{s.estimate_seconds:.1f} s" if s.estimate_seconds is not None else ""
             print(f"{s.data_set}: {s.targets} target requests{when} at -c {options.concurrency}")
-    estimates = [s.estimate_seconds for s in surveys if s.estimate_seconds is not None]
-    print(
-        f"dry run: {len(surveys)} data sets, {requests} target requests; at -c "
-        f"{options.concurrency}, at least ~{sum(estimates):.1f} s (from the fastest answer seen)"
-    )
+    print("\n".join(describe_forecast(ahead, measures, options.concurrency)))
     return Exit.OK if not any(s.error for s in surveys) else Exit.FAILED
+
+
+@asynccontextmanager
+async def counting(args: argparse.Namespace, total: int) -> AsyncIterator[Callable[[Survey], None]]:
+    """A dry run's progress on stderr, as data sets are counted: a bar on a terminal, else a
+    line every --progress-interval seconds."""
+    counted: list[Survey] = []
+    if sys.stderr.isatty() and not args.quiet and args.log_format == "text":
+        from rich.progress import Progress
+
+        with Progress(console=None, transient=True) as bar:
+            task = bar.add_task("counting targets", total=total)
+
+            def advance(survey: Survey) -> None:
+                bar.advance(task)
+
+            yield advance
+        return
+
+    def line() -> None:
+        targets = sum(s.targets for s in counted)
+        print(
+            f"asyncdl: dry run: {len(counted):,}/{total:,} data sets counted, {targets:,} targets",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    async with every(args.progress_interval, line):
+        yield counted.append
 
 
 async def run_list(args: argparse.Namespace) -> int:
@@ -433,6 +492,26 @@ async def run_list(args: argparse.Namespace) -> int:
         volume = f"{x.injection_volume:.4f}" if x.injection_volume is not None else "-"
         print(f"{x.id:>10}  {x.structure:<10}  {x.transgenic_line or '(wild type)':<24}  {volume}")
     print(f"{len(experiments)} experiments", file=sys.stderr)
+    return Exit.OK
+
+
+async def run_status(args: argparse.Namespace) -> int:
+    if not args.out.is_dir():
+        raise UsageError(f"{args.out} is not a folder")
+    ids = [data_set_id(value) for value in args.ids] or None
+    status = await asyncio.to_thread(folder_status, args.out, ids)
+    if not args.json:
+        print("\n".join(describe_status(status)))
+        return Exit.OK
+    for state in status.states:
+        print(orjson.dumps(state).decode())
+    counts = Counter(state.state for state in status.states)
+    disk = status.disk
+    print(
+        orjson.dumps(
+            {"out": str(args.out), **counts, "not_begun": len(status.new), "disk": disk}
+        ).decode()
+    )
     return Exit.OK
 
 
@@ -464,6 +543,7 @@ async def run_emulate(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
     "fetch": run_fetch,
     "list": run_list,
+    "status": run_status,
     "preview": run_preview,
     "emulate": run_emulate,
 }
