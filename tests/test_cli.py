@@ -423,3 +423,16 @@ def test_list_help_offers_only_what_list_uses():
     assert parts["server"] == ["--base-url", "--proxy", "--ca-bundle", "--emulator"]
     for unused in ("--archive-url", "--concurrency", "--retries", "--out", "--verbose"):
         assert unused not in text
+
+
+@pytest.mark.parametrize("interval", ["0.05", "0"])
+def test_a_heartbeat_when_stderr_is_not_a_terminal(emulator, tmp_path, interval):
+    args = ["-c", "2", "--density-range", "0.1", "0.13", "--progress-interval", interval]
+    proc = run_cli("fetch", SEED_ID, "-o", tmp_path, *args, *server_args(emulator))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[0] == "asyncdl: starting 1 data set"  # not silent until a data set is done
+    beat = r"asyncdl: [01]/1 data sets, [\d,]+/~?[\d,?]+ targets.*, ETA .*, \d+:\d\d:\d\d elapsed$"
+    beats = [line for line in lines if re.match(beat, line)]
+    assert len(beats) == len(lines) - 3  # the start, the data set's line and the run's
+    assert bool(beats) == (interval != "0")
