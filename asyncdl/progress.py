@@ -200,7 +200,7 @@ class RichProgress(Events):
         if any(not r.skipped for r in results):
             self.console.print(result_table(results))
             if more := rest(results):
-                self.console.print(more, highlight=False)
+                self.console.print(more, highlight=False, soft_wrap=True)
         self.console.print(f"asyncdl: {describe_run(results, seconds)}", highlight=False)
 
 
@@ -235,7 +235,7 @@ def result_table(results: Sequence[DataSetResult]) -> Table:
 
 def rest(results: Sequence[DataSetResult]) -> str:
     """Where the data sets that the table leaves out are told of ("" if it has them all)."""
-    left = len(results) - len(_shown(results))
+    left = sum(not r.skipped for r in results) - len(_shown(results))
     if not left:
         return ""
     out = Path(results[0].directory).parent if results[0].directory else Path("OUT")
