@@ -373,9 +373,9 @@ async def search(
     )
 
 
-async def reporter(args: argparse.Namespace, stack: AsyncExitStack) -> Events:
+async def reporter(args: argparse.Namespace, interval: float, stack: AsyncExitStack) -> Events:
     """JSON events if asked; live bars on a terminal; otherwise a line per data set. Where stderr
-    is not a terminal, a heartbeat every --progress-interval seconds too."""
+    is not a terminal, a heartbeat every ``interval`` seconds too."""
     shown: JsonReporter | LineReporter
     if args.log_format == "json":
         shown = JsonReporter()
@@ -385,12 +385,10 @@ async def reporter(args: argparse.Namespace, stack: AsyncExitStack) -> Events:
         from .progress import RichProgress
 
         return stack.enter_context(RichProgress(verbose=args.verbose))
-    if sys.stderr.isatty() or not args.progress_interval:
+    if sys.stderr.isatty() or not interval:
         return shown
     tracker = RunTracker()
-    await stack.enter_async_context(
-        every(args.progress_interval, lambda: shown.progress(tracker.snapshot()))
-    )
+    await stack.enter_async_context(every(interval, lambda: shown.progress(tracker.snapshot())))
     return Tee(tracker, shown)
 
 
@@ -426,7 +424,7 @@ async def run_fetch(args: argparse.Namespace) -> int:
             options=options,
             endpoints=endpoints,
             cache_dir=args.cache_dir,
-            events=await reporter(args, stack),
+            events=await reporter(args, options.progress_interval, stack),
             workers=args.workers,
             scheduler=args.scheduler,
         )
@@ -437,7 +435,7 @@ async def dry_run(
     ids: list[int], args: argparse.Namespace, options: FetchOptions, endpoints: Endpoints
 ) -> int:
     cache = args.cache_dir or args.out / ".cache"
-    async with counting(args, len(ids)) as counted:
+    async with counting(args, options.progress_interval, len(ids)) as counted:
         surveys, ahead, measures = await plan_run(
             ids, options=options, endpoints=endpoints, cache_dir=cache, on_survey=counted
         )
@@ -452,31 +450,31 @@ async def dry_run(
 
 
 @asynccontextmanager
-async def counting(args: argparse.Namespace, total: int) -> AsyncIterator[Callable[[Survey], None]]:
+async def counting(
+    args: argparse.Namespace, interval: float, total: int
+) -> AsyncIterator[Callable[[Survey], None]]:
     """A dry run's progress on stderr, as data sets are counted: a bar on a terminal, else a
-    line every --progress-interval seconds."""
+    line (or a JSON ``progress`` event) every ``interval`` seconds."""
     counted: list[Survey] = []
     if sys.stderr.isatty() and not args.quiet and args.log_format == "text":
+        from rich.console import Console
         from rich.progress import Progress
 
-        with Progress(console=None, transient=True) as bar:
+        with Progress(console=Console(stderr=True), transient=True) as bar:
             task = bar.add_task("counting targets", total=total)
-
-            def advance(survey: Survey) -> None:
-                bar.advance(task)
-
-            yield advance
+            yield lambda survey: bar.advance(task)
         return
 
-    def line() -> None:
+    def say() -> None:
         targets = sum(s.targets for s in counted)
-        print(
-            f"asyncdl: dry run: {len(counted):,}/{total:,} data sets counted, {targets:,} targets",
-            file=sys.stderr,
-            flush=True,
-        )
+        if args.log_format == "json":
+            event = {"event": "progress", "counted": len(counted), "data_sets": total}
+            line = orjson.dumps({**event, "targets": targets}).decode()
+        else:
+            line = f"asyncdl: dry run: {len(counted):,}/{total:,} data sets counted, {targets:,} targets"
+        print(line, file=sys.stderr, flush=True)
 
-    async with every(args.progress_interval, line):
+    async with every(interval, say):
         yield counted.append
 
 

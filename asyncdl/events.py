@@ -3,9 +3,10 @@
 The pipeline calls these hooks; it never prints. ``Events`` does nothing, so a caller overrides only
 what it wants. ``LogReporter`` turns them into records of the ``asyncdl`` logger (every run has
 one), ``LineReporter`` into a line per finished data set (for logs and pipes), ``JsonReporter``
-into one JSON object per event (for batch systems); the live display is in ``progress``. ``Tee``
-hands each event to several of them. The words of a line are the ``describe`` functions', whoever
-shows it.
+into one JSON object per event (for batch systems); both have a heartbeat (``progress``), which
+the command line calls every --progress-interval seconds with a ``tracker.RunTracker``'s
+snapshot. The live display is in ``progress``. ``Tee`` hands each event to several of them.
+The words of a line are the ``describe`` functions', whoever shows it.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def describe_run(results: Sequence[DataSetResult], seconds: float) -> str:
     skipped = sum(r.skipped for r in results)
     if results and skipped == len(results):
         verified = sum(r.verified for r in results)
-        return f"{skipped:,} data sets already complete" + (
+        return f"{skipped:,} data set{'s' if skipped != 1 else ''} already complete" + (
             f" ({verified:,} verified)" if verified else ""
         )
     done = sum(r.complete for r in results)

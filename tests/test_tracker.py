@@ -92,7 +92,7 @@ def skipped(data_set: int, *, verified: bool = False) -> DataSetResult:
 def test_a_rerun_with_nothing_to_do_is_one_line():
     results = [skipped(i, verified=i % 2 == 0) for i in range(2600)]
     assert describe_run(results, 0.8) == "2,600 data sets already complete (1,300 verified)"
-    assert describe_run(results[1:2], 0.1) == "1 data sets already complete"
+    assert describe_run(results[1:2], 0.1) == "1 data set already complete"
     stream = io.StringIO()
     lines = LineReporter(stream)
     lines.planned(complete=range(2600), targets={})
