@@ -96,6 +96,8 @@ class RichProgress(Events):
         )
         self._overall: TaskID | None = None
         self._tasks: dict[int, TaskID] = {}
+        #: Per data set in flight, when its answers were first drawn (run seconds) and how many.
+        self._first: dict[int, tuple[float, int]] = {}
         #: The notebook output the bars are drawn in (an IPython ``DisplayHandle``), and when.
         self._shown: Any = None
         self._drawn = 0.0
@@ -131,9 +133,13 @@ class RichProgress(Events):
             counts = self.tracker.sets.get(data_set)
             if counts is None:
                 continue
-            seconds = self.tracker.clock() - counts.started
-            answered = counts.done - counts.resumed
-            rate = answered / seconds if answered and seconds > 0 else None
+            # Its rate from the first drawing that saw answers of this run: a data set prepared
+            # ahead waits for its turn before its first request goes out.
+            if counts.done > counts.resumed:
+                self._first.setdefault(data_set, (now.elapsed, counts.done))
+            since, before = self._first.get(data_set, (now.elapsed, counts.done))
+            seconds = now.elapsed - since
+            rate = (counts.done - before) / seconds if seconds >= 1 else None
             eta = (counts.targets - counts.done) / rate if rate else None
             task.completed = counts.done
             task.fields.update(_figures(counts.done, counts.targets, rate, eta))
@@ -190,6 +196,7 @@ class RichProgress(Events):
         task = self._tasks.pop(result.data_set, None)
         if task is not None:
             self.progress.remove_task(task)
+        self._first.pop(result.data_set, None)
         self._redraw()
         if not result.skipped:
             self._print(describe(result))

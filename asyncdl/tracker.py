@@ -50,14 +50,13 @@ class Snapshot:
 class _Set:
     """Counts of one data set in flight."""
 
-    __slots__ = ("done", "failures", "resumed", "retries", "started", "targets")
+    __slots__ = ("done", "failures", "resumed", "retries", "targets")
 
-    def __init__(self, targets: int, done: int, started: float) -> None:
+    def __init__(self, targets: int, done: int) -> None:
         self.targets = targets
         self.done = self.resumed = done
         self.retries = 0
         self.failures = 0
-        self.started = started
 
 
 class RunTracker(Events):
@@ -99,8 +98,8 @@ class RunTracker(Events):
         self._known_sets += 1
         self.done += resumed
         self._resumed += resumed
-        self.sets[data_set] = _Set(targets, resumed, now := self.clock())
-        self._read(now)
+        self.sets[data_set] = _Set(targets, resumed)
+        self._read(self.clock())
 
     def _forget(self, data_set: int) -> None:
         """``data_set`` is no longer one whose targets are to be estimated."""
