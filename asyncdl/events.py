@@ -126,6 +126,14 @@ def clock(seconds: float) -> str:
     return f"{minutes // 60}:{minutes % 60:02}:{s:02}"
 
 
+def size(n: float) -> str:
+    """Bytes in kB, MB, GB or TB (powers of 1000, as ``du --si`` and disk makers count)."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
 def describe_progress(now: Snapshot) -> str:
     """The heartbeat: data sets and targets done of all, the rate and the time left."""
     about = "~" if now.estimated else ""

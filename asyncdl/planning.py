@@ -24,7 +24,7 @@ from .aio import all_of
 from .config import FetchOptions
 from .dataset import explain
 from .errors import ENDS_THE_RUN, AsyncdlError
-from .events import clock
+from .events import clock, size
 from .fetcher import HttpClient, Tally
 from .responses import rows
 from .results import Survey
@@ -211,13 +211,6 @@ def forecast(
     )
 
 
-def _size(n: float) -> str:
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n:.0f} B"
-
-
 def describe_forecast(ahead: Forecast, measures: Measures, concurrency: int) -> list[str]:
     """The dry run's totals: targets and requests, time at ``concurrency``, disk."""
     failed = f" ({ahead.failed:,} could not be counted)" if ahead.failed else ""
@@ -236,7 +229,7 @@ def describe_forecast(ahead: Forecast, measures: Measures, concurrency: int) -> 
             why += f"; this machine's CPU allows about {ahead.cpu_rate:,.0f}/s"
         lines.append(f"time: ~{clock(ahead.seconds)} at {ahead.rate:,.0f} requests/s ({why})")
     lines.append(
-        f"disk: ~{_size(ahead.data_bytes)} of data.json, and ~{_size(ahead.journal_bytes)} of "
-        f"journals (lines.ndjson) beside them; the volume cache holds {_size(ahead.cache_bytes)}"
+        f"disk: ~{size(ahead.data_bytes)} of data.json, and ~{size(ahead.journal_bytes)} of "
+        f"journals (lines.ndjson) beside them; the volume cache holds {size(ahead.cache_bytes)}"
     )
     return lines

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .events import size
 from .resume import Action, Earlier, decide
 from .store import DATA, LINES, DataSetStore
 
@@ -180,13 +181,6 @@ def folder_status(out: Path, data_sets: Iterable[int] | None = None) -> FolderSt
     return FolderStatus(out, states, new, disk_use(out))
 
 
-def _size(n: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
-
-
 def describe_status(status: FolderStatus) -> list[str]:
     """The lines of ``asyncdl status``: a count per state and what a rerun does, then the disk."""
     by_state: dict[str, list[DataSetState]] = {}
@@ -202,10 +196,10 @@ def describe_status(status: FolderStatus) -> list[str]:
     if status.new:
         lines.append(f"  {'not begun':<10} {len(status.new):>7,}  a rerun fetches them")
     disk = status.disk
-    parts = [f"data.json {_size(disk.data)}", f"journals {_size(disk.journals)}"]
+    parts = [f"data.json {size(disk.data)}", f"journals {size(disk.journals)}"]
     if disk.cache:
-        parts.append(f"volume cache {_size(disk.cache)}")
-    lines.append(f"disk: {_size(disk.total)} in all ({', '.join(parts)})")
+        parts.append(f"volume cache {size(disk.cache)}")
+    lines.append(f"disk: {size(disk.total)} in all ({', '.join(parts)})")
     return lines
 
 
