@@ -3,9 +3,10 @@ target requests really asked, and from them what the whole run will take (``Fore
 
 The volumes come in as concurrently as ``-c`` allows, and are decoded a few at a time (each is
 held in memory while its targets are counted). Then ``SAMPLES`` targets of each data set, spread
-over its ranks, are asked of the spatial search at ``-c``: their answers give the latency (the
-median, not the fastest: a fetch runs at the typical answer's pace), the bytes each answer adds
-to data.json, and the client's own CPU per request on this machine. Nothing is written to OUT.
+over its ranks, are asked of the spatial search (``_sample`` says how): their answers give the
+latency (the median, not the fastest: a fetch runs at the typical answer's pace), the bytes each
+answer adds to data.json, and the client's own CPU per request on this machine. Nothing is written
+to OUT.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ async def survey_data_sets(
             except (AsyncdlError, OSError) as exc:
                 survey = Survey(data_set, error=explain(exc))
             else:
-                found[data_set] = Targets(targets.index, targets.coord)
+                found[data_set] = targets
                 survey = Survey(data_set, len(targets), len(injection))
             if on_survey is not None:
                 on_survey(survey)
