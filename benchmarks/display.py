@@ -37,10 +37,10 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 #: The catalogue's first ids (``asyncdl list --injection-structure grey --emulator``): no more
 #: than the 16 data sets the emulator keeps at hand, which it would otherwise build again in each
 #: run (its CPU, not the client's, would then set the pace).
-IDS = (
-    "100051575 100083392 100141219 100216959 100704610 100764865 100990169 101021444 101057487 "
-    "101291291 101398789 101419895"
-).split()
+IDS = [
+    *("100051575", "100083392", "100141219", "100216959", "100704610", "100764865"),
+    *("100990169", "101021444", "101057487", "101291291", "101398789", "101419895"),
+]
 
 
 def on_pty(
