@@ -20,7 +20,7 @@ import orjson
 
 from . import __version__
 from .aio import every, run
-from .api import fetch, legacy_warning, plan_run
+from .api import fetch, legacy_warning, plan_run, verify
 from .catalog import Experiment, find_experiments
 from .config import (
     DEFAULT_ARCHIVE_URL,
@@ -34,7 +34,7 @@ from .events import Events, JsonReporter, LineReporter, Tee
 from .exits import Exit, help_text
 from .idsfile import read_ids_file
 from .planning import describe_forecast
-from .results import Survey
+from .results import Survey, Verdict
 from .status import describe_status, folder_status
 from .tables import write_csv, write_json_lines
 from .tracker import RunTracker
@@ -151,6 +151,7 @@ def _add_fetch_output(parser: _Parser) -> None:
         help="where volumes are cached (default OUT/.cache)",
     )
     _option(group, "restart", action="store_true")
+    _option(group, "keep_journal", action="store_true")
     group.add_argument(
         "--dry-run",
         action="store_true",
@@ -266,6 +267,19 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument(
         "--json", action="store_true", help="one JSON object per data set, then one for the folder"
     )
+
+    v = sub.add_parser(
+        "verify",
+        help="check fetched data sets against the SHA-256 of their files",
+        description="Read every final file of each data set in OUT (data.json, and the "
+        "brainrender file if written) and compare it with the size and SHA-256 its summary.json "
+        "recorded when it was written. Prints a line per damaged or unfinished data set; a "
+        "damaged one is marked so in its summary.json, and the next fetch repairs it.",
+        epilog=help_text((Exit.OK, Exit.FAILED, Exit.USAGE, Exit.DAMAGED)),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    v.add_argument("out", type=Path, metavar="OUT", help="the output folder of fetch (-o)")
+    v.add_argument("ids", nargs="*", metavar="ID", help="data set ids (default: every OUT/<id>)")
 
     pv = sub.add_parser(
         "preview",
@@ -403,6 +417,7 @@ async def run_fetch(args: argparse.Namespace) -> int:
         volumes=args.volumes,
         rate=args.rate,
         restart=args.restart,
+        keep_journal=args.keep_journal,
         brainrender=args.format == "brainrender",
         ca_bundle=args.ca_bundle,
         proxy=args.proxy,
@@ -513,6 +528,25 @@ async def run_status(args: argparse.Namespace) -> int:
     return Exit.OK
 
 
+async def run_verify(args: argparse.Namespace) -> int:
+    def show(v: Verdict) -> None:
+        if v.status != "verified":
+            print(f"{v.data_set}: {v.status.upper()}: {v.problem}", flush=True)
+
+    ids = [data_set_id(value) for value in args.ids] or None
+    verdicts = await asyncio.to_thread(verify, args.out, ids, each=show)
+    counts = Counter(v.status for v in verdicts)
+    print(
+        f"verify: {len(verdicts)} data sets, {counts['verified']} verified, "
+        f"{counts['damaged']} damaged, {counts['unfinished']} unfinished"
+        + ("; run the same fetch again to repair them" if counts["damaged"] else ""),
+        file=sys.stderr,
+    )
+    if counts["damaged"]:
+        return Exit.DAMAGED
+    return Exit.FAILED if counts["unfinished"] else Exit.OK
+
+
 async def run_preview(args: argparse.Namespace) -> int:
     from .preview import render_preview
 
@@ -542,6 +576,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
     "fetch": run_fetch,
     "list": run_list,
     "status": run_status,
+    "verify": run_verify,
     "preview": run_preview,
     "emulate": run_emulate,
 }

@@ -43,6 +43,11 @@ class Events:
     def shares_changed(self, shares: Mapping[str, int]) -> None:
         """The run's -c is now shared so among the Dask workers (by address): it follows the work."""
 
+    def repairing(self, data_set: int, damage: str, remedy: str) -> None:
+        """A data set's folder was found damaged (``damage``: a final file missing or of the wrong
+        size, run.json or summary.json unreadable, answers that do not belong to its targets);
+        ``remedy`` says how it is repaired (rebuilt from the journal, or fetched again)."""
+
     def data_set_started(self, data_set: int, targets: int, resumed: int) -> None:
         """A data set's volumes are in: ``targets`` requests to make, ``resumed`` already done."""
 
@@ -86,6 +91,11 @@ def describe_retry(data_set: int, url: str, error: str, wait: float) -> str:
 def describe_failure(data_set: int, rank: int, error: str) -> str:
     """One line for a target that failed for good."""
     return f"{data_set}: target {rank} failed: {error}"
+
+
+def describe_repair(data_set: int, damage: str, remedy: str) -> str:
+    """One line saying what was damaged in a data set's folder and how it is repaired."""
+    return f"{data_set}: repairing ({damage}): {remedy}"
 
 
 def describe_workers(workers: int, concurrency: int, rate: float | None) -> str:
@@ -224,6 +234,9 @@ class LogReporter(Events):
     def target_failed(self, data_set: int, rank: int, error: str) -> None:
         log.warning(describe_failure(data_set, rank, error), extra={"data_set": data_set})
 
+    def repairing(self, data_set: int, damage: str, remedy: str) -> None:
+        log.warning(describe_repair(data_set, damage, remedy), extra={"data_set": data_set})
+
     def data_set_done(self, result: DataSetResult) -> None:
         # Complete before: a rerun of the whole atlas would log thousands of these at INFO.
         level = logging.DEBUG if result.skipped else logging.INFO
@@ -269,6 +282,9 @@ class LineReporter(Events):
         if self.verbose:
             self._print(describe_failure(data_set, rank, error))
 
+    def repairing(self, data_set: int, damage: str, remedy: str) -> None:
+        self._print(describe_repair(data_set, damage, remedy))
+
     def data_set_done(self, result: DataSetResult) -> None:
         if not result.skipped:
             self._print(describe(result))
@@ -304,6 +320,9 @@ class JsonReporter(Events):
 
     def shares_changed(self, shares: Mapping[str, int]) -> None:
         self._emit("shares", shares=dict(shares))
+
+    def repairing(self, data_set: int, damage: str, remedy: str) -> None:
+        self._emit("repair", data_set=data_set, damage=damage, remedy=remedy)
 
     def data_set_started(self, data_set: int, targets: int, resumed: int) -> None:
         self._emit("data_set_start", data_set=data_set, targets=targets, resumed=resumed)

@@ -172,7 +172,8 @@ class Forecast:
     #: Requests a second the client's CPU allows (as the samples cost it), if measured.
     cpu_rate: float | None
     seconds: float | None
-    #: data.json of every data set; the journals (lines.ndjson) take about as much again.
+    #: data.json of every data set; the journals (lines.ndjson), as much again if they are kept
+    #: (--keep-journal: each goes once its data set's data.json is verified).
     data_bytes: int
     journal_bytes: int
     #: What the volume cache holds after the dry run (the run reads its grids from it).
@@ -230,7 +231,7 @@ def describe_forecast(ahead: Forecast, measures: Measures, concurrency: int) -> 
             why += f"; this machine's CPU allows about {ahead.cpu_rate:,.0f}/s"
         lines.append(f"time: ~{clock(ahead.seconds)} at {ahead.rate:,.0f} requests/s ({why})")
     lines.append(
-        f"disk: ~{size(ahead.data_bytes)} of data.json, and ~{size(ahead.journal_bytes)} of "
-        f"journals (lines.ndjson) beside them; the volume cache holds {size(ahead.cache_bytes)}"
+        f"disk: ~{size(ahead.data_bytes)} of data.json (~{size(ahead.journal_bytes)} more with "
+        f"--keep-journal); the volume cache holds {size(ahead.cache_bytes)}"
     )
     return lines

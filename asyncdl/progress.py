@@ -26,6 +26,7 @@ from .events import (
     clock,
     describe,
     describe_failure,
+    describe_repair,
     describe_retry,
     describe_run,
     describe_workers,
@@ -171,6 +172,9 @@ class RichProgress(Events):
 
     def workers_started(self, workers: int, concurrency: int, rate: float | None) -> None:
         self._print(describe_workers(workers, concurrency, rate))
+
+    def repairing(self, data_set: int, damage: str, remedy: str) -> None:
+        self._print(describe_repair(data_set, damage, remedy))
 
     def data_set_started(self, data_set: int, targets: int, resumed: int) -> None:
         self.tracker.data_set_started(data_set, targets, resumed)

@@ -4,8 +4,8 @@
 volume is in, to count what it has ahead of it: the data sets complete already, and the targets an
 earlier run found for those it began. Reading only, through the store's readers; what a rerun does
 is ``resume.decide``'s call, asked as the rerun would ask it (with the parameters in run.json).
-A state is one row of ``STATES``: a state added there (damaged, held by another process) gets its
-line in ``describe_status`` without further change.
+A state is one row of ``STATES``: a state added there (held by another process) gets its line in
+``describe_status`` without further change.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from .store import DATA, LINES, DataSetStore
 #: Each state of a data set's folder, and what a rerun does with one, in the order shown.
 STATES: dict[str, str] = {
     "complete": "a rerun skips them",
+    "damaged": "a rerun repairs them (from their journal, else by fetching them again)",
     "partial": "a rerun keeps their answers and asks the rest",
     "incomplete": "a rerun asks their failed targets again",
     "failed": "a rerun tries them again",
@@ -41,7 +42,7 @@ class DataSetState:
     targets: int | None = None
     #: Targets answered on disk (complete: all of them; partial: as its journal says, if read).
     answered: int | None = None
-    #: Targets that failed for good (incomplete), or why it failed.
+    #: Targets that failed for good (incomplete), or why it failed (what is damaged).
     failures: int = 0
     error: str | None = None
 
@@ -71,6 +72,8 @@ def _state(store: DataSetStore, earlier: Earlier, *, journal: bool) -> DataSetSt
     error = summary.get("error") if isinstance(summary.get("error"), str) else None
     if rerun.action is Action.SKIP:
         return DataSetState(store.data_set, "complete", targets, targets)
+    if rerun.reason:  # RESUME or FRESH that repairs what is damaged
+        return DataSetState(store.data_set, "damaged", targets, None, 0, rerun.reason)
     if summary and summary.get("complete") is not True:  # the last run finished, not complete
         if _count(summary, "targets"):
             failures = _count(summary, "failures") or 0
@@ -78,7 +81,7 @@ def _state(store: DataSetStore, earlier: Earlier, *, journal: bool) -> DataSetSt
         return DataSetState(store.data_set, "failed", targets, None, 0, error)
     answered = None
     if journal and targets is not None:
-        answered = len(store.read(scan=True).answered)
+        answered = store.answered(targets)
     return DataSetState(store.data_set, "partial", targets, answered)
 
 
@@ -196,7 +199,9 @@ def describe_status(status: FolderStatus) -> list[str]:
     if status.new:
         lines.append(f"  {'not begun':<10} {len(status.new):>7,}  a rerun fetches them")
     disk = status.disk
-    parts = [f"data.json {size(disk.data)}", f"journals {size(disk.journals)}"]
+    parts = [f"data.json {size(disk.data)}"]
+    if disk.journals:  # unfinished data sets', or kept with --keep-journal
+        parts.append(f"journals {size(disk.journals)}")
     if disk.cache:
         parts.append(f"volume cache {size(disk.cache)}")
     lines.append(f"disk: {size(disk.total)} in all ({', '.join(parts)})")

@@ -1,5 +1,7 @@
 """``asyncdl status OUT``: what an output folder holds, and that a rerun does what it says."""
 
+from dataclasses import replace
+
 import orjson
 
 import asyncdl
@@ -17,8 +19,9 @@ async def test_status_says_what_a_rerun_does(emulator, tmp_path):
     out = tmp_path / "out"
     options = OPTIONS
     await asyncdl.fetch(
-        [SEED_ID, PARTIAL, FAILED], out, options=options, endpoints=emulator.endpoints
-    )
+        [SEED_ID, PARTIAL, FAILED], out, options=replace(options, keep_journal=True),
+        endpoints=emulator.endpoints,
+    )  # fmt: skip
     # An interrupted data set: its answers in the journal, no summary.json nor data.json yet.
     for name in ("summary.json", "data.json"):
         (out / str(PARTIAL) / name).unlink()
@@ -86,6 +89,20 @@ async def test_status_says_what_a_rerun_does(emulator, tmp_path):
     assert by_id_now[FAILED].status == "failed"
     [plan] = recorder.of("planned")
     assert list(plan["complete"]) == [SEED_ID]
+
+
+async def test_status_names_damage_that_a_rerun_repairs(emulator, tmp_path):
+    out = tmp_path / "out"
+    await asyncdl.fetch([SEED_ID], out, options=OPTIONS, endpoints=emulator.endpoints)
+    data = out / str(SEED_ID) / "data.json"
+    data.write_bytes(data.read_bytes()[:-1])
+    [state] = folder_status(out).states
+    assert state.state == "damaged" and state.error and "data.json" in state.error
+    proc = run_cli("status", out)
+    assert proc.stdout.splitlines()[1].split()[:2] == ["damaged", "1"], proc.stdout
+    [result] = await asyncdl.fetch([SEED_ID], out, options=OPTIONS, endpoints=emulator.endpoints)
+    assert result.complete and not result.skipped
+    assert [s.state for s in folder_status(out).states] == ["complete"]
 
 
 def test_status_of_what_is_not_a_folder(tmp_path):
