@@ -30,7 +30,6 @@ from .fetcher import HttpClient, Tally
 from .responses import rows
 from .results import Survey
 from .sources import VolumeSource
-from .targets import Targets
 from .urls import Endpoints
 
 #: Target requests really asked per data set.
@@ -61,7 +60,8 @@ async def survey_data_sets(
     """Count the targets of ``ids`` and sample their requests; ``on_survey`` is told of each data
     set as its targets are counted."""
     decoding = asyncio.Semaphore(max(options.prefetch, os.cpu_count() or 1))
-    found: dict[int, Targets] = {}
+    # Only the coordinates of the targets to sample: a whole atlas's targets would take 100s of MB.
+    found: dict[int, list[list[int]]] = {}
     async with HttpClient(options) as client:
         source = VolumeSource(client, endpoints, cache_dir, options.volumes)
 
@@ -77,7 +77,9 @@ async def survey_data_sets(
             except (AsyncdlError, OSError) as exc:
                 survey = Survey(data_set, error=explain(exc))
             else:
-                found[data_set] = targets
+                found[data_set] = [
+                    targets.coord[rank].tolist() for rank in sample_ranks(len(targets), SAMPLES + 1)
+                ]
                 survey = Survey(data_set, len(targets), len(injection))
             if on_survey is not None:
                 on_survey(survey)
@@ -114,9 +116,9 @@ class Measures:
 
 
 async def _sample(
-    client: HttpClient, endpoints: Endpoints, found: dict[int, Targets], concurrency: int
+    client: HttpClient, endpoints: Endpoints, found: dict[int, list[list[int]]], concurrency: int
 ) -> Measures:
-    """Ask ``SAMPLES`` + 1 targets of each data set, a few data sets at a time in their order, as a
+    """Ask ``SAMPLES`` + 1 targets of each data set (``found``: their coordinates), a few data sets at a time in their order, as a
     run works on them: first one of each, untimed (a server may load a data set on its first
     request, which a run of thousands of its requests does not feel, and a server busy loading is
     slow for every request), then the others, timed."""
@@ -124,9 +126,9 @@ async def _sample(
     seconds: list[float] = []
     data_bytes = failed = 0
 
-    async def ask(data_set: int, targets: Targets, rank: int, *, timed: bool) -> None:
+    async def ask(data_set: int, coord: list[int], *, timed: bool) -> None:
         nonlocal data_bytes, failed
-        url = endpoints.target_spatial(targets.coord[rank].tolist(), data_set)
+        url = endpoints.target_spatial(coord, data_set)
         async with slots:
             sent = time.monotonic()
             try:
@@ -143,15 +145,10 @@ async def _sample(
     cpu = wall = 0.0
     found_items = list(found.items())
     for start in range(0, len(found_items), SAMPLED_AT_ONCE):
-        batch = [
-            (ds, t, sample_ranks(len(t), SAMPLES + 1))
-            for ds, t in found_items[start:][:SAMPLED_AT_ONCE]
-        ]
-        await all_of(*(ask(ds, t, ranks[0], timed=False) for ds, t, ranks in batch if ranks))
+        batch = found_items[start:][:SAMPLED_AT_ONCE]
+        await all_of(*(ask(ds, coords[0], timed=False) for ds, coords in batch if coords))
         began, used = time.monotonic(), time.process_time()
-        await all_of(
-            *(ask(ds, t, rank, timed=True) for ds, t, ranks in batch for rank in ranks[1:])
-        )
+        await all_of(*(ask(ds, c, timed=True) for ds, coords in batch for c in coords[1:]))
         cpu += time.process_time() - used
         wall += time.monotonic() - began
     return Measures(tuple(seconds), data_bytes, cpu, wall, failed)
