@@ -63,7 +63,9 @@ async def survey_data_sets(
     # Only the coordinates of the targets to sample: a whole atlas's targets would take 100s of MB.
     found: dict[int, list[list[int]]] = {}
     async with HttpClient(options) as client:
-        source = VolumeSource(client, endpoints, cache_dir, options.volumes)
+        source = VolumeSource(
+            client, endpoints, cache_dir, options.volumes, allensdk=options.allensdk_cache
+        )
 
         async def count(data_set: int) -> Survey:
             tally = Tally()
