@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from types import TracebackType
 from typing import Any, TypeVar
@@ -40,6 +40,24 @@ async def both(a: Awaitable[A], b: Awaitable[B]) -> tuple[A, B]:
     """``all_of`` for two awaitables of different types."""
     pair: list[Any] = await all_of(a, b)
     return pair[0], pair[1]
+
+
+@contextlib.asynccontextmanager
+async def every(seconds: float, call: Callable[[], object]) -> AsyncIterator[None]:
+    """``call()`` every ``seconds`` while inside (never if ``seconds`` is 0): a heartbeat."""
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            call()
+
+    task = asyncio.create_task(beat()) if seconds else None
+    try:
+        yield
+    finally:
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 async def _await(aw: Awaitable[T]) -> T:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import math
 import os
 import time
 import warnings
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,14 +19,16 @@ from . import outputs
 from .aio import all_of, both, run
 from .allensdk_cache import AllenSdkCache
 from .config import LEGACY_WARNING, FetchOptions, LegacyVolumesWarning
-from .dataset import RunContext, explain, refuse_mixing
-from .errors import ENDS_THE_RUN, AsyncdlError, UsageError
+from .dataset import RunContext, refuse_mixing
+from .errors import UsageError
 from .events import Events, LogReporter, Tee
 from .fetcher import HttpClient, Tally
 from .pipeline import Pipeline
 from .plan import RunPlan
+from .planning import Forecast, Measures, forecast, survey_data_sets
 from .results import DataSetResult, Survey, Verdict
 from .sources import VolumeSource
+from .status import disk_use, outlook
 from .store import DataSetStore, chosen_data_sets
 from .urls import Endpoints, data_set_id
 
@@ -81,6 +83,7 @@ async def fetch(
     )
     # Before any request: never mix old and new results.
     refuse_mixing(plan.out, plan.ids, plan.params, plan.options.restart)
+    ahead = await asyncio.to_thread(outlook, plan.out, plan.ids, restart=plan.options.restart)
     started = time.monotonic()
     with ExitStack() as shown:
         listeners = [LogReporter(), *([events] if events is not None else [])]
@@ -89,6 +92,7 @@ async def fetch(
 
             listeners.append(shown.enter_context(RichProgress()))
         tell = Tee(*listeners)
+        tell.planned(sorted(ahead.complete), ahead.targets)
         if client is not None or workers is not None or scheduler is not None:
             results = await _on_dask(
                 plan, tell, client=client, workers=workers, scheduler=scheduler
@@ -184,38 +188,50 @@ async def survey(
     options: FetchOptions | None = None,
     endpoints: Endpoints | None = None,
     cache_dir: str | Path,
+    on_survey: Callable[[Survey], None] | None = None,
 ) -> list[Survey]:
-    """A dry run: download only the volumes (into ``cache_dir``) and count each data set's targets."""
+    """A dry run: download only the volumes (into ``cache_dir``), count each data set's targets,
+    and ask a few of them (``planning.SAMPLES``) to time the run; ``on_survey`` is told of each
+    data set as it is counted. ``planning.forecast`` sums it up (the command line's dry run)."""
+    surveys, _, _ = await plan_run(
+        data_sets, options=options, endpoints=endpoints, cache_dir=cache_dir, on_survey=on_survey
+    )
+    return surveys
+
+
+async def plan_run(
+    data_sets: Iterable[int | str],
+    *,
+    options: FetchOptions | None = None,
+    endpoints: Endpoints | None = None,
+    cache_dir: str | Path,
+    on_survey: Callable[[Survey], None] | None = None,
+) -> tuple[list[Survey], Forecast, Measures]:
+    """``survey``, and what the whole run will take (``Forecast``)."""
     options = options or FetchOptions()
     endpoints = endpoints or Endpoints()
     _warn_if_legacy(options, endpoints)
     ids = list(dict.fromkeys(data_set_id(d) for d in data_sets))
-    async with HttpClient(options) as client:
-        source = VolumeSource(
-            client, endpoints, Path(cache_dir), options.volumes, allensdk=options.allensdk_cache
-        )
-        slots = asyncio.Semaphore(options.prefetch)
-
-        async def one(data_set: int) -> Survey:
-            async with slots:
-                try:
-                    targets, injection = await source.select(data_set, options, Tally())
-                except ENDS_THE_RUN:
-                    raise
-                except (AsyncdlError, OSError) as exc:
-                    return Survey(data_set, error=explain(exc))
-            return Survey(data_set, len(targets), len(injection))
-
-        counts = await all_of(*(one(data_set) for data_set in ids))
-        latency = client.fastest_answer
-    if latency == math.inf:
-        return counts
-    return [
-        Survey(s.data_set, s.targets, s.injection_voxels, s.targets * latency / options.concurrency)
-        if s.error is None
-        else s
-        for s in counts
-    ]
+    cache = Path(cache_dir)
+    surveys, measures = await survey_data_sets(
+        ids, options=options, endpoints=endpoints, cache_dir=cache, on_survey=on_survey
+    )
+    cached = await asyncio.to_thread(disk_use, cache)
+    ahead = forecast(
+        surveys,
+        measures,
+        concurrency=options.concurrency,
+        rate=options.rate,
+        cache_bytes=cached.total,
+    )
+    return (
+        [
+            replace(s, estimate_seconds=s.targets / ahead.rate) if ahead.rate and not s.error else s
+            for s in surveys
+        ],
+        ahead,
+        measures,
+    )
 
 
 def verify(

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 import orjson
 
 from . import __version__, outputs
-from .aio import in_thread, run
-from .api import fetch, legacy_warning, survey, verify
+from .aio import every, in_thread, run
+from .api import fetch, legacy_warning, plan_run, verify
 from .catalog import Experiment, find_experiments
 from .config import (
     DEFAULT_ARCHIVE_URL,
@@ -32,13 +32,16 @@ from .config import (
 )
 from .crashes import crash_line
 from .errors import AsyncdlError, StorageError, TLSError, UsageError
-from .events import Events, JsonReporter, LineReporter
+from .events import Events, JsonReporter, LineReporter, Tee
 from .exits import Exit, help_text
 from .idsfile import read_ids_file
-from .results import DataSetResult, Verdict
+from .planning import describe_forecast
+from .results import DataSetResult, Survey, Verdict
+from .status import describe_status, folder_status
 from .stopping import Stopper
 from .store import chosen_data_sets
 from .tables import write_csv, write_json_lines
+from .tracker import RunTracker
 from .urls import Endpoints, data_set_id
 
 if TYPE_CHECKING:
@@ -222,6 +225,7 @@ def _add_fetch_output(parser: _Parser) -> None:
         default="text",
         help="json: one JSON event per line on stderr, for batch systems",
     )
+    _option(group, "progress_interval", type=float, metavar="SECONDS")
 
 
 def _add_server(parser: _Parser, *, archive: bool) -> None:
@@ -301,6 +305,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="the same fields as CSV, nested values as JSON text (pandas.read_csv(f))",
     )
     _add_server(ls, archive=False)
+
+    st = sub.add_parser(
+        "status",
+        help="say what an output folder holds and what running fetch again would do",
+        description="Summarise an output folder: its data sets complete, partial (interrupted), "
+        "incomplete (targets that failed for good) and failed, what a rerun of fetch would do with "
+        "each, and the disk it takes. It only reads.",
+        epilog=help_text((Exit.OK, Exit.USAGE)),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    st.add_argument("out", type=Path, metavar="OUT", help="output folder (fetch -o)")
+    st.add_argument("ids", nargs="*", metavar="ID", help="only these data sets (default: all)")
+    st.add_argument(
+        "--json", action="store_true", help="one JSON object per data set, then one for the folder"
+    )
 
     v = sub.add_parser(
         "verify",
@@ -438,15 +457,23 @@ async def search(
     )
 
 
-def reporter(args: argparse.Namespace, stack: AsyncExitStack) -> Events:
-    """JSON events if asked; live bars on a terminal; otherwise a line per data set."""
+async def reporter(args: argparse.Namespace, interval: float, stack: AsyncExitStack) -> Events:
+    """JSON events if asked; live bars on a terminal; otherwise a line per data set. Where stderr
+    is not a terminal, a heartbeat every ``interval`` seconds too."""
+    shown: JsonReporter | LineReporter
     if args.log_format == "json":
-        return JsonReporter()
-    if args.quiet or not sys.stderr.isatty():
-        return LineReporter(verbose=args.verbose)
-    from .progress import RichProgress
+        shown = JsonReporter()
+    elif args.quiet or not sys.stderr.isatty():
+        shown = LineReporter(verbose=args.verbose)
+    else:
+        from .progress import RichProgress
 
-    return stack.enter_context(RichProgress(verbose=args.verbose))
+        return stack.enter_context(RichProgress(verbose=args.verbose))
+    if sys.stderr.isatty() or not interval:
+        return shown
+    tracker = RunTracker()
+    await stack.enter_async_context(every(interval, lambda: shown.progress(tracker.snapshot())))
+    return Tee(tracker, shown)
 
 
 async def run_fetch(args: argparse.Namespace) -> int:
@@ -466,6 +493,7 @@ async def run_fetch(args: argparse.Namespace) -> int:
         allensdk_cache=args.allensdk_cache,
         ca_bundle=args.ca_bundle,
         proxy=args.proxy,
+        progress_interval=args.progress_interval,
     )
     async with serving(args) as endpoints, AsyncExitStack() as stack:
         if (legacy := legacy_warning(options, endpoints)) is not None:
@@ -483,7 +511,7 @@ async def run_fetch(args: argparse.Namespace) -> int:
             options=options,
             endpoints=endpoints,
             cache_dir=args.cache_dir,
-            events=reporter(args, stack),
+            events=await reporter(args, options.progress_interval, stack),
             workers=args.workers,
             scheduler=args.scheduler,
         )
@@ -511,20 +539,47 @@ async def dry_run(
     ids: list[int], args: argparse.Namespace, options: FetchOptions, endpoints: Endpoints
 ) -> int:
     cache = args.cache_dir or args.out / ".cache"
-    surveys = await survey(ids, options=options, endpoints=endpoints, cache_dir=cache)
-    requests = sum(s.targets for s in surveys)
+    async with counting(args, options.progress_interval, len(ids)) as counted:
+        surveys, ahead, measures = await plan_run(
+            ids, options=options, endpoints=endpoints, cache_dir=cache, on_survey=counted
+        )
     for s in surveys:
         if s.error:
             print(f"{s.data_set}: FAILED: {s.error}")
         else:
             when = f", ~{s.estimate_seconds:.1f} s" if s.estimate_seconds is not None else ""
             print(f"{s.data_set}: {s.targets} target requests{when} at -c {options.concurrency}")
-    estimates = [s.estimate_seconds for s in surveys if s.estimate_seconds is not None]
-    print(
-        f"dry run: {len(surveys)} data sets, {requests} target requests; at -c "
-        f"{options.concurrency}, at least ~{sum(estimates):.1f} s (from the fastest answer seen)"
-    )
+    print("\n".join(describe_forecast(ahead, measures, options.concurrency)))
     return Exit.OK if not any(s.error for s in surveys) else Exit.FAILED
+
+
+@asynccontextmanager
+async def counting(
+    args: argparse.Namespace, interval: float, total: int
+) -> AsyncIterator[Callable[[Survey], None]]:
+    """A dry run's progress on stderr, as data sets are counted: a bar on a terminal, else a
+    line (or a JSON ``progress`` event) every ``interval`` seconds."""
+    counted: list[Survey] = []
+    if sys.stderr.isatty() and not args.quiet and args.log_format == "text":
+        from rich.console import Console
+        from rich.progress import Progress
+
+        with Progress(console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task("counting targets", total=total)
+            yield lambda survey: bar.advance(task)
+        return
+
+    def say() -> None:
+        targets = sum(s.targets for s in counted)
+        if args.log_format == "json":
+            event = {"event": "progress", "counted": len(counted), "data_sets": total}
+            line = orjson.dumps({**event, "targets": targets}).decode()
+        else:
+            line = f"asyncdl: dry run: {len(counted):,}/{total:,} data sets counted, {targets:,} targets"
+        print(line, file=sys.stderr, flush=True)
+
+    async with every(interval, say):
+        yield counted.append
 
 
 async def run_list(args: argparse.Namespace) -> int:
@@ -539,6 +594,26 @@ async def run_list(args: argparse.Namespace) -> int:
         volume = f"{x.injection_volume:.4f}" if x.injection_volume is not None else "-"
         print(f"{x.id:>10}  {x.structure:<10}  {x.transgenic_line or '(wild type)':<24}  {volume}")
     print(f"{len(experiments)} experiments", file=sys.stderr)
+    return Exit.OK
+
+
+async def run_status(args: argparse.Namespace) -> int:
+    if not args.out.is_dir():
+        raise UsageError(f"{args.out} is not a folder")
+    ids = [data_set_id(value) for value in args.ids] or None
+    status = await asyncio.to_thread(folder_status, args.out, ids)
+    if not args.json:
+        print("\n".join(describe_status(status)))
+        return Exit.OK
+    for state in status.states:
+        print(orjson.dumps(state).decode())
+    counts = Counter(state.state for state in status.states)
+    disk = status.disk
+    print(
+        orjson.dumps(
+            {"out": str(args.out), **counts, "not_begun": len(status.new), "disk": disk}
+        ).decode()
+    )
     return Exit.OK
 
 
@@ -622,6 +697,7 @@ async def run_emulate(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
     "fetch": run_fetch,
     "list": run_list,
+    "status": run_status,
     "verify": run_verify,
     "export": run_export,
     "preview": run_preview,

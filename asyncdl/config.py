@@ -132,6 +132,14 @@ class FetchOptions:
         ),
     )
 
+    progress_interval: float = field(
+        default=30.0,
+        metadata=_help(
+            "seconds between two progress lines (done/total, rate, time left) when stderr is not "
+            "a terminal, e.g. in a batch job's log; 0 for none"
+        ),
+    )
+
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise UsageError(f"concurrency must be at least 1, got {self.concurrency}")
@@ -159,6 +167,8 @@ class FetchOptions:
             raise UsageError(f"formats must be among {OUTPUT_FORMATS}, got {unknown}")
         if self.allensdk_cache is not None and self.volumes != "nrrd":
             raise UsageError("an AllenSDK cache holds NRRD volumes: use it with --volumes nrrd")
+        if not self.progress_interval >= 0:
+            raise UsageError(f"progress interval must be 0 or more, got {self.progress_interval}")
         if self.prefetch < 1:
             raise UsageError(f"prefetch must be at least 1, got {self.prefetch}")
         if self.proxy:

@@ -107,6 +107,7 @@ class DataSet:
         #: Set when the data set needs no fetching (skipped, or failed to prepare), or is finished.
         self.result: DataSetResult | None = None
         self._tally = Tally()
+        #: When its preparation began: its ``seconds`` are its own, not the run's.
         self._started = time.monotonic()
         self._targets = Targets(np.empty((0, 3), np.int64), np.empty((0, 3)))
         self._injection: npt.NDArray[np.float64] = np.empty((0, 3))
@@ -129,6 +130,7 @@ class DataSet:
         targets), or with ``holder`` set when another process has it and the run waits for it
         (``wait_for_holder``, then ``prepare`` again).
         """
+        self._started = time.monotonic()
         plan = self.ctx.plan
         restart = plan.options.restart
         # A complete data set with nothing left to write is skipped without its lock (its files

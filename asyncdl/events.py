@@ -3,9 +3,10 @@
 The pipeline calls these hooks; it never prints. ``Events`` does nothing, so a caller overrides only
 what it wants. ``LogReporter`` turns them into records of the ``asyncdl`` logger (every run has
 one), ``LineReporter`` into a line per finished data set (for logs and pipes), ``JsonReporter``
-into one JSON object per event (for batch systems); the live display is in ``progress``. ``Tee``
-hands each event to several of them. The words of a line are the ``describe`` functions', whoever
-shows it.
+into one JSON object per event (for batch systems); both have a heartbeat (``progress``), which
+the command line calls every --progress-interval seconds with a ``tracker.RunTracker``'s
+snapshot. The live display is in ``progress``. ``Tee`` hands each event to several of them.
+The words of a line are the ``describe`` functions', whoever shows it.
 """
 
 from __future__ import annotations
@@ -14,15 +15,23 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TextIO
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 
 from .results import DataSetResult
 
+if TYPE_CHECKING:
+    from .tracker import Snapshot
+
 
 class Events:
     """Hooks called by a run, all on the event loop; keep them quick. The default does nothing."""
+
+    def planned(self, complete: Sequence[int], targets: Mapping[int, int]) -> None:
+        """Before the run begins, what its output folder says: these data sets are ``complete``
+        already (they will be skipped), and an earlier run found ``targets`` for these others."""
 
     def started(self, data_sets: Sequence[int]) -> None:
         """The run begins, for these data sets."""
@@ -108,16 +117,57 @@ def describe_workers(workers: int, concurrency: int, rate: float | None) -> str:
     )
 
 
+def describe_start(data_sets: int, complete: int) -> str:
+    """One line as a run begins: how many data sets, how many of them complete already."""
+    already = f" ({complete:,} of them complete already)" if complete else ""
+    return f"asyncdl: starting {data_sets:,} data set{'s' if data_sets != 1 else ''}{already}"
+
+
 def describe_run(results: Sequence[DataSetResult], seconds: float) -> str:
-    """One line for the whole run."""
+    """One line for the whole run (a rerun with nothing to do says only that)."""
+    skipped = sum(r.skipped for r in results)
+    if results and skipped == len(results):
+        verified = sum(r.verified for r in results)
+        return f"{skipped:,} data set{'s' if skipped != 1 else ''} already complete" + (
+            f" ({verified:,} verified)" if verified else ""
+        )
     done = sum(r.complete for r in results)
     busy = sum(r.status == "busy" for r in results)
     requests = sum(r.requests for r in results)
+    already = f" ({skipped:,} of them already)" if skipped else ""
     return (
-        f"{done} of {len(results)} data sets complete"
+        f"{done} of {len(results)} data sets complete{already}"
         + (f" ({busy} left to another process)" if busy else "")
         + f", {sum(r.lines for r in results)} lines, "
         f"{requests} requests in {seconds:.1f} s ({requests / max(seconds, 1e-9):.0f}/s)"
+    )
+
+
+def clock(seconds: float) -> str:
+    """``h:mm:ss``."""
+    minutes, s = divmod(round(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02}:{s:02}"
+
+
+def size(n: float) -> str:
+    """Bytes in kB, MB, GB or TB (powers of 1000, as ``du --si`` and disk makers count)."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def describe_progress(now: Snapshot) -> str:
+    """The heartbeat: data sets and targets done of all, the rate and the time left."""
+    about = "~" if now.estimated else ""
+    total = f"{about}{now.total:,}" if now.total is not None else "?"
+    share = f" ({100 * now.done / now.total:.0f}%)" if now.total else ""
+    rate = f"{now.rate:,.0f}/s" if now.rate is not None else "-/s"
+    eta = f"ETA {about}{clock(now.eta)}" if now.eta is not None else "ETA -"
+    return (
+        f"asyncdl: {now.finished:,}/{now.data_sets:,} data sets, {now.done:,}/{total} targets"
+        f"{share}, {rate}, {now.retries:,} retries, {now.failures:,} failed, {eta}, "
+        f"{clock(now.elapsed)} elapsed"
     )
 
 
@@ -165,6 +215,16 @@ class LogReporter(Events):
     WARNING per failure (a target that failed for good, a data set not complete), DEBUG per retry
     and per data set started. Records about one data set carry it as ``record.data_set``."""
 
+    def __init__(self) -> None:
+        self._complete = 0
+
+    def planned(self, complete: Sequence[int], targets: Mapping[int, int]) -> None:
+        self._complete = len(complete)
+
+    def started(self, data_sets: Sequence[int]) -> None:
+        if self._complete < len(data_sets):  # a rerun with nothing to do says only that
+            log.info(describe_start(len(data_sets), self._complete).removeprefix("asyncdl: "))
+
     def workers_started(self, workers: int, concurrency: int, rate: float | None) -> None:
         log.info(describe_workers(workers, concurrency, rate))
 
@@ -194,7 +254,9 @@ class LogReporter(Events):
         log.warning(describe_repair(data_set, damage, remedy), extra={"data_set": data_set})
 
     def data_set_done(self, result: DataSetResult) -> None:
-        level = logging.INFO if result.complete else logging.WARNING
+        # Complete before: a rerun of the whole atlas would log thousands of these at INFO.
+        level = logging.DEBUG if result.skipped else logging.INFO
+        level = level if result.complete else logging.WARNING
         log.log(level, describe(result), extra={"data_set": result.data_set})
 
     def finished(self, results: Sequence[DataSetResult], seconds: float) -> None:
@@ -202,15 +264,28 @@ class LogReporter(Events):
 
 
 class LineReporter(Events):
-    """A line per finished data set and one for the run, on ``stream`` (stderr by default);
-    ``verbose`` adds one per retry and per target that failed for good."""
+    """A line as the run begins, one per data set finished (but those complete already) and one
+    for the run, on ``stream`` (stderr by default); a rerun with nothing to do prints only the
+    last. ``verbose`` adds one per retry and per target that failed for good; ``progress`` is the
+    heartbeat."""
 
     def __init__(self, stream: TextIO | None = None, *, verbose: bool = False) -> None:
         self.stream = stream or sys.stderr
         self.verbose = verbose
+        self._complete = 0
 
     def _print(self, line: str) -> None:
         print(line, file=self.stream, flush=True)
+
+    def planned(self, complete: Sequence[int], targets: Mapping[int, int]) -> None:
+        self._complete = len(complete)
+
+    def started(self, data_sets: Sequence[int]) -> None:
+        if self._complete < len(data_sets):
+            self._print(describe_start(len(data_sets), self._complete))
+
+    def progress(self, now: Snapshot) -> None:
+        self._print(describe_progress(now))
 
     def workers_started(self, workers: int, concurrency: int, rate: float | None) -> None:
         self._print(describe_workers(workers, concurrency, rate))
@@ -230,7 +305,8 @@ class LineReporter(Events):
         self._print(describe_repair(data_set, damage, remedy))
 
     def data_set_done(self, result: DataSetResult) -> None:
-        self._print(describe(result))
+        if not result.skipped:
+            self._print(describe(result))
 
     def finished(self, results: Sequence[DataSetResult], seconds: float) -> None:
         self._print(f"asyncdl: {describe_run(results, seconds)}")
@@ -241,14 +317,22 @@ class JsonReporter(Events):
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
+        self._complete: list[int] = []
 
     def _emit(self, event: str, **fields: Any) -> None:
         line = orjson.dumps({"event": event, "time": round(time.time(), 3), **fields})
         self.stream.write(line.decode() + "\n")
         self.stream.flush()
 
+    def planned(self, complete: Sequence[int], targets: Mapping[int, int]) -> None:
+        self._complete = sorted(complete)
+
     def started(self, data_sets: Sequence[int]) -> None:
-        self._emit("start", data_sets=list(data_sets))
+        self._emit("start", data_sets=list(data_sets), complete=self._complete)
+
+    def progress(self, now: Snapshot) -> None:
+        """The heartbeat, as a ``progress`` event."""
+        self._emit("progress", **{k: _rounded(v) for k, v in asdict(now).items()})
 
     def workers_started(self, workers: int, concurrency: int, rate: float | None) -> None:
         self._emit("workers", workers=workers, concurrency=concurrency, rate=rate)
@@ -284,5 +368,11 @@ class JsonReporter(Events):
             requests=sum(r.requests for r in results),
             retries=sum(r.retries for r in results),
             failures=sum(r.failures for r in results),
+            skipped=sum(r.skipped for r in results),
+            verified=sum(r.verified for r in results),
             seconds=round(seconds, 3),
         )
+
+
+def _rounded(value: Any) -> Any:
+    return round(value, 3) if isinstance(value, float) else value

@@ -27,6 +27,8 @@ class DataSetResult:
     resumed: int = 0
     #: Already complete from an earlier run: nothing was requested.
     skipped: bool = False
+    #: Skipped, its final files having been checked against what summary.json records of them.
+    verified: bool = False
     #: Left to another process that holds the data set: who it is (pid, host, since when).
     held_by: str | None = None
 
@@ -48,12 +50,12 @@ class DataSetResult:
 
 @dataclass(frozen=True)
 class Survey:
-    """What fetching a data set would take: its targets, and a rough time at the concurrency."""
+    """What fetching a data set would take: its targets, and its time at the run's pace."""
 
     data_set: int
     targets: int = 0
     injection_voxels: int = 0
-    #: ``targets`` x the fastest answer seen / concurrency: a floor, not a promise.
+    #: ``targets`` at the requests a second the whole run can expect (``planning.Forecast.rate``).
     estimate_seconds: float | None = None
     error: str | None = None
 

@@ -102,19 +102,30 @@ class VolumeSource:
             self.tract_ids = fiber_tract_ids(roots)
         return self.tract_ids
 
-    async def data_set_volume(self, data_set: int, volume: str, tally: Tally) -> Volume:
-        """A data set's ``density`` or ``injection`` volume."""
+    def _data_set_file(self, data_set: int, volume: str) -> tuple[str, str, LocalCopy | None]:
+        """URL, cache name and AllenSDK copy (if any) of a data set's ``density`` or
+        ``injection`` volume."""
         ds = data_set_id(data_set)
         if self.kind == "nrrd":
-            url = self.endpoints.grid_nrrd(ds, volume, GRID_RESOLUTION)
             local = None
             if self.allensdk is not None and (path := self.allensdk.grid(ds, volume)) is not None:
                 local = LocalCopy(path, GRID_RESOLUTION)
-            return await self._read(url, f"grid_{ds}_{volume}.nrrd", tally, read_nrrd, local)
-        url = self.endpoints.grid_legacy(ds, volume)
-        return await self._read(
-            url, f"grid_{ds}_{volume}.zip", tally, lambda path: read_metaimage_zip(path, volume)
-        )
+            url = self.endpoints.grid_nrrd(ds, volume, GRID_RESOLUTION)
+            return url, f"grid_{ds}_{volume}.nrrd", local
+        return self.endpoints.grid_legacy(ds, volume), f"grid_{ds}_{volume}.zip", None
+
+    async def data_set_volume(self, data_set: int, volume: str, tally: Tally) -> Volume:
+        """A data set's ``density`` or ``injection`` volume."""
+        url, name, local = self._data_set_file(data_set, volume)
+        if self.kind == "nrrd":
+            return await self._read(url, name, tally, read_nrrd, local)
+        return await self._read(url, name, tally, lambda path: read_metaimage_zip(path, volume))
+
+    async def download(self, data_set: int, tally: Tally) -> None:
+        """A data set's volumes into the cache, not read (a dry run downloads many at once and
+        reads them a few at a time)."""
+        files = [self._data_set_file(data_set, volume) for volume in ("density", "injection")]
+        await all_of(*(self.cache.get(url, name, tally, local=local) for url, name, local in files))
 
     async def select(
         self, data_set: int, options: FetchOptions, tally: Tally

@@ -176,6 +176,11 @@ class DataSetStore:
             journal=journal,
         )
 
+    def answered(self, targets: int) -> int:
+        """How many of ``targets`` ranks the journal answers, its lines not checked against the
+        targets' coordinates (those need the volumes): what ``asyncdl status`` counts."""
+        return len(_scan(self.journal, targets).lines)
+
     def read_manifest(self) -> Earlier:
         """What an earlier run left here, as far as run.json says (its parameters, its targets)."""
         return Earlier(manifest=_read_object(self._prefix + MANIFEST, missing=None, broken={}))

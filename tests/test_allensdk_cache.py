@@ -207,3 +207,13 @@ def test_on_the_command_line(emulator, expected, tmp_path):
     proc = run_cli(*args, "--allensdk-cache", tmp_path, "--restart", *server_args(emulator))
     assert proc.returncode == 2
     assert proc.stderr.startswith("asyncdl: error: no AllenSDK manifest at ")
+
+
+async def test_a_dry_run_takes_the_grids_from_the_allensdk_cache(emulator, tmp_path):
+    cache = layout_from_manifest(tmp_path / "mcc", emulator)
+    options = FetchOptions(**{**vars(OPTIONS), "allensdk_cache": cache})
+    [survey] = await asyncdl.survey(
+        [SEED_ID], options=options, endpoints=emulator.endpoints, cache_dir=tmp_path / "cache"
+    )
+    assert survey.error is None and survey.targets > 0
+    assert volume_requests(emulator) == {}  # neither the grids nor the annotation downloaded

@@ -12,9 +12,10 @@ import orjson
 import pandas as pd
 import pytest
 
-from asyncdl import cli
+from asyncdl import cli, planning
 from asyncdl.config import FetchOptions
 from asyncdl.emulator import FaultPlan
+from asyncdl.emulator.synthetic import DATA_SET_IDS
 
 from .conftest import (
     SEED_ID,
@@ -217,25 +218,40 @@ def test_list_finds_data_sets_by_injection_structure(emulator):
     assert len(records) > 2000 and len({r["id"] for r in records}) == len(records)  # two pages
 
 
-def test_dry_run_downloads_only_the_volumes(emulator, tmp_path):
+def _peak(intervals):
+    """The most of these (start, end) intervals that overlap at any moment."""
+    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    peak = now = 0
+    for _, step in edges:
+        now += step
+        peak = max(peak, now)
+    return peak
+
+
+@pytest.mark.parametrize("concurrency", [2, 16])
+def test_dry_run_counts_targets_and_samples_a_few(emulator, tmp_path, concurrency):
+    ids = DATA_SET_IDS[:6]
     proc = run_cli(
-        "fetch",
-        SEED_ID,
-        100141219,
-        "--dry-run",
-        "-o",
-        tmp_path,
-        "-c",
-        "16",
-        *server_args(emulator),
+        "fetch", *ids, "--dry-run", "-o", tmp_path, "-c", concurrency, *server_args(emulator)
     )
     assert proc.returncode == 0, proc.stderr
-    first, second, total = proc.stdout.strip().splitlines()
-    assert first.startswith(f"{SEED_ID}: 1947 target requests, ~") and first.endswith("at -c 16")
-    assert second.startswith("100141219: ")
-    assert total.startswith("dry run: 2 data sets, ")
-    assert "query" not in emulator.stats.requests  # no spatial search at all
-    assert not list(tmp_path.glob("*/lines.ndjson"))
+    *per_data_set, total, time, disk = proc.stdout.strip().splitlines()
+    assert per_data_set[0].startswith(f"{SEED_ID}: 1947 target requests, ~")
+    assert per_data_set[0].endswith(f"at -c {concurrency}")
+    assert [line.split(":")[0] for line in per_data_set] == list(map(str, ids))
+    targets = sum(int(line.split()[1]) for line in per_data_set)
+    assert total.startswith(f"dry run: 6 data sets, {targets:,} target requests")
+    assert time.startswith("time: ~") and f"at -c {concurrency}" in time
+    assert disk.startswith("disk: ~") and "of data.json" in disk
+    # A few real target requests a data set, to time them; no result is written.
+    assert emulator.stats.requests["query"] == (planning.SAMPLES + 1) * len(ids)
+    assert not list(tmp_path.glob("*/lines.ndjson")) and not list(tmp_path.glob("*/data.json"))
+    # The volumes come in as concurrently as -c allows (it was 2 data sets at a time whatever -c).
+    grids = [(start, end) for route, _, start, end in emulator.stats.log if route == "grid_nrrd"]
+    assert len(grids) == 2 * len(ids)
+    assert _peak(grids) <= concurrency
+    if concurrency == 16:
+        assert _peak(grids) > 4
 
 
 def test_fetch_by_injection_structure_searches_first(emulator, tmp_path):
@@ -407,3 +423,16 @@ def test_list_help_offers_only_what_list_uses():
     assert parts["server"] == ["--base-url", "--proxy", "--ca-bundle", "--emulator"]
     for unused in ("--archive-url", "--concurrency", "--retries", "--out", "--verbose"):
         assert unused not in text
+
+
+@pytest.mark.parametrize("interval", ["0.05", "0"])
+def test_a_heartbeat_when_stderr_is_not_a_terminal(emulator, tmp_path, interval):
+    args = ["-c", "2", "--density-range", "0.1", "0.13", "--progress-interval", interval]
+    proc = run_cli("fetch", SEED_ID, "-o", tmp_path, *args, *server_args(emulator))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[0] == "asyncdl: starting 1 data set"  # not silent until a data set is done
+    beat = r"asyncdl: [01]/1 data sets, [\d,]+/~?[\d,?]+ targets.*, ETA .*, \d+:\d\d:\d\d elapsed$"
+    beats = [line for line in lines if re.match(beat, line)]
+    assert len(beats) == len(lines) - 3  # the start, the data set's line and the run's
+    assert bool(beats) == (interval != "0")

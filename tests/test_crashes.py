@@ -43,7 +43,8 @@ def test_a_bug_is_one_line_exit_70_and_a_crash_log(emulator, seed_reference, tmp
         env={**os.environ, "PYTHONWARNINGS": "error", **env},
     )
     assert proc.returncode == 70, proc.stderr
-    [line] = proc.stderr.strip().splitlines()
+    start, line = proc.stderr.strip().splitlines()
+    assert start == "asyncdl: starting 1 data set"
     found = re.fullmatch(
         r"asyncdl: internal error \(RuntimeError: a bug planted by the test\); details in (\S+); "
         r"please report it to the asyncdl maintainers with that file",

@@ -45,7 +45,8 @@ async def test_line_reporter(emulator, tmp_path):
     results = await asyncdl.fetch(
         [SEED_ID], tmp_path, options=OPTIONS, endpoints=emulator.endpoints, events=reporter
     )
-    first, last = stream.getvalue().splitlines()  # the run's line: fetch says it is finished
+    start, first, last = stream.getvalue().splitlines()  # the run's: fetch says it is finished
+    assert start == "asyncdl: starting 1 data set"
     assert first.startswith(f"{SEED_ID}: ok: {results[0].targets} targets")
     assert last.startswith("asyncdl: 1 of 1 data sets complete")
 
@@ -126,14 +127,15 @@ async def test_the_log_says_what_the_lines_say(tmp_path, caplog):
     assert len(failed) == seed.failures
     assert any(m.startswith(f"{SEED_ID}: INCOMPLETE: ") for m in by_level[logging.WARNING])
     assert any(m.startswith("42: FAILED: HTTP 404") for m in by_level[logging.WARNING])
-    assert by_level[logging.INFO] == [by_level[logging.INFO][-1]]  # only the run: none complete
-    assert by_level[logging.INFO][-1].startswith("0 of 2 data sets complete")
+    start, run = by_level[logging.INFO]  # only the run's lines: none complete
+    assert start == "starting 2 data sets" and run.startswith("0 of 2 data sets complete")
     assert all(r.data_set == SEED_ID for r in records if ": retry in " in r.getMessage())
     # One text, two places: each line printed is the message of a record, and the other way round
     # but for the per-data-set start (DEBUG) records the lines leave out.
-    *printed, run = lines.getvalue().splitlines()
+    start, *printed, run = lines.getvalue().splitlines()
     logged = [m for m in (r.getMessage() for r in records) if "answered before" not in m]
-    assert sorted(printed) == sorted(logged[:-1]) and run == f"asyncdl: {logged[-1]}"
+    assert start == f"asyncdl: {logged[0]}" and run == f"asyncdl: {logged[-1]}"
+    assert sorted(printed) == sorted(logged[1:-1])
 
 
 def test_the_library_adds_no_handler_but_a_null_one(emulator, tmp_path):
@@ -183,7 +185,9 @@ async def test_a_repair_is_one_line_one_json_event_and_one_line_in_the_live_disp
         for reporter in (LineReporter(plain), JsonReporter(json), live):
             data.write_bytes(b"")
             await asyncdl.fetch([SEED_ID], tmp_path, events=reporter, **fetch)
-    assert plain.getvalue().startswith(line) and "rebuilding data.json from" in plain.getvalue()
+    start, repair, *_ = plain.getvalue().splitlines()
+    assert start == "asyncdl: starting 1 data set"
+    assert repair.startswith(line) and "rebuilding data.json from" in repair
     event = orjson.loads(json.getvalue().splitlines()[1])
     assert event["event"] == "repair" and event["data_set"] == SEED_ID
     assert event["damage"].startswith("data.json is 0 bytes, not the ")

@@ -131,7 +131,7 @@ def test_cli_bad_ids_file_exits_2_with_one_line(tmp_path, name, body):
 
 
 def test_cli_reads_allensdk_files(emulator, tmp_path):
-    # A dry run only downloads the volumes, and names every data set it was given.
+    # A dry run names every data set it was given, then its totals (targets, time, disk).
     _, frame = get_experiments(IDS[:2])
     frame.to_csv(tmp_path / "experiments.csv")
     (tmp_path / "experiments.json").write_text(json.dumps(raw_rows(IDS[:2])))
@@ -146,5 +146,7 @@ def test_cli_reads_allensdk_files(emulator, tmp_path):
             *server_args(emulator),
         )
         assert proc.returncode == 0, proc.stderr
-        listed = [line.split(":")[0] for line in proc.stdout.splitlines()[:-1]]
+        *each, head, _, _ = proc.stdout.splitlines()
+        assert head.startswith("dry run: 2 data sets, ")
+        listed = [line.split(":")[0] for line in each]
         assert listed == [str(i) for i in IDS[:2]]

@@ -191,7 +191,10 @@ def test_garbage_in_run_json_is_repaired_and_the_other_ids_go_on(emulator, unint
     lines = again.stderr.strip().splitlines()
     [note] = [line for line in lines if "repairing" in line]
     assert note.startswith(f"{SEED_ID}: repairing (run.json cannot be read)")
-    assert any(line.startswith(f"{OTHER_ID}: already complete") for line in lines)
+    # The other data set, complete before, has no line of its own: the first and last say so.
+    assert lines[0] == "asyncdl: starting 2 data sets (1 of them complete already)"
+    assert lines[-1].startswith("asyncdl: 2 of 2 data sets complete (1 of them already)")
+    assert not any(line.startswith(f"{OTHER_ID}:") for line in lines)
     for data_set in IDS:
         assert (folder(tmp_path, data_set) / "data.json").read_bytes() == uninterrupted[data_set]
     # Only the damaged data set was asked again (its journal had gone with completion).

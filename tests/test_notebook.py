@@ -84,14 +84,16 @@ async def test_fetch_sync_in_a_cell_with_progress_and_logging(
     summary = orjson.loads((out / str(SEED_ID) / "summary.json").read_bytes())
     targets = summary["targets"]
     assert text(outputs, "stdout") == f"ok {targets} {summary['lines']}\n"
-    # The log: an INFO record per finished data set and one for the run, as configured above.
+    # The log: an INFO record as the run starts, per finished data set and for the run, as
+    # configured above.
     log = text(outputs, "stderr").splitlines()
-    assert log[0].startswith(f"INFO asyncdl: {SEED_ID}: ok: {targets} targets")
+    assert log[0] == "INFO asyncdl: starting 1 data set"
+    assert log[1].startswith(f"INFO asyncdl: {SEED_ID}: ok: {targets} targets")
     assert log[-1].startswith("INFO asyncdl: 1 of 1 data sets complete")
     # The progress: the bars drawn in place (one output, updated through its display id) and
     # left complete, then the data set's line and the table.
     shown = text(outputs, "display")
-    assert "1/1 sets" in shown and f"{targets}/{targets}" in shown and "req/s" in shown
+    assert "1/1 sets" in shown and f"{targets:,}/{targets:,}" in shown and "req/s" in shown
     assert shown.count(f"{SEED_ID}: ok: {targets} targets") == 1
     assert "data set" in shown and "status" in shown
     assert "ipywidgets" not in str(outputs)  # no widget needed, no warning about one

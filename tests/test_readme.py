@@ -143,9 +143,10 @@ def test_ids_from_allensdk(ran):
     header = (work / "experiments.csv").read_text().splitlines()[0]
     assert header.startswith("id,") and header.split(",").count("id") == 2  # AllenSDK's CSV
     [fetch] = commands_of(ran, "--ids-file")
-    assert f"{SEED_ID}: already complete" in fetch.stderr
+    assert "starting 2 data sets (1 of them complete already)" in fetch.stderr
+    assert f"{SEED_ID}: " not in fetch.stderr  # complete before: no line of its own
     assert f"{OTHER_ID}: ok: " in fetch.stderr
-    assert "2 of 2 data sets complete" in fetch.stderr
+    assert "2 of 2 data sets complete (1 of them already)" in fetch.stderr
     assert data_json(work, OTHER_ID)["lines"]
 
 

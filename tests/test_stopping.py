@@ -67,7 +67,8 @@ def test_a_second_signal_during_finalize_ends_quietly_and_the_run_resumes(
     # 128 + the signal's number (130, 143).
     status = 128 - proc.returncode if proc.returncode < 0 else proc.returncode
     assert status in HOW, stderr
-    lines = stderr.strip().splitlines()
+    start, *lines = stderr.strip().splitlines()
+    assert start == "asyncdl: starting 1 data set", stderr
     assert lines and all(line.startswith("asyncdl: ") for line in lines), stderr
     assert all(line.endswith("; run the same command again to resume") for line in lines)
     if "stopped at once" in lines[-1]:  # the second signal stopped it

@@ -54,7 +54,10 @@ def over_http(emulator_server, tmp_path_factory):
 
 
 def one_error_line(stderr):
+    """The one line of the error (a fetch has said first, on its own line, that it is starting)."""
     lines = stderr.strip().splitlines()
+    if lines and lines[0].startswith("asyncdl: starting "):
+        lines = lines[1:]
     assert len(lines) == 1 and lines[0].startswith("asyncdl: error: "), stderr
     return lines[0]
 
