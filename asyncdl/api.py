@@ -81,7 +81,7 @@ async def fetch(
         return await _on_dask(
             client, workers, scheduler, ids, out, cache, options, endpoints, params, events
         )
-    async with HttpClient(options) as http:
+    async with HttpClient(options, on_redirect=events.redirected) as http:
         source = VolumeSource(http, endpoints, cache, options.volumes)
         ctx = RunContext(http, source, endpoints, out, options, params, events)
         events.started(ids)
@@ -104,7 +104,7 @@ async def _on_dask(
     """``fetch`` on Dask. The volumes every data set needs are fetched here once, while Dask is
     imported (in a thread: it takes a CPU-bound half second) and the cluster's workers start."""
     async with AsyncExitStack() as stack:
-        shared = asyncio.create_task(_shared_volumes(ids[0], options, endpoints, cache))
+        shared = asyncio.create_task(_shared_volumes(options, endpoints, cache, events))
         stack.push_async_callback(_settle, shared)  # if what follows fails, it is stopped
         await asyncio.to_thread(importlib.import_module, "asyncdl.cluster")
         from .cluster import connect, fetch_on_cluster, ready
@@ -125,12 +125,12 @@ async def _settle(task: asyncio.Task[Any]) -> None:
 
 
 async def _shared_volumes(
-    first: int, options: FetchOptions, endpoints: Endpoints, cache: Path
+    options: FetchOptions, endpoints: Endpoints, cache: Path, events: Events
 ) -> frozenset[int] | None:
     """The fiber volume and the tract mask in the cache, for the workers; the tract ids."""
-    async with HttpClient(options) as http:
+    async with HttpClient(options, on_redirect=events.redirected) as http:
         source = VolumeSource(http, endpoints, cache, options.volumes)
-        await source.prefetch_shared(Tally(), first)
+        await source.prefetch_shared(Tally())
         return source.tract_ids
 
 

@@ -141,7 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     default, text = option("concurrency")
     f.add_argument("-c", "--concurrency", type=int, default=default, help=text)
     f.add_argument("--rate", type=float, help=option("rate")[1])
-    for name, kind in (("retries", int), ("timeout", float), ("injection_threshold", float)):
+    for name, kind in (
+        ("retries", int),
+        ("timeout", float),
+        ("min_rate", float),
+        ("injection_threshold", float),
+    ):
         default, text = option(name)
         f.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, help=text)
     default, text = option("density_range")
@@ -370,6 +375,7 @@ async def run_fetch(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         retries=args.retries,
         timeout=args.timeout,
+        min_rate=args.min_rate,
         density_range=tuple(args.density_range),
         injection_threshold=args.injection_threshold,
         volumes=args.volumes,
