@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import math
-import os
 import warnings
 from collections.abc import Iterable
 from contextlib import AsyncExitStack
@@ -14,11 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from .aio import all_of, both, run
 from .config import LEGACY_WARNING, FetchOptions, LegacyVolumesWarning
-from .dataset import RunContext, explain, refuse_mixing, run_parameters
+from .dataset import RunContext, explain, refuse_mixing
 from .errors import ENDS_THE_RUN, AsyncdlError, UsageError
 from .events import Events
 from .fetcher import HttpClient, Tally
-from .pipeline import Scheduler
+from .pipeline import Pipeline
+from .plan import RunPlan
 from .results import DataSetResult, Survey
 from .sources import VolumeSource
 from .urls import Endpoints, data_set_id
@@ -55,56 +55,40 @@ async def fetch(
     ``concurrency`` and ``rate`` are shared among the workers that have work; the results and
     files are the same. ``out_dir`` must be on a file system they all see.
     """
-    options = options or FetchOptions()
-    endpoints = endpoints or Endpoints()
-    ids = list(dict.fromkeys(data_set_id(d) for d in data_sets))
-    if not ids:
-        raise UsageError("no data set ids given")
-    _warn_if_legacy(options, endpoints)
     if sum(x is not None for x in (client, workers, scheduler)) > 1:
         raise UsageError(
             "give at most one of client, workers (--workers) and scheduler (--scheduler)"
         )
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create output directory {out}: {exc.strerror}") from exc
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise UsageError(f"output directory {out} is not writable")
-    params = run_parameters(options, endpoints)
-    for data_set in ids:  # before any request: never mix old and new results
-        refuse_mixing(out, data_set, params, options.restart)
-    cache = Path(cache_dir) if cache_dir is not None else out / ".cache"
+    options, endpoints = options or FetchOptions(), endpoints or Endpoints()
+    _warn_if_legacy(options, endpoints)  # before anything can fail: a caller sees it in any case
+    plan = RunPlan.make(
+        data_sets, out_dir, options=options, endpoints=endpoints, cache_dir=cache_dir
+    )
+    for data_set in plan.ids:  # before any request: never mix old and new results
+        refuse_mixing(plan.out, data_set, plan.params, plan.options.restart)
     events = events or Events()
     if client is not None or workers is not None or scheduler is not None:
-        return await _on_dask(
-            client, workers, scheduler, ids, out, cache, options, endpoints, params, events
-        )
-    async with HttpClient(options, on_redirect=events.redirected) as http:
-        source = VolumeSource(http, endpoints, cache, options.volumes)
-        ctx = RunContext(http, source, endpoints, out, options, params, events)
-        events.started(ids)
-        async with Scheduler(ctx) as queue:
-            return await all_of(*(queue.run(data_set) for data_set in ids))
+        return await _on_dask(plan, events, client=client, workers=workers, scheduler=scheduler)
+    async with HttpClient(plan.options, on_redirect=events.redirected) as http:
+        source = VolumeSource(http, plan.endpoints, plan.cache, plan.options.volumes)
+        ctx = RunContext(plan, http, source, events)
+        events.started(plan.ids)
+        async with Pipeline(ctx) as pipeline:
+            return await all_of(*(pipeline.run(data_set) for data_set in plan.ids))
 
 
 async def _on_dask(
+    plan: RunPlan,
+    events: Events,
+    *,
     client: DaskClient | None,
     workers: int | None,
     scheduler: str | None,
-    ids: list[int],
-    out: Path,
-    cache: Path,
-    options: FetchOptions,
-    endpoints: Endpoints,
-    params: dict[str, Any],
-    events: Events,
 ) -> list[DataSetResult]:
     """``fetch`` on Dask. The volumes every data set needs are fetched here once, while Dask is
     imported (in a thread: it takes a CPU-bound half second) and the cluster's workers start."""
     async with AsyncExitStack() as stack:
-        shared = asyncio.create_task(_shared_volumes(options, endpoints, cache, events))
+        shared = asyncio.create_task(_shared_volumes(plan, events))
         stack.push_async_callback(_settle, shared)  # if what follows fails, it is stopped
         await asyncio.to_thread(importlib.import_module, "asyncdl.cluster")
         from .cluster import connect, fetch_on_cluster, ready
@@ -112,10 +96,8 @@ async def _on_dask(
         dask = client
         if dask is None:  # entered here: a distributed.Client must be left in its own task
             dask = await stack.enter_async_context(connect(workers=workers, scheduler=scheduler))
-        tract_ids, addresses = await both(shared, ready(dask, out))
-        return await fetch_on_cluster(
-            dask, addresses, tract_ids, ids, out, cache, options, endpoints, params, events
-        )
+        tract_ids, addresses = await both(shared, ready(dask, plan.out))
+        return await fetch_on_cluster(dask, addresses, tract_ids, plan, events)
 
 
 async def _settle(task: asyncio.Task[Any]) -> None:
@@ -124,12 +106,10 @@ async def _settle(task: asyncio.Task[Any]) -> None:
     await asyncio.gather(task, return_exceptions=True)
 
 
-async def _shared_volumes(
-    options: FetchOptions, endpoints: Endpoints, cache: Path, events: Events
-) -> frozenset[int] | None:
+async def _shared_volumes(plan: RunPlan, events: Events) -> frozenset[int] | None:
     """The fiber volume and the tract mask in the cache, for the workers; the tract ids."""
-    async with HttpClient(options, on_redirect=events.redirected) as http:
-        source = VolumeSource(http, endpoints, cache, options.volumes)
+    async with HttpClient(plan.options, on_redirect=events.redirected) as http:
+        source = VolumeSource(http, plan.endpoints, plan.cache, plan.options.volumes)
         await source.prefetch_shared(Tally())
         return source.tract_ids
 
