@@ -7,8 +7,8 @@ read whole from a temp file and found on the grid its URL serves (``GRIDS``): a 
 a garbled file or a volume of another grid is retried and never cached. The shared files are
 fetched once per run, and the tract mask is built once and kept in the cache beside the volumes,
 keyed by the digest of the file it was built from (and of the tract ids) and by the grid, so later
-runs read a 1 MB mask instead of decoding the 300 MB annotation. A cached file that does not read
-is dropped from the cache, so a rerun fetches it again instead of failing forever.
+runs read a 1 MB mask instead of decoding the 300 MB annotation. A cached file that no longer
+reads is dropped from the cache and fetched again.
 """
 
 from __future__ import annotations

@@ -262,12 +262,6 @@ def _nrrd_header(fh: IO[bytes]) -> tuple[dict[str, Any], Layout]:
     return header, nrrd_layout(header)
 
 
-def nrrd_layout_of(path: Path) -> Layout:
-    """The validated layout of an NRRD file, from its header alone."""
-    with _reading("NRRD"), path.open("rb") as fh:
-        return _nrrd_header(fh)[1]
-
-
 def read_nrrd(path: Path, sample: Sample | None = None, *, grid: Grid | None = None) -> Volume:
     """Read an NRRD file with attached raw or gzip data (on ``grid``, if given)."""
     with _reading("NRRD"), path.open("rb") as fh:
@@ -326,12 +320,6 @@ def _metaimage_header(zf: zipfile.ZipFile, name: str) -> Layout:
     if data_file != f"{name}.raw":
         raise VolumeError(f"unexpected ElementDataFile {data_file!r}")
     return metaimage_layout(fields)
-
-
-def metaimage_layout_of(path: Path, name: str) -> Layout:
-    """The validated layout of ``{name}.mhd`` in a zip, from its header alone."""
-    with _reading("zip"), zipfile.ZipFile(path) as zf:
-        return _metaimage_header(zf, name)
 
 
 def read_metaimage_zip(

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -28,18 +28,28 @@ _WARM_POINTS = ((6600, 3900, 5700), (5000, 4000, 3000), (8000, 3000, 8000))
 
 
 class EmulatorProcess:
-    """``python -m asyncdl emulate`` on a free loopback port, fixed latency; use as ``with``."""
+    """``python -m asyncdl emulate`` on a free loopback port, fixed latency; use as ``with``.
 
-    def __init__(self, latency_ms: float, log: Path, env: dict[str, str] | None = None) -> None:
+    ``extra``: more ``emulate`` options, e.g. a hostile mode (``--huge-answers 200000000``).
+    """
+
+    def __init__(
+        self,
+        latency_ms: float,
+        log: Path,
+        env: dict[str, str] | None = None,
+        extra: Sequence[str] = (),
+    ) -> None:
         self.latency_ms = latency_ms
         self.log = log
         self._env = env
+        self._extra = list(extra)
         self._proc: subprocess.Popen[bytes] | None = None
         self.base_url = ""
 
     def __enter__(self) -> EmulatorProcess:
         argv = [sys.executable, "-m", "asyncdl", "emulate", "--port", "0"]
-        argv += ["--latency-ms", str(self.latency_ms), "--latency-spread", "0"]
+        argv += ["--latency-ms", str(self.latency_ms), "--latency-spread", "0", *self._extra]
         # Output goes to a file, not a pipe, so that nothing the server prints can ever block it.
         with self.log.open("wb") as out:
             self._proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=self._env)
