@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -106,6 +107,54 @@ class Slots:
             self._fitting.clear()
 
 
+class Budget:
+    """An allowance of ``size`` units (bytes of answers held in memory) shared by many tasks.
+
+    ``hold(n)`` takes ``n`` at once, waiting first come, first served, and gives them back on exit.
+    A task never asks for more while it holds some, so no set of holders can wait on each other.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.used = 0
+        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, n: int) -> AsyncIterator[None]:
+        if not 0 <= n <= self.size:
+            raise ValueError(f"cannot hold {n} of a budget of {self.size}")
+        if self._waiting or self.used + n > self.size:
+            granted = asyncio.get_running_loop().create_future()
+            self._waiting.append((n, granted))
+            try:
+                await granted
+            except asyncio.CancelledError:
+                if granted.done() and not granted.cancelled():
+                    self._give_back(n)  # granted as it was cancelled: pass it on
+                else:
+                    with contextlib.suppress(ValueError):
+                        self._waiting.remove((n, granted))
+                    self._grant()  # a large request at the head may have held back smaller ones
+                raise
+        else:
+            self.used += n
+        try:
+            yield
+        finally:
+            self._give_back(n)
+
+    def _give_back(self, n: int) -> None:
+        self.used -= n
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiting and self.used + self._waiting[0][0] <= self.size:
+            n, granted = self._waiting.popleft()
+            if not granted.done():
+                self.used += n
+                granted.set_result(None)
+
+
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's loop when it is installed (extra ``fast``): less CPU per request."""
     try:
@@ -118,4 +167,17 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 def run(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run`` on uvloop when it is installed."""
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.get_loop().set_exception_handler(_unless_a_cancelled_handshake)
         return runner.run(main)
+
+
+def _unless_a_cancelled_handshake(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The loop's own report, but for the TLS error of a connection cancelled mid-handshake,
+    which uvloop leaves in a future nobody awaits (MagicStack/uvloop#437; asyncio does not): a
+    run ends at the first certificate that does not verify, and says so once, while its other
+    connections to that server are still shaking hands."""
+    if context.get("message") == "Future exception was never retrieved" and isinstance(
+        context.get("exception"), ssl.SSLError
+    ):
+        return
+    loop.default_exception_handler(context)

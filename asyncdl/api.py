@@ -69,7 +69,7 @@ async def fetch(
     events = events or Events()
     if client is not None or workers is not None or scheduler is not None:
         return await _on_dask(plan, events, client=client, workers=workers, scheduler=scheduler)
-    async with HttpClient(plan.options) as http:
+    async with HttpClient(plan.options, on_redirect=events.redirected) as http:
         source = VolumeSource(http, plan.endpoints, plan.cache, plan.options.volumes)
         ctx = RunContext(plan, http, source, events)
         events.started(plan.ids)
@@ -88,7 +88,7 @@ async def _on_dask(
     """``fetch`` on Dask. The volumes every data set needs are fetched here once, while Dask is
     imported (in a thread: it takes a CPU-bound half second) and the cluster's workers start."""
     async with AsyncExitStack() as stack:
-        shared = asyncio.create_task(_shared_volumes(plan))
+        shared = asyncio.create_task(_shared_volumes(plan, events))
         stack.push_async_callback(_settle, shared)  # if what follows fails, it is stopped
         await asyncio.to_thread(importlib.import_module, "asyncdl.cluster")
         from .cluster import connect, fetch_on_cluster, ready
@@ -106,11 +106,11 @@ async def _settle(task: asyncio.Task[Any]) -> None:
     await asyncio.gather(task, return_exceptions=True)
 
 
-async def _shared_volumes(plan: RunPlan) -> frozenset[int] | None:
+async def _shared_volumes(plan: RunPlan, events: Events) -> frozenset[int] | None:
     """The fiber volume and the tract mask in the cache, for the workers; the tract ids."""
-    async with HttpClient(plan.options) as http:
+    async with HttpClient(plan.options, on_redirect=events.redirected) as http:
         source = VolumeSource(http, plan.endpoints, plan.cache, plan.options.volumes)
-        await source.prefetch_shared(Tally(), plan.ids[0])
+        await source.prefetch_shared(Tally())
         return source.tract_ids
 
 

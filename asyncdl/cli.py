@@ -141,7 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     default, text = option("concurrency")
     f.add_argument("-c", "--concurrency", type=int, default=default, help=text)
     f.add_argument("--rate", type=float, help=option("rate")[1])
-    for name, kind in (("retries", int), ("timeout", float), ("injection_threshold", float)):
+    for name, kind in (
+        ("retries", int),
+        ("timeout", float),
+        ("min_rate", float),
+        ("injection_threshold", float),
+    ):
         default, text = option(name)
         f.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, help=text)
     default, text = option("density_range")
@@ -256,6 +261,49 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated fault kinds, of: 503,429,500,502,drop,truncate,badjson,slow,apierror "
         "(default: all but apierror)",
     )
+    e.add_argument(
+        "--fault-routes",
+        metavar="ROUTES",
+        help="comma-separated routes the faults and hostile modes apply to (default: all), of: "
+        "grid_nrrd,grid_legacy,well_known_file,annotation,structure_graph,query",
+    )
+    hostile = e.add_argument_group("hostile modes (each on every response of its routes)")
+    hostile.add_argument(
+        "--drip", type=float, metavar="BYTES_PER_S", help="send every answer at this rate"
+    )
+    hostile.add_argument(
+        "--html-requests",
+        type=int,
+        default=0,
+        metavar="N",
+        help="a 200 text/html maintenance page instead of the first N volumes, then healthy",
+    )
+    hostile.add_argument(
+        "--html-seconds",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="the same for S seconds from the first volume request",
+    )
+    hostile.add_argument(
+        "--redirect",
+        metavar="URL",
+        help="answer 302 to the same path and query under this base URL (e.g. http://localhost:8001)",
+    )
+    hostile.add_argument(
+        "--huge-answers",
+        type=int,
+        default=0,
+        metavar="BYTES",
+        help="query.json answers of this many bytes, chunked, without Content-Length",
+    )
+    hostile.add_argument(
+        "--wrong-grid",
+        type=int,
+        nargs=3,
+        metavar=("X", "Y", "Z"),
+        help="NRRD volumes whose header declares this grid (1024 1024 128: 1 GiB of doubles)",
+    )
     return parser
 
 
@@ -327,6 +375,7 @@ async def run_fetch(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         retries=args.retries,
         timeout=args.timeout,
+        min_rate=args.min_rate,
         density_range=tuple(args.density_range),
         injection_threshold=args.injection_threshold,
         volumes=args.volumes,
@@ -408,7 +457,18 @@ async def run_emulate(args: argparse.Namespace) -> int:
     from .emulator.faults import DEFAULT_KINDS
 
     kinds = tuple(args.faults.split(",")) if args.faults else DEFAULT_KINDS
-    faults = FaultPlan(args.fault_rate, args.fault_seed, kinds)
+    faults = FaultPlan(
+        args.fault_rate,
+        args.fault_seed,
+        kinds,
+        routes=frozenset(args.fault_routes.split(",")) if args.fault_routes else None,
+        drip=args.drip,
+        html_requests=args.html_requests,
+        html_seconds=args.html_seconds,
+        redirect=args.redirect,
+        huge_answers=args.huge_answers,
+        wrong_grid=tuple(args.wrong_grid) if args.wrong_grid else None,
+    )
     await serve(
         host=args.host,
         port=args.port,

@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .brainrender import has_brainrender, write_brainrender
+from .config import MAX_SEARCH_BYTES
 from .errors import (
     ENDS_THE_RUN,
     AsyncdlError,
@@ -157,7 +158,7 @@ class DataSet:
         tally = Tally(on_retry=self._retry_reporter(url))
         try:
             try:
-                records = await self.ctx.client.get_json(url, tally, rows)
+                records = await self.ctx.client.get_json(url, tally, rows, limit=MAX_SEARCH_BYTES)
             except ENDS_THE_RUN:
                 raise
             except FetchError as exc:

@@ -40,6 +40,10 @@ class Events:
     def retry(self, data_set: int, url: str, error: str, wait: float) -> None:
         """A request failed and will be tried again after ``wait`` seconds."""
 
+    def redirected(self, url: str, location: str) -> None:
+        """A request for ``url`` was redirected to ``location``, which is asked next (at most a
+        few hops; never from https to plain http, which stops the run instead)."""
+
     def target_failed(self, data_set: int, rank: int, error: str) -> None:
         """A target failed for good; it is in ``failures.ndjson``."""
 
@@ -125,6 +129,9 @@ class JsonReporter(Events):
 
     def retry(self, data_set: int, url: str, error: str, wait: float) -> None:
         self._emit("retry", data_set=data_set, url=url, error=error, wait=round(wait, 3))
+
+    def redirected(self, url: str, location: str) -> None:
+        self._emit("redirect", url=url, location=location)
 
     def target_failed(self, data_set: int, rank: int, error: str) -> None:
         self._emit("failure", data_set=data_set, rank=rank, error=error)

@@ -2,16 +2,19 @@
 
 Two sources, as ``--volumes`` chooses: ``nrrd`` (grid NRRD files, the CCF 2017 annotation and the
 structure tree; a fiber tract is any label in the 1009 subtree) and ``legacy`` (the seed's zipped
-MetaImage files and its 25 um fiber-tract mask). The shared files are fetched once per run, and the
-tract mask is built once per coarse grid and kept in the cache beside the volumes, keyed by the
-digest of the file it was built from (and of the tract ids) and by the grid, so later runs read a
-1 MB mask instead of decoding the 300 MB annotation. A cached file that does not read is dropped
-from the cache, so a rerun fetches it again instead of failing forever.
+MetaImage files and its 25 um fiber-tract mask). A volume enters the cache only once it has been
+read whole from a temp file and found on the grid its URL serves (``GRIDS``): a maintenance page,
+a garbled file or a volume of another grid is retried and never cached. The shared files are
+fetched once per run, and the tract mask is built once and kept in the cache beside the volumes,
+keyed by the digest of the file it was built from (and of the tract ids) and by the grid, so later
+runs read a 1 MB mask instead of decoding the 300 MB annotation. A cached file that no longer
+reads is dropped from the cache and fetched again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import io
 from collections.abc import Callable
@@ -24,7 +27,7 @@ import orjson
 
 from .aio import all_of, both
 from .config import FetchOptions, VolumeKind
-from .errors import ENDS_THE_RUN, AsyncdlError, VolumeError
+from .errors import VolumeError
 from .fetcher import HttpClient, Tally
 from .files import atomic_write, writing
 from .responses import rows
@@ -38,16 +41,20 @@ from .targets import (
     select_targets,
 )
 from .urls import Endpoints, data_set_id
-from .volumes import (
-    Volume,
-    metaimage_layout_of,
-    nrrd_layout_of,
-    read_metaimage_zip,
-    read_nrrd,
-)
+from .volumes import Grid, Volume, read_metaimage_zip, read_nrrd
 
 FIBER_MEMBER = "annotationFiber"
 T = TypeVar("T")
+
+#: The grid of each volume the Allen servers send (AP, DV, ML, microns), by ``--volumes``: the data
+#: sets' grid, and that of the file saying where the fiber tracts are. A file on another grid is
+#: refused from its header, before anything is decompressed.
+GRIDS: dict[VolumeKind, tuple[Grid, Grid]] = {
+    # grid_data NRRD files (CCF v3, 100 um); annotation_25.nrrd (CCF 2017)
+    "nrrd": (Grid((132, 80, 114), 100.0), Grid((528, 320, 456), 25.0)),
+    # the 2013 zipped MetaImage grids (CCF v2, 100 um); annotationFiber of file 197646984 (25 um)
+    "legacy": (Grid((133, 81, 115), 100.0), Grid((528, 320, 456), 25.0)),
+}
 
 
 class VolumeSource:
@@ -66,23 +73,17 @@ class VolumeSource:
         self.endpoints = endpoints
         self.cache = FileCache(client, cache_dir, endpoints.key)
         self.kind = kind
+        self.grid, self.fiber_grid = GRIDS[kind]
         #: The fiber-tract ids (nrrd), when another process already read them from the tree.
         self.tract_ids = tract_ids
-        self._masks: dict[tuple[object, ...], BoolArray] = {}
+        self._mask: BoolArray | None = None
         self._mask_lock = asyncio.Lock()
 
-    async def prefetch_shared(self, tally: Tally, data_set: int) -> None:
+    async def prefetch_shared(self, tally: Tally) -> None:
         """Bring in what every data set needs, once, before a run is spread over processes that
-        then share it: the fiber volume, the tract ids, and the tract mask of ``data_set``'s grid
-        (the grid all data sets share), which goes into the cache for the others to read."""
-        await self.cache.get(*self._fiber_file(), tally)
-        await self._tract_ids(tally)
-        try:
-            await self.allowed_mask(await self.data_set_volume(data_set, "density", tally), tally)
-        except ENDS_THE_RUN:
-            raise
-        except AsyncdlError:
-            pass  # that data set's own task reports what is wrong with it
+        then share it: the fiber volume, the tract ids, and the tract mask, which goes into the
+        cache for the others to read."""
+        await self.allowed_mask(tally)
 
     async def _tract_ids(self, tally: Tally) -> frozenset[int]:
         if self.kind == "legacy":
@@ -95,66 +96,52 @@ class VolumeSource:
 
     async def data_set_volume(self, data_set: int, volume: str, tally: Tally) -> Volume:
         """A data set's ``density`` or ``injection`` volume."""
-        ds = data_set_id(data_set)
+        ds, grid = data_set_id(data_set), self.grid
+        read: Callable[[Path], Volume]
         if self.kind == "nrrd":
             url = self.endpoints.grid_nrrd(ds, volume)
-            return await self._read(url, f"grid_{ds}_{volume}.nrrd", tally, read_nrrd)
-        url = self.endpoints.grid_legacy(ds, volume)
-        return await self._read(
-            url, f"grid_{ds}_{volume}.zip", tally, lambda path: read_metaimage_zip(path, volume)
-        )
+            name = f"grid_{ds}_{volume}.nrrd"
+            read = functools.partial(read_nrrd, grid=grid)
+        else:
+            url = self.endpoints.grid_legacy(ds, volume)
+            name = f"grid_{ds}_{volume}.zip"
+            read = functools.partial(read_metaimage_zip, name=volume, grid=grid)
+        return await self.cache.get(url, name, tally, read, limit=grid.max_file_bytes)
 
     async def select(
         self, data_set: int, options: FetchOptions, tally: Tally
     ) -> tuple[Targets, npt.NDArray[np.float64]]:
-        """A data set's targets and injection coordinates, from its volumes."""
-        volumes = [
+        """A data set's targets and injection coordinates, from its volumes and the tract mask
+        (built meanwhile the first time: it depends only on the grid)."""
+        volumes = all_of(
             self.data_set_volume(data_set, "density", tally),
             self.data_set_volume(data_set, "injection", tally),
-        ]
-        fiber_url, fiber_name = self._fiber_file()
-        if not self._masks and self.cache.digest(fiber_url, fiber_name) is None:
-            # The first data set of a cold cache brings the shared fiber volume in with its own.
-            download = self.cache.get(fiber_url, fiber_name, tally)
-            (density, injection), _ = await both(all_of(*volumes), download)
-        else:
-            density, injection = await all_of(*volumes)
-        allowed = await self.allowed_mask(density, tally)
+        )
+        (density, injection), allowed = await both(volumes, self.allowed_mask(tally))
         targets = await asyncio.to_thread(select_targets, density, allowed, options.density_range)
         return targets, injection_coordinates(injection, options.injection_threshold)
 
-    async def _read(self, url: str, name: str, tally: Tally, read: Callable[[Path], T]) -> T:
-        """Fetch ``url`` through the cache and ``read`` it off the loop; a file that does not
-        read is dropped from the cache, so a later run downloads it again."""
-        path = await self.cache.get(url, name, tally)
-        try:
-            return await asyncio.to_thread(read, path)
-        except VolumeError:
-            self.cache.forget(name)
-            raise
-
-    async def allowed_mask(self, density: Volume, tally: Tally) -> BoolArray:
-        """Per voxel of ``density``'s grid: inside the fiber volume and not in a fiber tract."""
-        grid = (density.array.shape, tuple(density.spacing.tolist()))
+    async def allowed_mask(self, tally: Tally) -> BoolArray:
+        """Per voxel of the data sets' grid: inside the fiber volume and not in a fiber tract."""
         async with self._mask_lock:
-            if grid not in self._masks:
-                self._masks[grid] = await self._cached_mask(density, tally)
-            return self._masks[grid]
+            if self._mask is None:
+                self._mask = await self._cached_mask(tally)
+            return self._mask
 
-    async def _cached_mask(self, density: Volume, tally: Tally) -> BoolArray:
+    async def _cached_mask(self, tally: Tally) -> BoolArray:
         """The mask from the cache if it was built from the same file and tract ids for this grid;
         otherwise built (which downloads the fiber volume if needed) and cached."""
         fiber_url, fiber_name = self._fiber_file()
         tract_ids = await self._tract_ids(tally)
         ids = hashlib.sha256(repr(sorted(tract_ids)).encode()).hexdigest()
-        shape = density.array.shape
+        shape, spacing = self.grid.shape, [self.grid.spacing] * 3
 
         def entry() -> tuple[str, str] | None:
             """The mask's cache key and name, from the recorded digest of its source file."""
             source = self.cache.digest(fiber_url, fiber_name)
             if source is None:
                 return None
-            key = f"fiber-mask|{source}|{ids}|{shape}|{density.spacing.tolist()}"
+            key = f"fiber-mask|{source}|{ids}|{shape}|{spacing}"
             return key, f"fiber_mask_{hashlib.sha256(key.encode()).hexdigest()[:16]}.npy"
 
         cached = entry()
@@ -163,33 +150,29 @@ class VolumeSource:
                 return await asyncio.to_thread(_read_mask, self.cache.dir / cached[1], shape)
             except VolumeError:
                 self.cache.forget(cached[1])
-        mask = await self._build_mask(density, tract_ids, tally)  # verifies the source file
+        mask = await self._build_mask(tract_ids, tally)  # verifies the source file
         built = entry()
         if built is not None:
             await asyncio.to_thread(self.cache.put, *built, _mask_bytes(mask))
         return mask
 
-    async def _build_mask(
-        self, density: Volume, tract_ids: frozenset[int], tally: Tally
-    ) -> BoolArray:
-        shape, spacing = density.array.shape, density.spacing
-        if self.kind == "legacy":
+    async def _build_mask(self, tract_ids: frozenset[int], tally: Tally) -> BoolArray:
+        """Read the fiber volume at the fine voxels the data sets' grid lands on, as the seed
+        does; the read goes through the whole file, so it is also the check before caching it."""
+        fine = self.fiber_grid
+        plan = plan_fine_lookup(
+            self.grid.shape, [self.grid.spacing] * 3, fine.shape, [fine.spacing] * 3
+        )
 
-            def legacy_mask(path: Path) -> BoolArray:
-                fine = metaimage_layout_of(path, FIBER_MEMBER)
-                plan = plan_fine_lookup(shape, spacing, fine.shape, fine.spacing)
-                labels = read_metaimage_zip(path, FIBER_MEMBER, plan.sample).array
+        def mask(path: Path) -> BoolArray:
+            if self.kind == "legacy":  # the legacy fiber file is itself the tract mask
+                labels = read_metaimage_zip(path, FIBER_MEMBER, plan.sample, grid=fine).array
                 return plan.allowed(labels != 0)
-
-            return await self._read(*self._fiber_file(), tally, legacy_mask)
-
-        def nrrd_mask(path: Path) -> BoolArray:
-            fine = nrrd_layout_of(path)
-            plan = plan_fine_lookup(shape, spacing, fine.shape, fine.spacing)
-            labels = read_nrrd(path, plan.sample).array
+            labels = read_nrrd(path, plan.sample, grid=fine).array
             return plan.allowed(in_tract_labels(labels, tract_ids))
 
-        return await self._read(*self._fiber_file(), tally, nrrd_mask)
+        url, name = self._fiber_file()
+        return await self.cache.get(url, name, tally, mask, limit=fine.max_file_bytes)
 
     def _fiber_file(self) -> tuple[str, str]:
         """URL and cache name of the shared volume that says where the fiber tracts are."""
@@ -217,8 +200,9 @@ def _read_mask(path: Path, shape: tuple[int, ...]) -> BoolArray:
 class FileCache:
     """Cached files with their source key, size and SHA-256, reused only if all three still match.
 
-    Files are written by temp file + rename, and their record after them, so processes sharing a
-    cache never see a half-written file; a file whose record does not match is fetched again.
+    A download enters the cache only once it has been read whole from its temp file; then it is
+    renamed into place and its record written after it, so processes sharing a cache never see a
+    half-written or unchecked file; a file whose record does not match is fetched again.
     Downloads (``get``) and files derived from them (``put``, e.g. the fiber mask) are kept alike.
     """
 
@@ -231,20 +215,30 @@ class FileCache:
     def _meta(self, name: str) -> Path:
         return self.dir / f"{name}.meta.json"
 
-    async def get(self, url: str, name: str, tally: Tally) -> Path:
-        """The cached file for ``url``, downloading it if it is missing or does not verify."""
+    async def get(
+        self, url: str, name: str, tally: Tally, read: Callable[[Path], T], *, limit: int
+    ) -> T:
+        """``read`` (off the loop) of the file cached for ``url`` as ``name``.
+
+        A file missing from the cache, not matching its record, or that no longer reads (damaged,
+        or cached before volumes were checked) is downloaded (at most ``limit`` bytes) into a temp
+        file and read there: only if it reads whole does it enter the cache. ``read`` raises
+        ``VolumeError`` for a file that is not what was asked for; a download is then retried.
+        """
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             path = self.dir / name
             key = self.key(url)
             if await asyncio.to_thread(_verified, path, self._meta(name), key):
-                return path
+                try:
+                    return await asyncio.to_thread(read, path)
+                except VolumeError:
+                    self.forget(name)
             with writing(self.dir):
                 self.dir.mkdir(parents=True, exist_ok=True)
-            size = await self.client.download(url, path, tally)
-            digest = await asyncio.to_thread(_sha256, path)
-            await asyncio.to_thread(self._record, name, key, size, digest)
-            return path
+            got = await self.client.download(url, path, tally, read, limit=limit)
+            await asyncio.to_thread(self._record, name, key, got.size, got.sha256)
+            return got.value
 
     def put(self, key: str, name: str, data: bytes) -> Path:
         """Cache ``data`` under ``name``, recorded with ``key`` (what it was made from)."""

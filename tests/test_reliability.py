@@ -17,6 +17,7 @@ from asyncdl import FetchOptions
 from asyncdl.emulator import DATA_SET_IDS, FAULT_KINDS, Emulator, FaultPlan
 from asyncdl.fetcher import HttpClient, RateLimiter, Tally, parse_retry_after
 from asyncdl.responses import rows
+from asyncdl.sources import GRIDS
 
 from .conftest import SEED_ID, Recorder, Sleeps, command, run_cli, server_args, wait_for_answers
 
@@ -338,27 +339,42 @@ async def test_two_processes_sharing_a_cache(emulator, fault_free, tmp_path):
 
 async def test_html_where_a_volume_was_expected(serve, tmp_path):
     async def page(request):
+        if not request.path.startswith("/grid_data/"):
+            await asyncio.sleep(1)  # the grids fail first (the structure tree's JSON would too)
         return web.Response(text="<html><body>Maintenance</body></html>", content_type="text/html")
 
     url = await serve(page)
     [result] = await asyncdl.fetch(
         [SEED_ID], tmp_path, options=FetchOptions(retries=0), endpoints=asyncdl.Endpoints(url, url)
     )
-    assert not result.complete and "not an NRRD file" in (result.error or "")
+    assert not result.complete and "an HTML page (text/html)" in (result.error or "")
+    assert f"({url}/grid_data/" in (result.error or "")  # it names the URL
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and ".cache" in p.parts]
 
 
-async def test_a_volume_larger_than_allowed_is_refused(serve, tmp_path, monkeypatch):
-    monkeypatch.setattr("asyncdl.fetcher.MAX_VOLUME_BYTES", 1000)
+async def test_a_volume_larger_than_its_grid_allows_is_refused(serve, tmp_path):
+    limit = GRIDS["nrrd"][0].max_file_bytes
 
     async def big(request):
-        return web.Response(body=b"\0" * 5000)
+        if not request.path.startswith("/grid_data/"):
+            await asyncio.sleep(1)  # the grids fail first
+            raise web.HTTPNotFound()
+        response = web.StreamResponse(headers={"Content-Length": str(limit + 1)})
+        await response.prepare(request)
+        try:
+            for _ in range(limit // 65536 + 1):
+                await response.write(bytes(65536))
+        except ConnectionError:
+            pass  # the client hung up, as it should
+        return response
 
     url = await serve(big)
     [result] = await asyncdl.fetch(
         [SEED_ID], tmp_path, options=FetchOptions(retries=0), endpoints=asyncdl.Endpoints(url, url)
     )
-    assert not result.complete and "exceeds the 1000 limit" in (result.error or "")
-    assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix in (".nrrd", ".part")]
+    assert not result.complete
+    assert f"is larger than the {limit} bytes allowed ({url}/grid_data/" in (result.error or "")
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and ".cache" in p.parts]
 
 
 def test_emulate_rejects_unknown_fault_kinds():

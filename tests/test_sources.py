@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+
+import orjson
+
 import asyncdl
 from asyncdl import FetchOptions
 
@@ -56,3 +60,23 @@ async def test_the_mask_is_keyed_by_the_grid_and_volume_kind(emulator, tmp_path)
     )
     assert results[0].complete
     assert len(list(cache.glob("fiber_mask_*.npy"))) == 2
+
+
+async def test_a_cached_file_that_does_not_read_is_fetched_again_in_the_same_run(
+    emulator, tmp_path
+):
+    # A maintenance page recorded as a volume (as caches filled before volumes were checked
+    # hold): its record matches, but it does not read, so it is fetched again at once.
+    cache = tmp_path / "cache"
+    first = await fetch(emulator, tmp_path / "1", cache)
+    page = b"<html><body>Down for maintenance</body></html>"
+    name = f"grid_{SEED_ID}_density.nrrd"
+    (cache / name).write_bytes(page)
+    meta = cache / f"{name}.meta.json"
+    record = orjson.loads(meta.read_bytes())
+    record.update(size=len(page), sha256=hashlib.sha256(page).hexdigest())
+    meta.write_bytes(orjson.dumps(record))
+    emulator.stats.reset()
+    assert await fetch(emulator, tmp_path / "2", cache) == first
+    assert emulator.stats.requests["grid_nrrd"] == 1
+    assert (cache / name).read_bytes().startswith(b"NRRD0004")

@@ -12,7 +12,7 @@ import pytest
 
 import asyncdl
 from asyncdl import CertificateError, FetchOptions, TLSError, UsageError
-from asyncdl.emulator import Emulator, make_certificates
+from asyncdl.emulator import Emulator, FaultPlan, make_certificates
 from asyncdl.fetcher import HttpClient, Tally, tls_context
 from asyncdl.responses import rows
 
@@ -249,6 +249,52 @@ def test_cli_list_with_the_ca(https):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0].split()[:2] == ["id", "structure"]
+
+
+# -- a redirect from https to plain http: the same, before connecting to it ---------------------------
+
+
+@pytest.fixture(scope="module")
+def downgrading(emulator_server):
+    """An https emulator that redirects every request to plain http on another host: the shared
+    emulator, named ``localhost``."""
+    plan = FaultPlan(redirect=f"http://localhost:{emulator_server.port}")
+    with EmulatorThread(tls=True, faults=plan) as emu:
+        yield emu
+
+
+async def test_a_redirect_from_https_to_plain_http_stops_the_run(downgrading, emulator, tmp_path):
+    options = FetchOptions(
+        **OPTIONS, ca_bundle=downgrading.ca_file, retries=5, backoff_base=0, backoff_max=0
+    )
+    events = Retries()
+    with pytest.raises(TLSError) as err:  # itself, not an ExceptionGroup
+        await asyncdl.fetch(
+            [SEED_ID, 100141219],
+            tmp_path,
+            options=options,
+            endpoints=downgrading.endpoints,
+            events=events,
+        )
+    message = str(err.value)
+    assert f"{downgrading.base_url}/" in message and f"http://localhost:{emulator.port}/" in message
+    assert err.value.host == host_of(downgrading)
+    assert events.retries == [] and events.done == []
+    assert sum(emulator.stats.requests.values()) == 0  # plain http was never spoken
+    assert not list(tmp_path.glob("*/summary.json"))
+
+
+def test_cli_redirect_to_plain_http_exits_4_with_one_line_naming_both_urls(
+    downgrading, emulator, tmp_path
+):
+    proc = run(
+        "fetch", SEED_ID, "-o", tmp_path, *server_args(downgrading),
+        "--ca-bundle", downgrading.ca_file, "--retries", 5,
+    )  # fmt: skip
+    assert proc.returncode == 4, proc.stderr
+    line = one_error_line(proc.stderr)
+    assert f"{downgrading.base_url}/" in line and f"http://localhost:{emulator.port}/" in line
+    assert sum(emulator.stats.requests.values()) == 0
 
 
 # -- certificates that are wrong even with the right CA ---------------------------------------------
