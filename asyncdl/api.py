@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .aio import all_of, both, run
+from .cache import cache_root
 from .config import LEGACY_WARNING, FetchOptions, LegacyVolumesWarning
 from .dataset import RunContext, explain, refuse_mixing
 from .errors import ENDS_THE_RUN, AsyncdlError, UsageError
@@ -136,15 +137,16 @@ async def survey(
     *,
     options: FetchOptions | None = None,
     endpoints: Endpoints | None = None,
-    cache_dir: str | Path,
+    cache_dir: str | Path | None = None,
 ) -> list[Survey]:
-    """A dry run: download only the volumes (into ``cache_dir``) and count each data set's targets."""
+    """A dry run: download only the volumes into the cache (the user's, as for ``fetch``, unless
+    ``cache_dir``) and count each data set's targets. A later ``fetch`` reuses them."""
     options = options or FetchOptions()
     endpoints = endpoints or Endpoints()
     _warn_if_legacy(options, endpoints)
     ids = list(dict.fromkeys(data_set_id(d) for d in data_sets))
     async with HttpClient(options) as client:
-        source = VolumeSource(client, endpoints, Path(cache_dir), options.volumes)
+        source = VolumeSource(client, endpoints, cache_root(cache_dir), options.volumes)
         slots = asyncio.Semaphore(options.prefetch)
 
         async def one(data_set: int) -> Survey:

@@ -16,7 +16,7 @@ from typing import NoReturn
 
 import orjson
 
-from . import __version__
+from . import __version__, cache
 from .aio import run
 from .api import fetch, legacy_warning, survey
 from .catalog import Experiment, find_experiments
@@ -44,6 +44,19 @@ examples:
   asyncdl fetch --ids-file experiments.csv -o data    # AllenSDK's get_experiments(...).to_csv()
 
 {help_text()}"""
+CACHE_DIR_HELP = (
+    f"the cache of volumes (default ${cache.ENV_VAR} if set, else the user's cache folder: "
+    "~/.cache/asyncdl on Linux; asyncdl cache info says where)"
+)
+CACHE_EXAMPLES = f"""\
+examples:
+  asyncdl cache info                  # where it is, and what it holds
+  asyncdl cache list grids            # the data sets' grids, one a line
+  asyncdl cache remove grids          # only the data sets' grids
+  asyncdl cache remove 156394513      # one data set's grids
+  asyncdl cache purge                 # everything
+
+{help_text((Exit.OK, Exit.USAGE, Exit.STORAGE))}"""
 LIST_EXAMPLES = f"""\
 examples:
   asyncdl list --injection-structure VISp --primary-only
@@ -167,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="brainrender: also write OUT/<id>/streamlines_<id>.json, which brainrender loads "
         "with Streamlines(pandas.read_json(path)) (data.json is always written)",
     )
-    f.add_argument("--cache-dir", type=Path, help="where volumes are cached (default OUT/.cache)")
+    f.add_argument("--cache-dir", type=Path, metavar="DIR", help=CACHE_DIR_HELP)
+    f.add_argument("--keep-volumes", action="store_true", help=option("keep_volumes")[1])
     f.add_argument("--restart", action="store_true", help=option("restart")[1])
     f.add_argument(
         "--dry-run",
@@ -217,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the same fields as CSV, nested values as JSON text (pandas.read_csv(f))",
     )
+
+    _cache_parser(sub)
 
     pv = sub.add_parser(
         "preview",
@@ -307,6 +323,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cache_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
+    where = _Parser(add_help=False)
+    where.add_argument("--cache-dir", type=Path, metavar="DIR", help=CACHE_DIR_HELP)
+    c = sub.add_parser(
+        "cache",
+        help="show or clear the volume cache",
+        description="The cache holds the volumes runs download, shared by every output folder "
+        "and every run on this machine: the files all data sets need (the annotation, the "
+        "structure tree, the fiber-tract masks), and the grids of data sets not yet complete.",
+        epilog=CACHE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = c.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    actions.add_parser("dir", parents=[where], help="print where the cache is")
+    actions.add_parser(
+        "info", parents=[where], help="where the cache is, its size, and what it holds"
+    )
+    ls = actions.add_parser("list", parents=[where], help="list the entries, one a line")
+    ls.add_argument("what", nargs="*", metavar="WHAT", help="only these (as for remove)")
+    rm = actions.add_parser(
+        "remove",
+        parents=[where],
+        help="remove some entries",
+        description="Remove the entries named; an entry a running asyncdl is using is left.",
+    )
+    rm.add_argument(
+        "what",
+        nargs="+",
+        metavar="WHAT",
+        help="grids (every data set's grids), shared (the files all data sets need), a data set "
+        "id (its grids), or a pattern of names (e.g. 'grid_1563*', 'fiber_mask_*')",
+    )
+    actions.add_parser(
+        "purge",
+        parents=[where],
+        help="remove everything (an entry a running asyncdl is using is left)",
+    )
+
+
 def read_ids(args: argparse.Namespace) -> list[int]:
     ids = [data_set_id(value) for value in args.ids]
     if args.ids_file is not None:
@@ -381,6 +436,7 @@ async def run_fetch(args: argparse.Namespace) -> int:
         volumes=args.volumes,
         rate=args.rate,
         restart=args.restart,
+        keep_volumes=args.keep_volumes,
         brainrender=args.format == "brainrender",
         ca_bundle=args.ca_bundle,
     )
@@ -413,8 +469,7 @@ async def run_fetch(args: argparse.Namespace) -> int:
 async def dry_run(
     ids: list[int], args: argparse.Namespace, options: FetchOptions, endpoints: Endpoints
 ) -> int:
-    cache = args.cache_dir or args.out / ".cache"
-    surveys = await survey(ids, options=options, endpoints=endpoints, cache_dir=cache)
+    surveys = await survey(ids, options=options, endpoints=endpoints, cache_dir=args.cache_dir)
     requests = sum(s.targets for s in surveys)
     for s in surveys:
         if s.error:
@@ -442,6 +497,77 @@ async def run_list(args: argparse.Namespace) -> int:
         print(f"{x.id:>10}  {x.structure:<10}  {x.transgenic_line or '(wild type)':<24}  {volume}")
     print(f"{len(experiments)} experiments", file=sys.stderr)
     return Exit.OK
+
+
+async def run_cache(args: argparse.Namespace) -> int:
+    root, origin = cache.locate(args.cache_dir)
+    if args.action == "dir":
+        print(root)
+        return Exit.OK
+    found = await asyncio.to_thread(cache.entries, root)
+    if args.action == "info":
+        print(cache_info(root, origin, found), end="")
+        return Exit.OK
+    if args.action == "list":
+        chosen = _chosen(found, args.what) if args.what else found
+        for entry in chosen:
+            print(f"{cache.human(entry.size):>10}  {entry.label}  ({entry.what})")
+        return Exit.OK
+    if not cache.is_cache(root):
+        raise UsageError(f"{root} is not an asyncdl cache (it has no {cache.TAG}): nothing removed")
+    chosen = found if args.action == "purge" else _chosen(found, args.what)
+    for what in args.what if args.action == "remove" else ():
+        if not cache.select(found, what):
+            print(f"asyncdl: nothing in the cache matches {what!r}", file=sys.stderr)
+    done = await asyncio.to_thread(cache.remove, chosen)
+    if args.action == "purge":
+        await asyncio.to_thread(cache.tidy, root)
+    print(f"removed {done.removed} entries ({cache.human(done.freed)}) from {root}")
+    if done.busy:
+        names = ", ".join(entry.label for entry in done.busy)
+        print(f"left {len(done.busy)} entries that a running asyncdl is using: {names}")
+    return Exit.OK
+
+
+def _chosen(found: list[cache.Entry], whats: Sequence[str]) -> list[cache.Entry]:
+    """The entries any of ``whats`` names, each once, in the cache's order."""
+    chosen = {entry.label for what in whats for entry in cache.select(found, what)}
+    return [entry for entry in found if entry.label in chosen]
+
+
+def cache_info(root: Path, origin: str, found: Sequence[cache.Entry]) -> str:
+    """What ``asyncdl cache info`` prints: where, how big, and what, by data source."""
+    why = {
+        "default": "the user's cache folder",
+        "ASYNCDL_CACHE_DIR": f"from ${cache.ENV_VAR}",
+        "--cache-dir": "from --cache-dir",
+    }[origin]
+    total = sum(entry.size for entry in found)
+    lines = [
+        f"cache: {root} ({why})",
+        f"size: {cache.human(total)} in {len(found)} entries",
+    ]
+    kinds = {
+        "shared": "needed by every data set",
+        "grid": "data sets' own grids",
+        "unfinished": "unfinished downloads",
+        "other": "files asyncdl did not write",
+    }
+    for source in dict.fromkeys(entry.source for entry in found):
+        lines.append(f"{source}:")
+        mine = [entry for entry in found if entry.source == source]
+        for kind, label in kinds.items():
+            those = [entry for entry in mine if entry.kind == kind]
+            if not those:
+                continue
+            size = cache.human(sum(entry.size for entry in those))
+            if kind == "grid":
+                data_sets = len({entry.data_set for entry in those})
+                detail = f"{data_sets} data sets"
+            else:
+                detail = ", ".join(entry.name for entry in those)
+            lines.append(f"  {label + ':':<28}{len(those):>5} {size:>10}  {detail}")
+    return "\n".join(lines) + "\n"
 
 
 async def run_preview(args: argparse.Namespace) -> int:
@@ -483,6 +609,7 @@ async def run_emulate(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
     "fetch": run_fetch,
     "list": run_list,
+    "cache": run_cache,
     "preview": run_preview,
     "emulate": run_emulate,
 }

@@ -109,6 +109,13 @@ class FetchOptions:
             "start the data sets over instead of resuming them (needed to change parameters)"
         ),
     )
+    keep_volumes: bool = field(
+        default=False,
+        metadata=_help(
+            "keep each data set's own grids in the cache once it is complete (by default they are "
+            "removed then; the annotation, structure tree and tract masks always stay)"
+        ),
+    )
     #: Also write ``streamlines_<id>.json``, the layout brainrender reads (``asyncdl.brainrender``).
     brainrender: bool = False
     #: PEM file of the CAs to trust instead of the system's (SSL_CERT_FILE/SSL_CERT_DIR otherwise).

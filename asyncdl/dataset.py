@@ -217,6 +217,8 @@ class DataSet:
             complete=failures == 0, targets=len(self._targets), error=error, lines=lines
         )
         await self._record(result)
+        if result.complete and not self.ctx.plan.options.keep_volumes:
+            await self.ctx.source.drop_grids(self.id)  # a resume would need them: only now
         return result
 
     def close(self) -> None:

@@ -4,11 +4,12 @@ Two sources, as ``--volumes`` chooses: ``nrrd`` (grid NRRD files, the CCF 2017 a
 structure tree; a fiber tract is any label in the 1009 subtree) and ``legacy`` (the seed's zipped
 MetaImage files and its 25 um fiber-tract mask). A volume enters the cache only once it has been
 read whole from a temp file and found on the grid its URL serves (``GRIDS``): a maintenance page,
-a garbled file or a volume of another grid is retried and never cached. The shared files are
-fetched once per run, and the tract mask is built once and kept in the cache beside the volumes,
-keyed by the digest of the file it was built from (and of the tract ids) and by the grid, so later
-runs read a 1 MB mask instead of decoding the 300 MB annotation. A cached file that no longer
-reads is dropped from the cache and fetched again.
+a garbled file or a volume of another grid is retried and never cached. The files every data set
+needs (the fiber volume, the structure tree) are fetched once per machine into the user's cache
+(``cache``), and the tract mask is built once and kept there beside them, keyed by the digest of
+the file it was built from (and of the tract ids) and by the grid, so later runs read a 1 MB mask
+instead of decoding the 300 MB annotation. A data set's own grids leave the cache once it is
+complete (unless ``keep_volumes``). A cached file that no longer reads is fetched again.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import asyncio
 import functools
 import hashlib
 import io
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -26,8 +28,19 @@ import numpy.typing as npt
 import orjson
 
 from .aio import all_of, both
-from .config import FetchOptions, VolumeKind
-from .errors import VolumeError
+from .cache import (
+    STRUCTURE_TREE,
+    EntryLock,
+    grid_entry,
+    mask_entry,
+    meta_path,
+    remove_entry,
+    remove_temp_files,
+    source_folder,
+    tag,
+)
+from .config import MAX_JSON_BYTES, FetchOptions, VolumeKind
+from .errors import FetchError, VolumeError
 from .fetcher import HttpClient, Tally
 from .files import atomic_write, writing
 from .responses import rows
@@ -71,7 +84,7 @@ class VolumeSource:
     ) -> None:
         self.client = client
         self.endpoints = endpoints
-        self.cache = FileCache(client, cache_dir, endpoints.key)
+        self.cache = FileCache(client, cache_dir, endpoints.name, endpoints.key)
         self.kind = kind
         self.grid, self.fiber_grid = GRIDS[kind]
         #: The fiber-tract ids (nrrd), when another process already read them from the tree.
@@ -89,9 +102,11 @@ class VolumeSource:
         if self.kind == "legacy":
             return frozenset()  # the legacy fiber file is itself the tract mask
         if self.tract_ids is None:
-            # The tree is small and its JSON is checked (and retried) on the way in: not cached.
-            roots = await self.client.get_json(self.endpoints.structure_graph(), tally, rows)
-            self.tract_ids = fiber_tract_ids(roots)
+            url = self.endpoints.structure_graph()
+            read = functools.partial(_read_tract_ids, url=url)
+            self.tract_ids = await self.cache.get(
+                url, STRUCTURE_TREE, tally, read, limit=MAX_JSON_BYTES
+            )
         return self.tract_ids
 
     async def data_set_volume(self, data_set: int, volume: str, tally: Tally) -> Volume:
@@ -100,13 +115,21 @@ class VolumeSource:
         read: Callable[[Path], Volume]
         if self.kind == "nrrd":
             url = self.endpoints.grid_nrrd(ds, volume)
-            name = f"grid_{ds}_{volume}.nrrd"
             read = functools.partial(read_nrrd, grid=grid)
         else:
             url = self.endpoints.grid_legacy(ds, volume)
-            name = f"grid_{ds}_{volume}.zip"
             read = functools.partial(read_metaimage_zip, name=volume, grid=grid)
+        name = self._grid_entry(ds, volume)
         return await self.cache.get(url, name, tally, read, limit=grid.max_file_bytes)
+
+    def _grid_entry(self, data_set: int, volume: str) -> str:
+        return grid_entry(data_set, volume, "nrrd" if self.kind == "nrrd" else "zip")
+
+    async def drop_grids(self, data_set: int) -> None:
+        """Take a data set's own grids out of the cache (once it is complete): what every data set
+        needs stays. A grid another process is reading or fetching is left to that process."""
+        for volume in ("density", "injection"):
+            await self.cache.remove(self._grid_entry(data_set, volume))
 
     async def select(
         self, data_set: int, options: FetchOptions, tally: Tally
@@ -122,10 +145,14 @@ class VolumeSource:
         return targets, injection_coordinates(injection, options.injection_threshold)
 
     async def allowed_mask(self, tally: Tally) -> BoolArray:
-        """Per voxel of the data sets' grid: inside the fiber volume and not in a fiber tract."""
+        """Per voxel of the data sets' grid: inside the fiber volume and not in a fiber tract.
+
+        Built by one process at a time (the others then read it from the cache), as decoding the
+        annotation takes seconds of CPU and its memory."""
         async with self._mask_lock:
             if self._mask is None:
-                self._mask = await self._cached_mask(tally)
+                async with self.cache.locked(f"fiber_mask_{self.kind}"):
+                    self._mask = await self._cached_mask(tally)
             return self._mask
 
     async def _cached_mask(self, tally: Tally) -> BoolArray:
@@ -142,7 +169,7 @@ class VolumeSource:
             if source is None:
                 return None
             key = f"fiber-mask|{source}|{ids}|{shape}|{spacing}"
-            return key, f"fiber_mask_{hashlib.sha256(key.encode()).hexdigest()[:16]}.npy"
+            return key, mask_entry(key)
 
         cached = entry()
         if cached is not None and await asyncio.to_thread(self.cache.has, *cached):
@@ -153,7 +180,7 @@ class VolumeSource:
         mask = await self._build_mask(tract_ids, tally)  # verifies the source file
         built = entry()
         if built is not None:
-            await asyncio.to_thread(self.cache.put, *built, _mask_bytes(mask))
+            await self.cache.put(*built, _mask_bytes(mask))
         return mask
 
     async def _build_mask(self, tract_ids: frozenset[int], tally: Tally) -> BoolArray:
@@ -181,6 +208,17 @@ class VolumeSource:
         return self.endpoints.annotation_nrrd(), "annotation_25.nrrd"
 
 
+def _read_tract_ids(path: Path, url: str) -> frozenset[int]:
+    """The fiber-tract ids of a structure tree file; ``VolumeError`` if it is not a usable tree
+    (so that it is fetched again, never cached)."""
+    try:
+        return fiber_tract_ids(rows(orjson.loads(path.read_bytes()), url))
+    except orjson.JSONDecodeError as exc:
+        raise VolumeError(f"structure tree is not JSON ({exc})") from exc
+    except FetchError as exc:  # an answer that is not the API's envelope, or success: false
+        raise VolumeError(f"not a structure tree: {exc}") from exc
+
+
 def _mask_bytes(mask: BoolArray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, mask, allow_pickle=False)
@@ -198,22 +236,44 @@ def _read_mask(path: Path, shape: tuple[int, ...]) -> BoolArray:
 
 
 class FileCache:
-    """Cached files with their source key, size and SHA-256, reused only if all three still match.
+    """A data source's folder in the user's cache: files with their source key, size and SHA-256,
+    reused only if all three still match.
 
     A download enters the cache only once it has been read whole from its temp file; then it is
-    renamed into place and its record written after it, so processes sharing a cache never see a
-    half-written or unchecked file; a file whose record does not match is fetched again.
-    Downloads (``get``) and files derived from them (``put``, e.g. the fiber mask) are kept alike.
+    renamed into place and its record written after it. Each entry is fetched, written or removed
+    under its lock (``cache.EntryLock``), which a process waiting for it holds next: so processes
+    sharing the cache download an entry once, never see a half-written or unchecked file, and
+    never remove another's temp files. Downloads (``get``) and files derived from them (``put``,
+    e.g. the fiber mask) are kept alike.
     """
 
-    def __init__(self, client: HttpClient, directory: Path, key: Callable[[str], str]) -> None:
+    def __init__(
+        self, client: HttpClient, root: Path, source: str, key: Callable[[str], str]
+    ) -> None:
         self.client = client
-        self.dir = directory
+        self.root = root
+        self.dir = root / source_folder(source)
         self.key = key
         self._locks: dict[str, asyncio.Lock] = {}
 
     def _meta(self, name: str) -> Path:
-        return self.dir / f"{name}.meta.json"
+        return meta_path(self.dir / name)
+
+    @asynccontextmanager
+    async def locked(self, name: str) -> AsyncIterator[Path]:
+        """Hold entry ``name`` (waiting for any task or process that holds it); its path.
+        What a writer of it left half-written, which only a dead one can have, is removed."""
+        path = self.dir / name
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            await asyncio.to_thread(self._make_folder, path.parent)
+            async with EntryLock(path):
+                await asyncio.to_thread(remove_temp_files, path)
+                yield path
+
+    def _make_folder(self, folder: Path) -> None:
+        with writing(folder):
+            folder.mkdir(parents=True, exist_ok=True)
+            tag(self.root)
 
     async def get(
         self, url: str, name: str, tally: Tally, read: Callable[[Path], T], *, limit: int
@@ -225,29 +285,37 @@ class FileCache:
         file and read there: only if it reads whole does it enter the cache. ``read`` raises
         ``VolumeError`` for a file that is not what was asked for; a download is then retried.
         """
-        lock = self._locks.setdefault(name, asyncio.Lock())
-        async with lock:
-            path = self.dir / name
+        async with self.locked(name) as path:
             key = self.key(url)
             if await asyncio.to_thread(_verified, path, self._meta(name), key):
                 try:
                     return await asyncio.to_thread(read, path)
                 except VolumeError:
                     self.forget(name)
-            with writing(self.dir):
-                self.dir.mkdir(parents=True, exist_ok=True)
             got = await self.client.download(url, path, tally, read, limit=limit)
             await asyncio.to_thread(self._record, name, key, got.size, got.sha256)
             return got.value
 
-    def put(self, key: str, name: str, data: bytes) -> Path:
+    async def put(self, key: str, name: str, data: bytes) -> Path:
         """Cache ``data`` under ``name``, recorded with ``key`` (what it was made from)."""
-        with writing(self.dir):
-            self.dir.mkdir(parents=True, exist_ok=True)
+        async with self.locked(name) as path:
+            await asyncio.to_thread(atomic_write, path, [data])
+            digest = hashlib.sha256(data).hexdigest()
+            await asyncio.to_thread(self._record, name, key, len(data), digest)
+            return path
+
+    async def remove(self, name: str) -> bool:
+        """Remove entry ``name`` unless another process holds it (it is using it); whether done."""
         path = self.dir / name
-        atomic_write(path, [data])
-        self._record(name, key, len(data), hashlib.sha256(data).hexdigest())
-        return path
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            lock = EntryLock(path)
+            if not await asyncio.to_thread(lock.try_acquire):
+                return False
+            try:
+                await asyncio.to_thread(remove_entry, path)
+            finally:
+                lock.release(remove=True)
+            return True
 
     def _record(self, name: str, key: str, size: int, digest: str) -> None:
         record = {"key": key, "size": size, "sha256": digest}

@@ -267,7 +267,7 @@ async def test_a_redirect_from_https_to_plain_http_stops_the_run(downgrading, em
     options = FetchOptions(
         **OPTIONS, ca_bundle=downgrading.ca_file, retries=5, backoff_base=0, backoff_max=0
     )
-    events = Retries()
+    events = Recorder()
     with pytest.raises(TLSError) as err:  # itself, not an ExceptionGroup
         await asyncdl.fetch(
             [SEED_ID, 100141219],
@@ -287,7 +287,7 @@ async def test_a_redirect_from_https_to_plain_http_stops_the_run(downgrading, em
 def test_cli_redirect_to_plain_http_exits_4_with_one_line_naming_both_urls(
     downgrading, emulator, tmp_path
 ):
-    proc = run(
+    proc = run_cli(
         "fetch", SEED_ID, "-o", tmp_path, *server_args(downgrading),
         "--ca-bundle", downgrading.ca_file, "--retries", 5,
     )  # fmt: skip
