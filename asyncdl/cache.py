@@ -175,7 +175,7 @@ class EntryLock:
 
 def remove_temp_files(entry: Path) -> None:
     """Remove what writers of ``entry`` left half-written: call only while holding its lock."""
-    for tmp in entry.parent.glob(f".{glob_escape(entry.name)}.*.tmp"):
+    for tmp in entry.parent.glob(f".{_glob_escape(entry.name)}.*.tmp"):
         match = _TEMP.match(tmp.name)
         if match and match["name"] == entry.name:
             tmp.unlink(missing_ok=True)
@@ -189,7 +189,7 @@ def remove_entry(entry: Path) -> None:
         remove_temp_files(entry)
 
 
-def glob_escape(name: str) -> str:
+def _glob_escape(name: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", name)
 
 
@@ -222,7 +222,7 @@ class Entry:
 _GRID = re.compile(r"^grid_(?P<id>\d+)_(?P<volume>density|injection)\.(?P<ext>nrrd|zip)$")
 _SHARED = {
     "annotation_25.nrrd": "the CCF 2017 annotation, 25 um",
-    STRUCTURE_TREE: "the structure tree (where the fiber tracts are)",
+    STRUCTURE_TREE: "the structure tree, which says which labels are fiber tracts",
     "fiber_tracts_197646984.zip": "the 2013 fiber-tract mask, 25 um (--volumes legacy)",
 }
 _VOLUMES = {"density": "projection density", "injection": "injection fraction"}
@@ -238,7 +238,7 @@ def describe(name: str) -> tuple[Kind, str, int | None]:
     if name in _SHARED:
         return "shared", _SHARED[name], None
     if re.fullmatch(r"fiber_mask_[0-9a-f]{16}\.npy", name):
-        return "shared", "a fiber-tract mask of the 100 um grid, built from the above", None
+        return "shared", "a fiber-tract mask of the 100 um grid, built from the annotation", None
     return "other", "not a file this version of asyncdl writes", None
 
 

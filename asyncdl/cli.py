@@ -511,7 +511,7 @@ async def run_cache(args: argparse.Namespace) -> int:
     if args.action == "list":
         chosen = _chosen(found, args.what) if args.what else found
         for entry in chosen:
-            print(f"{cache.human(entry.size):>10}  {entry.label}  ({entry.what})")
+            print(f"{cache.human(entry.size):>10}  {entry.label:<56}  {entry.what}")
         return Exit.OK
     if not cache.is_cache(root):
         raise UsageError(f"{root} is not an asyncdl cache (it has no {cache.TAG}): nothing removed")
@@ -522,11 +522,15 @@ async def run_cache(args: argparse.Namespace) -> int:
     done = await asyncio.to_thread(cache.remove, chosen)
     if args.action == "purge":
         await asyncio.to_thread(cache.tidy, root)
-    print(f"removed {done.removed} entries ({cache.human(done.freed)}) from {root}")
+    print(f"removed {_entries(done.removed)} ({cache.human(done.freed)}) from {root}")
     if done.busy:
         names = ", ".join(entry.label for entry in done.busy)
-        print(f"left {len(done.busy)} entries that a running asyncdl is using: {names}")
+        print(f"left {_entries(len(done.busy))} that a running asyncdl is using: {names}")
     return Exit.OK
+
+
+def _entries(n: int) -> str:
+    return f"{n} entry" if n == 1 else f"{n} entries"
 
 
 def _chosen(found: list[cache.Entry], whats: Sequence[str]) -> list[cache.Entry]:
@@ -545,7 +549,7 @@ def cache_info(root: Path, origin: str, found: Sequence[cache.Entry]) -> str:
     total = sum(entry.size for entry in found)
     lines = [
         f"cache: {root} ({why})",
-        f"size: {cache.human(total)} in {len(found)} entries",
+        f"size: {cache.human(total)} in {_entries(len(found))}",
     ]
     kinds = {
         "shared": "needed by every data set",
@@ -563,7 +567,7 @@ def cache_info(root: Path, origin: str, found: Sequence[cache.Entry]) -> str:
             size = cache.human(sum(entry.size for entry in those))
             if kind == "grid":
                 data_sets = len({entry.data_set for entry in those})
-                detail = f"{data_sets} data sets"
+                detail = f"{data_sets} data set{'' if data_sets == 1 else 's'}"
             else:
                 detail = ", ".join(entry.name for entry in those)
             lines.append(f"  {label + ':':<28}{len(those):>5} {size:>10}  {detail}")
