@@ -92,7 +92,7 @@ def measure(scenario: Scenario, work: Path, env: dict[str, str]) -> dict[str, An
     """One scenario: its emulator, warmed up, and one client run against it."""
     slug = scenario.name.replace(" ", "_").replace(",", "")
     log = work / f"{slug}.emulator.log"
-    with EmulatorProcess(0.0, log, env, extra=scenario.emulate) as server:
+    with EmulatorProcess(*scenario.emulate, log=log, env=env) as server:
         _say(f"{scenario.name}: emulator at {server.base_url}; warming up")
         warm_up(server)
         out = work / slug
