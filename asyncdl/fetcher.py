@@ -378,10 +378,13 @@ class _Transfer:
         """The error of an attempt that missed its deadline; None if it did not."""
         if self._deadline is None or not self._deadline.expired():
             return None
+        opts = self._options
+        if not self.received:
+            return TransientError(f"Timeout: no data within {opts.timeout:g} s", self.url)
         elapsed = asyncio.get_running_loop().time() - self._start
         return TransientError(
-            f"too slow: {self.received} bytes in {elapsed:.1f} s, under the minimum rate of "
-            f"{self._options.min_rate:g} bytes/s after the first {self._options.timeout:g} s",
+            f"Timeout: too slow, {self.received} bytes in {elapsed:.1f} s, under the minimum rate "
+            f"of {opts.min_rate:g} bytes/s after the first {opts.timeout:g} s",
             self.url,
         )
 

@@ -92,13 +92,13 @@ def measure(scenario: Scenario, work: Path, env: dict[str, str]) -> dict[str, An
     """One scenario: its emulator, warmed up, and one client run against it."""
     slug = scenario.name.replace(" ", "_").replace(",", "")
     log = work / f"{slug}.emulator.log"
-    latency = ("--latency-ms", 0, "--latency-spread", 0)
-    with EmulatorProcess(*latency, *scenario.emulate, log=log, env=env) as server:
+    with EmulatorProcess(*scenario.emulate, log=log, env=env) as server:
         _say(f"{scenario.name}: emulator at {server.base_url}; warming up")
         warm_up(server)
         out = work / slug
         argv = [sys.executable, "-m", "asyncdl", "fetch", *map(str, IDS), "-o", str(out), "-q"]
         argv += ["-c", str(scenario.concurrency), "--retries", "1"]
+        argv += ["--cache-dir", str(work / f"{slug}.cache")]  # fresh, never the user's
         argv += ["--base-url", server.base_url, "--archive-url", server.base_url]
         if scenario.density_range is not None:
             argv += ["--density-range", *map(str, scenario.density_range)]

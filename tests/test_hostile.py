@@ -17,7 +17,7 @@ from asyncdl.emulator import Emulator, FaultPlan
 from asyncdl.emulator.app import annotation_nrrd, grid_nrrd
 from asyncdl.events import JsonReporter
 
-from .conftest import SEED_ID, EmulatorThread, command, server_args
+from .conftest import SEED_ID, EmulatorThread, Recorder, command, server_args
 
 SMALL = (0.1, 0.12)
 #: About 80 targets (fiber tracts excluded): enough to keep -c 64 busy, few enough to be quick.
@@ -27,24 +27,6 @@ QUICK = FetchOptions(
 )
 #: A run that hangs is a failure, not a stuck suite: every run here ends well before this.
 RUN_LIMIT_S = 120
-
-
-class Recorder(asyncdl.Events):
-    """What a run reported: retries, redirects, finished data sets."""
-
-    def __init__(self) -> None:
-        self.retries: list[tuple[str, str]] = []
-        self.redirects: list[tuple[str, str]] = []
-        self.done: list[asyncdl.DataSetResult] = []
-
-    def retry(self, data_set, url, error, wait):
-        self.retries.append((url, error))
-
-    def redirected(self, url, location):
-        self.redirects.append((url, location))
-
-    def data_set_done(self, result):
-        self.done.append(result)
 
 
 def cached(cache: Path) -> list[str]:
@@ -186,8 +168,9 @@ async def test_redirects_to_another_host_are_followed_and_each_is_reported(emula
             [SEED_ID], tmp_path / "a", options=QUICK, endpoints=emu.endpoints, events=events
         )
     assert result.complete and result.failures == 0
-    assert len(events.redirects) == plan.injected["redirect"] >= result.targets
-    for url, location in events.redirects:
+    redirects = [(call["url"], call["location"]) for call in events.of("redirected")]
+    assert len(redirects) == plan.injected["redirect"] >= result.targets
+    for url, location in redirects:
         assert url.startswith(emu.base_url + "/")
         assert location == url.replace(emu.base_url, f"http://localhost:{emulator.port}", 1)
     [direct] = await asyncdl.fetch(

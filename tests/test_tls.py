@@ -279,7 +279,7 @@ async def test_a_redirect_from_https_to_plain_http_stops_the_run(downgrading, em
     message = str(err.value)
     assert f"{downgrading.base_url}/" in message and f"http://localhost:{emulator.port}/" in message
     assert err.value.host == host_of(downgrading)
-    assert events.retries == [] and events.done == []
+    assert events.retries == [] and events.done == [] and events.of("redirected") == []
     assert sum(emulator.stats.requests.values()) == 0  # plain http was never spoken
     assert not list(tmp_path.glob("*/summary.json"))
 
