@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -110,8 +110,9 @@ class Slots:
 class Budget:
     """An allowance of ``size`` units (bytes of answers held in memory) shared by many tasks.
 
-    ``hold(n)`` takes ``n`` at once, waiting first come, first served, and gives them back on exit.
-    A task never asks for more while it holds some, so no set of holders can wait on each other.
+    ``async with budget.hold(n)`` takes ``n`` at once, waiting first come, first served, and gives
+    them back on exit. A task never asks for more while it holds some, so no set of holders can
+    wait on each other.
     """
 
     def __init__(self, size: int) -> None:
@@ -119,31 +120,29 @@ class Budget:
         self.used = 0
         self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
 
-    @contextlib.asynccontextmanager
-    async def hold(self, n: int) -> AsyncIterator[None]:
+    def hold(self, n: int) -> _Held:
         if not 0 <= n <= self.size:
             raise ValueError(f"cannot hold {n} of a budget of {self.size}")
-        if self._waiting or self.used + n > self.size:
-            granted = asyncio.get_running_loop().create_future()
-            self._waiting.append((n, granted))
-            try:
-                await granted
-            except asyncio.CancelledError:
-                if granted.done() and not granted.cancelled():
-                    self._give_back(n)  # granted as it was cancelled: pass it on
-                else:
-                    with contextlib.suppress(ValueError):
-                        self._waiting.remove((n, granted))
-                    self._grant()  # a large request at the head may have held back smaller ones
-                raise
-        else:
-            self.used += n
-        try:
-            yield
-        finally:
-            self._give_back(n)
+        return _Held(self, n)
 
-    def _give_back(self, n: int) -> None:
+    async def _take(self, n: int) -> None:
+        if not self._waiting and self.used + n <= self.size:
+            self.used += n
+            return
+        granted = asyncio.get_running_loop().create_future()
+        self._waiting.append((n, granted))
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self._give(n)  # granted as it was cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiting.remove((n, granted))
+                self._grant()  # a large request at the head may have held back smaller ones
+            raise
+
+    def _give(self, n: int) -> None:
         self.used -= n
         self._grant()
 
@@ -153,6 +152,23 @@ class Budget:
             if not granted.done():
                 self.used += n
                 granted.set_result(None)
+
+
+class _Held:
+    """``n`` of a ``Budget``, held inside ``async with``."""
+
+    __slots__ = ("_budget", "_n")
+
+    def __init__(self, budget: Budget, n: int) -> None:
+        self._budget, self._n = budget, n
+
+    async def __aenter__(self) -> None:
+        await self._budget._take(self._n)
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._budget._give(self._n)
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
