@@ -16,6 +16,9 @@ never from https to plain http. aiohttp's errors are mapped to asyncdl's in one 
 TLS: one ``ssl.SSLContext`` per run, always verifying. It trusts ``FetchOptions.ca_bundle`` if
 given, else OpenSSL's default paths, which honour ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` (read when
 the run starts, unlike aiohttp's own default context, which is built once at import).
+
+Proxies (``proxies``): chosen once per run and per host, not by aiohttp's ``trust_env``, which
+reads the environment and ``~/.netrc`` again in a thread for every request.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, NamedTuple, TypeVar
+from urllib.request import getproxies_environment
 
 import aiohttp
 import orjson
@@ -61,6 +65,7 @@ from .errors import (
     VolumeError,
 )
 from .files import AtomicFile, writing
+from .proxies import Proxies
 from .urls import follow_redirect, host_of
 
 T = TypeVar("T")
@@ -145,6 +150,8 @@ class HttpClient:
         self._rate = RateLimiter(options.rate, sleep=sleep) if options.rate else None
         self._budget = Budget(MAX_BYTES_IN_FLIGHT)
         self._session: aiohttp.ClientSession | None = None
+        self._proxies = Proxies()
+        self._proxy_of: dict[tuple[str, str | None, int | None], URL | None] = {}
         #: The quickest any answer's headers came back, in seconds: a floor on the server's latency.
         self.fastest_answer = math.inf
         # Time without progress: to connect (name lookup and TLS included), then between any two
@@ -154,6 +161,7 @@ class HttpClient:
         )
 
     async def __aenter__(self) -> HttpClient:
+        self._proxies = Proxies.choose(self.options.proxy, getproxies_environment())
         connector = aiohttp.TCPConnector(
             limit=self.options.concurrency,
             limit_per_host=0,
@@ -314,8 +322,9 @@ class HttpClient:
         ``MAX_REDIRECTS`` at most, each reported, never from https to plain http."""
         for _ in range(MAX_REDIRECTS + 1):
             sent = time.monotonic()
+            url = URL(transfer.url, encoded=True)
             request = self.session.get(
-                URL(transfer.url, encoded=True), timeout=self._timeout, allow_redirects=False
+                url, timeout=self._timeout, proxy=self._proxy(url), allow_redirects=False
             )
             async with request as resp:
                 location = resp.headers.get("Location") if resp.status in _REDIRECTS else None
@@ -329,6 +338,13 @@ class HttpClient:
                 self._on_redirect(transfer.url, target)
             transfer.url = target
         raise FetchError(f"more than {MAX_REDIRECTS} redirects", transfer.url)
+
+    def _proxy(self, url: URL) -> URL | None:
+        """The proxy for ``url``'s host (a run asks for a few hosts, millions of times)."""
+        key = (url.scheme, url.host, url.port)
+        if key not in self._proxy_of:
+            self._proxy_of[key] = self._proxies.for_url(url)
+        return self._proxy_of[key]
 
     async def _read_body(
         self, resp: aiohttp.ClientResponse, transfer: _Transfer, *, limit: int
