@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import threading
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -110,8 +112,9 @@ class Slots:
 class Budget:
     """An allowance of ``size`` units (bytes of answers held in memory) shared by many tasks.
 
-    ``hold(n)`` takes ``n`` at once, waiting first come, first served, and gives them back on exit.
-    A task never asks for more while it holds some, so no set of holders can wait on each other.
+    ``async with budget.hold(n)`` takes ``n`` at once, waiting first come, first served, and gives
+    them back on exit. A task never asks for more while it holds some, so no set of holders can
+    wait on each other.
     """
 
     def __init__(self, size: int) -> None:
@@ -119,31 +122,29 @@ class Budget:
         self.used = 0
         self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
 
-    @contextlib.asynccontextmanager
-    async def hold(self, n: int) -> AsyncIterator[None]:
+    def hold(self, n: int) -> _Held:
         if not 0 <= n <= self.size:
             raise ValueError(f"cannot hold {n} of a budget of {self.size}")
-        if self._waiting or self.used + n > self.size:
-            granted = asyncio.get_running_loop().create_future()
-            self._waiting.append((n, granted))
-            try:
-                await granted
-            except asyncio.CancelledError:
-                if granted.done() and not granted.cancelled():
-                    self._give_back(n)  # granted as it was cancelled: pass it on
-                else:
-                    with contextlib.suppress(ValueError):
-                        self._waiting.remove((n, granted))
-                    self._grant()  # a large request at the head may have held back smaller ones
-                raise
-        else:
-            self.used += n
-        try:
-            yield
-        finally:
-            self._give_back(n)
+        return _Held(self, n)
 
-    def _give_back(self, n: int) -> None:
+    async def _take(self, n: int) -> None:
+        if not self._waiting and self.used + n <= self.size:
+            self.used += n
+            return
+        granted = asyncio.get_running_loop().create_future()
+        self._waiting.append((n, granted))
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self._give(n)  # granted as it was cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiting.remove((n, granted))
+                self._grant()  # a large request at the head may have held back smaller ones
+            raise
+
+    def _give(self, n: int) -> None:
         self.used -= n
         self._grant()
 
@@ -153,6 +154,23 @@ class Budget:
             if not granted.done():
                 self.used += n
                 granted.set_result(None)
+
+
+class _Held:
+    """``n`` of a ``Budget``, held inside ``async with``."""
+
+    __slots__ = ("_budget", "_n")
+
+    def __init__(self, budget: Budget, n: int) -> None:
+        self._budget, self._n = budget, n
+
+    async def __aenter__(self) -> None:
+        await self._budget._take(self._n)
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._budget._give(self._n)
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -165,10 +183,52 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run`` on uvloop when it is installed."""
-    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        runner.get_loop().set_exception_handler(_unless_a_cancelled_handshake)
-        return runner.run(main)
+    """``asyncio.run`` on uvloop when it is installed, callable where an event loop already runs.
+
+    There (a Jupyter cell, whose kernel runs one) ``main`` runs on a loop of its own in a worker
+    thread while this one waits. Ctrl-C means what it means to ``asyncio.run`` either way:
+    ``main`` is cancelled, its cleanup runs to the end, then ``KeyboardInterrupt`` is raised here.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            runner.get_loop().set_exception_handler(_unless_a_cancelled_handshake)
+            return runner.run(main)
+    return _run_in_thread(main)
+
+
+def _run_in_thread(main: Coroutine[Any, Any, T]) -> T:
+    # A KeyboardInterrupt comes to this thread (the main one, where signals are handled) while
+    # it waits; the worker's task is then cancelled from here, as asyncio.run's handler would.
+    started: Future[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]] = Future()
+    outcome: Future[T] = Future()
+
+    async def tracked() -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        started.set_result((asyncio.get_running_loop(), task))
+        return await main
+
+    def work() -> None:
+        try:
+            outcome.set_result(run(tracked()))
+        except BaseException as exc:  # handed to the waiting thread, which raises it
+            outcome.set_exception(exc)
+
+    # Not a daemon: an interpreter that exits waits for the run's files to be closed.
+    threading.Thread(target=work, name="asyncdl-run").start()
+    try:
+        return outcome.result()
+    except KeyboardInterrupt:
+        either: list[Future[Any]] = [started, outcome]
+        wait(either, return_when=FIRST_COMPLETED)
+        if started.done():
+            loop, task = started.result()
+            with contextlib.suppress(RuntimeError):  # the loop closed: the run is over anyway
+                loop.call_soon_threadsafe(task.cancel)
+        wait([outcome])  # the cleanup of a cancelled run: files closed, resumable
+        raise
 
 
 def _unless_a_cancelled_handshake(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

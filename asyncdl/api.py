@@ -1,13 +1,17 @@
-"""The library's entry points: ``fetch`` (and ``fetch_sync``) and ``survey`` (a dry run)."""
+"""The library's entry points: ``fetch`` (and ``fetch_sync``), ``survey`` (a dry run) and
+``verify`` (fetched data sets checked against their SHA-256)."""
 
 from __future__ import annotations
 
 import asyncio
 import importlib
 import math
+import os
+import time
 import warnings
-from collections.abc import Iterable
-from contextlib import AsyncExitStack
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack, ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,12 +20,13 @@ from .cache import cache_root
 from .config import LEGACY_WARNING, FetchOptions, LegacyVolumesWarning
 from .dataset import RunContext, explain, refuse_mixing
 from .errors import ENDS_THE_RUN, AsyncdlError, UsageError
-from .events import Events
+from .events import Events, LogReporter, Tee
 from .fetcher import HttpClient, Tally
 from .pipeline import Pipeline
 from .plan import RunPlan
-from .results import DataSetResult, Survey
+from .results import DataSetResult, Survey, Verdict
 from .sources import VolumeSource
+from .store import DataSetStore
 from .urls import Endpoints, data_set_id
 
 if TYPE_CHECKING:
@@ -39,6 +44,7 @@ async def fetch(
     client: DaskClient | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
+    progress: bool = False,
 ) -> list[DataSetResult]:
     """Fetch the streamlines of ``data_sets`` into ``out_dir/<id>/``; one result per data set.
 
@@ -55,6 +61,10 @@ async def fetch(
     started for the call; or with ``scheduler``, the address of a running one (the ``dask`` extra).
     ``concurrency`` and ``rate`` are shared among the workers that have work; the results and
     files are the same. ``out_dir`` must be on a file system they all see.
+
+    What happens is told to ``events`` and logged by the ``asyncdl`` logger (INFO per finished
+    data set, WARNING per failure, DEBUG per retry). ``progress`` draws live bars, in a terminal
+    (on stderr) or in a Jupyter notebook, and a table at the end.
     """
     if sum(x is not None for x in (client, workers, scheduler)) > 1:
         raise UsageError(
@@ -65,11 +75,28 @@ async def fetch(
     plan = RunPlan.make(
         data_sets, out_dir, options=options, endpoints=endpoints, cache_dir=cache_dir
     )
-    for data_set in plan.ids:  # before any request: never mix old and new results
-        refuse_mixing(plan.out, data_set, plan.params, plan.options.restart)
-    events = events or Events()
-    if client is not None or workers is not None or scheduler is not None:
-        return await _on_dask(plan, events, client=client, workers=workers, scheduler=scheduler)
+    # Before any request: never mix old and new results.
+    refuse_mixing(plan.out, plan.ids, plan.params, plan.options.restart)
+    started = time.monotonic()
+    with ExitStack() as shown:
+        listeners = [LogReporter(), *([events] if events is not None else [])]
+        if progress:
+            from .progress import RichProgress
+
+            listeners.append(shown.enter_context(RichProgress()))
+        tell = Tee(*listeners)
+        if client is not None or workers is not None or scheduler is not None:
+            results = await _on_dask(
+                plan, tell, client=client, workers=workers, scheduler=scheduler
+            )
+        else:
+            results = await _locally(plan, tell)
+        tell.finished(results, time.monotonic() - started)
+    return results
+
+
+async def _locally(plan: RunPlan, events: Events) -> list[DataSetResult]:
+    """``fetch`` in this process."""
     async with HttpClient(plan.options, on_redirect=events.redirected) as http:
         source = VolumeSource(http, plan.endpoints, plan.cache, plan.options.volumes)
         ctx = RunContext(plan, http, source, events)
@@ -128,7 +155,10 @@ def _warn_if_legacy(options: FetchOptions, endpoints: Endpoints) -> None:
 def fetch_sync(
     data_sets: Iterable[int | str], out_dir: str | Path, **kwargs: Any
 ) -> list[DataSetResult]:
-    """``fetch`` for scripts: runs its own event loop (in a notebook, ``await fetch(...)`` instead)."""
+    """``fetch`` for code that is not async: scripts, and notebook cells (where an event loop runs
+    already, the fetch runs on its own loop in a worker thread, where ``events`` are then called).
+    Ctrl-C, or a notebook's interrupt, stops the run and raises ``KeyboardInterrupt`` once
+    everything answered is on disk: the same call resumes."""
     return run(fetch(data_sets, out_dir, **kwargs))
 
 
@@ -169,3 +199,34 @@ async def survey(
         else s
         for s in counts
     ]
+
+
+def verify(
+    out_dir: str | Path,
+    data_sets: Iterable[int | str] | None = None,
+    *,
+    each: Callable[[Verdict], None] | None = None,
+) -> list[Verdict]:
+    """Check fetched data sets (``data_sets``, or every ``out_dir/<id>``) byte for byte: each
+    final file against the size and SHA-256 its summary.json recorded when it was written.
+
+    One ``Verdict`` per data set, in order (also given to ``each`` as it comes). A damaged data
+    set is marked so in its summary.json, and the next ``fetch`` of it repairs it.
+    """
+    out = Path(out_dir)
+    if not out.is_dir():
+        raise UsageError(f"{out} is not a folder")
+    if data_sets is None:
+        ids = sorted(int(d.name) for d in out.iterdir() if d.name.isdigit() and d.is_dir())
+        if not ids:
+            raise UsageError(f"{out} holds no data set folders (OUT/<id>/)")
+    else:
+        ids = list(dict.fromkeys(data_set_id(d) for d in data_sets))
+    verdicts = []
+    # Hashing releases the GIL: a thread per core reads and hashes files side by side.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for verdict in pool.map(lambda data_set: DataSetStore(out, data_set).verify(), ids):
+            verdicts.append(verdict)
+            if each is not None:
+                each(verdict)
+    return verdicts

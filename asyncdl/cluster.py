@@ -405,11 +405,15 @@ class _WorkerEvents(Events):
         self.worker = worker
         self.topic = topic
         self._started: list[list[int]] = []
+        self._repairs: list[list[Any]] = []
         self._done: defaultdict[int, list[int]] = defaultdict(lambda: [0, 0])
         self._retries: list[list[Any]] = []
         self._failed: list[list[Any]] = []
         self._redirects: list[list[str]] = []
         self._flusher = asyncio.create_task(self._flush_every())
+
+    def repairing(self, data_set: int, damage: str, remedy: str) -> None:
+        self._repairs.append([data_set, damage, remedy])
 
     def data_set_started(self, data_set: int, targets: int, resumed: int) -> None:
         self._started.append([data_set, targets, resumed])
@@ -427,16 +431,25 @@ class _WorkerEvents(Events):
         self._redirects.append([url, location])
 
     def flush(self) -> None:
-        if not (self._started or self._done or self._retries or self._failed or self._redirects):
+        if not (
+            self._repairs
+            or self._started
+            or self._done
+            or self._retries
+            or self._failed
+            or self._redirects
+        ):
             return
         message = {
+            "repairs": self._repairs,
             "started": self._started,
             "done": [[ds, ok, bad] for ds, (ok, bad) in self._done.items()],
             "retries": self._retries,
             "failed": self._failed,
             "redirects": self._redirects,
         }
-        self._started, self._retries, self._failed, self._redirects = [], [], [], []
+        self._repairs, self._started, self._retries, self._failed = [], [], [], []
+        self._redirects = []
         self._done.clear()
         self.worker.log_event(self.topic, message)
 
@@ -465,6 +478,9 @@ class _Relay:
 
     def receive(self, event: tuple[float, Mapping[str, Any]]) -> None:
         message = event[1]
+        for data_set, damage, remedy in message["repairs"]:
+            if data_set not in self._finished:
+                self.events.repairing(data_set, damage, remedy)
         for data_set, targets, resumed in message["started"]:
             if data_set not in self._targets and data_set not in self._finished:
                 self._targets[data_set] = targets

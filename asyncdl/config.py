@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from .errors import UsageError
+from .proxies import proxy_url
 
 #: Both hosts serve https; plain http would let anyone on the path change the data.
 DEFAULT_BASE_URL = "https://api.brain-map.org"
@@ -118,9 +119,23 @@ class FetchOptions:
     )
     #: Also write ``streamlines_<id>.json``, the layout brainrender reads (``asyncdl.brainrender``).
     brainrender: bool = False
+    keep_journal: bool = field(
+        default=False,
+        metadata=_help(
+            "keep OUT/<id>/lines.ndjson, the answers as they came, once data.json is written and "
+            "verified (it is a second copy of them; by default it goes)"
+        ),
+    )
     #: PEM file of the CAs to trust instead of the system's (SSL_CERT_FILE/SSL_CERT_DIR otherwise).
     #: Certificates are always verified; there is no way to turn that off.
     ca_bundle: Path | None = None
+    proxy: str | None = field(
+        default=None,
+        metadata=_help(
+            "send every request through this http proxy (default: HTTPS_PROXY and HTTP_PROXY; "
+            "hosts in NO_PROXY are reached directly; '' for none)"
+        ),
+    )
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -146,6 +161,8 @@ class FetchOptions:
             raise UsageError(f"volumes must be one of {VOLUME_KINDS}, got {self.volumes!r}")
         if self.prefetch < 1:
             raise UsageError(f"prefetch must be at least 1, got {self.prefetch}")
+        if self.proxy:
+            proxy_url(self.proxy, "--proxy")
 
     def rate_share(self, concurrency: int) -> float | None:
         """The part of ``rate`` that goes with ``concurrency`` of the ``concurrency`` slots."""

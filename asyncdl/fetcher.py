@@ -7,8 +7,8 @@ backoff (tenacity), stretched to a server's Retry-After (capped), built afresh f
 because tenacity's retry state must not be shared between tasks.
 
 Whatever the server does, an attempt ends and holds bounded memory: nothing received for
-``timeout`` seconds ends it (aiohttp's socket timeouts), and so does averaging under ``min_rate``
-bytes a second once its first ``timeout`` seconds are over (``_Transfer``: a drip). An answer's body
+``timeout`` seconds ends it (aiohttp's timeouts), and so does averaging under ``min_rate`` bytes a
+second once its first ``timeout`` seconds are over (``_Transfer``: a drip). An answer's body
 is held within its own cap and within one budget of bytes for all the answers in flight
 (``MAX_BYTES_IN_FLIGHT``). Redirects are followed here, a few hops at most, each reported, and
 never from https to plain http. aiohttp's errors are mapped to asyncdl's in one place, ``_mapped``.
@@ -16,6 +16,9 @@ never from https to plain http. aiohttp's errors are mapped to asyncdl's in one 
 TLS: one ``ssl.SSLContext`` per run, always verifying. It trusts ``FetchOptions.ca_bundle`` if
 given, else OpenSSL's default paths, which honour ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` (read when
 the run starts, unlike aiohttp's own default context, which is built once at import).
+
+Proxies (``proxies``): chosen once per run and per host, not by aiohttp's ``trust_env``, which
+reads the environment and ``~/.netrc`` again in a thread for every request.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, NamedTuple, TypeVar
+from urllib.request import getproxies_environment
 
 import aiohttp
 import orjson
@@ -61,6 +65,7 @@ from .errors import (
     VolumeError,
 )
 from .files import AtomicFile, writing
+from .proxies import Proxies
 from .urls import follow_redirect, host_of
 
 T = TypeVar("T")
@@ -145,14 +150,18 @@ class HttpClient:
         self._rate = RateLimiter(options.rate, sleep=sleep) if options.rate else None
         self._budget = Budget(MAX_BYTES_IN_FLIGHT)
         self._session: aiohttp.ClientSession | None = None
+        self._proxies = Proxies()
+        self._proxy_of: dict[tuple[str, str | None, int | None], URL | None] = {}
         #: The quickest any answer's headers came back, in seconds: a floor on the server's latency.
         self.fastest_answer = math.inf
-        # Time without progress; the deadline that keeps the minimum rate is each attempt's own.
+        # Time without progress: to connect (name lookup and TLS included), then between any two
+        # reads of the answer, its headers included. The minimum rate is each transfer's own.
         self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=options.timeout, sock_read=options.timeout
+            total=None, connect=options.timeout, sock_read=options.timeout
         )
 
     async def __aenter__(self) -> HttpClient:
+        self._proxies = Proxies.choose(self.options.proxy, getproxies_environment())
         connector = aiohttp.TCPConnector(
             limit=self.options.concurrency,
             limit_per_host=0,
@@ -292,8 +301,8 @@ class HttpClient:
     ) -> R:
         """One request in one slot, redirects followed, its outcome mapped to asyncdl's errors.
 
-        ``consume`` reads the response, telling the transfer what it received (its deadline grows
-        with it), and returns its result and the number of bytes it read.
+        ``consume`` reads the response, telling the transfer each part it receives (which holds it
+        to the minimum rate), and returns its result and the number of bytes it read.
         """
         tally.requests += 1
         async with self._slots:
@@ -301,10 +310,8 @@ class HttpClient:
                 await self._rate.wait()
             transfer = _Transfer(url, self.options)
             with _mapped(transfer, self.options.ca_bundle):
-                async with asyncio.timeout(None) as deadline:
-                    transfer.start(deadline)
-                    async with self._response(transfer) as resp:
-                        result, size = await consume(resp, transfer)
+                async with self._response(transfer) as resp:
+                    result, size = await consume(resp, transfer)
         tally.bytes += size
         return result
 
@@ -315,8 +322,9 @@ class HttpClient:
         ``MAX_REDIRECTS`` at most, each reported, never from https to plain http."""
         for _ in range(MAX_REDIRECTS + 1):
             sent = time.monotonic()
+            url = URL(transfer.url, encoded=True)
             request = self.session.get(
-                URL(transfer.url, encoded=True), timeout=self._timeout, allow_redirects=False
+                url, timeout=self._timeout, proxy=self._proxy(url), allow_redirects=False
             )
             async with request as resp:
                 location = resp.headers.get("Location") if resp.status in _REDIRECTS else None
@@ -330,6 +338,13 @@ class HttpClient:
                 self._on_redirect(transfer.url, target)
             transfer.url = target
         raise FetchError(f"more than {MAX_REDIRECTS} redirects", transfer.url)
+
+    def _proxy(self, url: URL) -> URL | None:
+        """The proxy for ``url``'s host (a run asks for a few hosts, millions of times)."""
+        key = (url.scheme, url.host, url.port)
+        if key not in self._proxy_of:
+            self._proxy_of[key] = self._proxies.for_url(url)
+        return self._proxy_of[key]
 
     async def _read_body(
         self, resp: aiohttp.ClientResponse, transfer: _Transfer, *, limit: int
@@ -349,44 +364,31 @@ class HttpClient:
 
 
 class _Transfer:
-    """Where an attempt is (a redirect moves it) and its deadline: ``timeout`` seconds from its
-    start, plus one second for every ``min_rate`` bytes received. A drip misses it after about
-    ``timeout``; a transfer faster than ``min_rate`` never does, however long it takes; and as a
-    transfer receives no more than its size, it always ends by ``timeout + size / min_rate``.
+    """Where an attempt is (a redirect moves it), and the minimum rate it must keep: a part of the
+    answer that arrives later than ``timeout`` seconds after the start, plus one second for every
+    ``min_rate`` bytes before it, ends the attempt. The wait for each part is bounded by the socket
+    timeout, so a drip fails after one or two ``timeout``, a transfer above ``min_rate`` never does
+    however long it takes, and every transfer ends by ``2 * timeout + size / min_rate``. It costs
+    a clock read per part, and no timer.
     """
 
     def __init__(self, url: str, options: FetchOptions) -> None:
         self.url = url
         self.received = 0
         self._options = options
-        self._deadline: asyncio.Timeout | None = None
-        self._start = 0.0
-
-    def start(self, deadline: asyncio.Timeout) -> None:
-        self._deadline = deadline
-        self._start = asyncio.get_running_loop().time()
-        deadline.reschedule(self._start + self._options.timeout)
+        self._start = time.monotonic()
 
     def got(self, n: int) -> None:
-        """``n`` more bytes received: the deadline moves on by ``n / min_rate``."""
-        self.received += n
-        if self._deadline is not None:
-            opts = self._options
-            self._deadline.reschedule(self._start + opts.timeout + self.received / opts.min_rate)
-
-    def missed(self) -> TransientError | None:
-        """The error of an attempt that missed its deadline; None if it did not."""
-        if self._deadline is None or not self._deadline.expired():
-            return None
+        """``n`` more bytes came: ``TransientError`` if they came later than the rate allows."""
         opts = self._options
-        if not self.received:
-            return TransientError(f"Timeout: no data within {opts.timeout:g} s", self.url)
-        elapsed = asyncio.get_running_loop().time() - self._start
-        return TransientError(
-            f"Timeout: too slow, {self.received} bytes in {elapsed:.1f} s, under the minimum rate "
-            f"of {opts.min_rate:g} bytes/s after the first {opts.timeout:g} s",
-            self.url,
-        )
+        elapsed = time.monotonic() - self._start
+        if elapsed > opts.timeout + self.received / opts.min_rate:
+            raise TransientError(
+                f"Timeout: too slow, {self.received + n} bytes in {elapsed:.1f} s, under the "
+                f"minimum rate of {opts.min_rate:g} bytes/s after the first {opts.timeout:g} s",
+                self.url,
+            )
+        self.received += n
 
 
 @contextmanager
@@ -400,8 +402,8 @@ def _mapped(transfer: _Transfer, ca_bundle: Path | None) -> Iterator[None]:
         yield
     except AsyncdlError:
         raise
-    except TimeoutError as exc:  # the attempt's deadline, or aiohttp's time without progress
-        raise (transfer.missed() or TransientError(_describe(exc), transfer.url)) from exc
+    except TimeoutError as exc:  # aiohttp's: nothing received for --timeout
+        raise TransientError(_describe(exc), transfer.url) from exc
     except (aiohttp.ClientConnectorCertificateError, ssl.CertificateError) as exc:
         raise _untrusted(exc, transfer.url, ca_bundle) from exc
     except aiohttp.ClientConnectorSSLError as exc:

@@ -102,7 +102,7 @@ def measure(scenario: Scenario, work: Path, env: dict[str, str]) -> dict[str, An
         argv += ["--base-url", server.base_url, "--archive-url", server.base_url]
         if scenario.density_range is not None:
             argv += ["--density-range", *map(str, scenario.density_range)]
-        peak_mb, wall_s, status = run_sampled(argv, env, work / f"{slug}.log")
+        peak_mb, wall_s, status = run_sampled(argv, env, work)
     data_sets = [_summary(out / str(data_set)) for data_set in IDS]
     met = peak_mb <= scenario.goal_mb and status in (0, 1)
     _say(f"{scenario.name}: peak RSS {peak_mb:.0f} MB, {wall_s:.1f} s, exit {status}")
@@ -125,12 +125,13 @@ def warm_up(server: EmulatorProcess) -> None:
             server.get(GRID.format(id=data_set, image=image))
 
 
-def run_sampled(argv: list[str], env: dict[str, str], log: Path) -> tuple[float, float, int]:
-    """Run ``argv`` to its end: the largest VmHWM of its process tree in MB, its wall time, its
+def run_sampled(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, int]:
+    """Run ``argv`` in ``cwd`` (where it imports the asyncdl of ``env``'s PYTHONPATH, not the one
+    of this folder) to its end: the largest VmHWM of its process tree in MB, its wall time, its
     exit status (-9 if it had to be killed after ``TIMEOUT_S``)."""
     started = time.monotonic()
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+    with (cwd / "client.log").open("ab") as out:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
     peak = 0.0
     while proc.poll() is None:
         peak = max([peak, *(sample.peak_rss_mb for sample in procstat.tree(proc.pid))])

@@ -23,6 +23,7 @@ from aiohttp.test_utils import TestServer
 import asyncdl
 import asyncdl.cache
 from asyncdl.emulator import Emulator
+from asyncdl.events import HOOKS
 
 # Shared with the benchmarks (which must not import tests), and imported by the tests from here.
 from benchmarks.server import EmulatorProcess as EmulatorProcess
@@ -143,9 +144,8 @@ def _recording(hook: str) -> Callable[..., None]:
     return record
 
 
-for _hook, _method in vars(asyncdl.Events).items():
-    if callable(_method) and not _hook.startswith("_"):
-        setattr(Recorder, _hook, _recording(_hook))
+for _hook in HOOKS:
+    setattr(Recorder, _hook, _recording(_hook))
 
 
 class Sleeps:
@@ -237,6 +237,22 @@ def user_cache(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPat
 def source_dir(cache: Path, endpoints: asyncdl.Endpoints) -> Path:
     """The folder of ``endpoints``' data source in a cache folder."""
     return cache / asyncdl.cache.source_folder(endpoints.name)
+
+
+#: The variables that send requests through a proxy (urllib, and so asyncdl, reads either case).
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "no_proxy", "all_proxy")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_proxy_from_outside() -> Iterator[None]:
+    """Every test talks to its servers directly unless it sets a proxy itself (with monkeypatch,
+    or in a subprocess's environment, so that it cannot leak into the next test): a proxy set
+    on the machine running the suite must not reroute it."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in PROXY_VARIABLES:
+            mp.delenv(name, raising=False)
+            mp.delenv(name.upper(), raising=False)
+        yield
 
 
 @pytest.fixture(scope="session")

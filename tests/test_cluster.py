@@ -83,6 +83,18 @@ async def test_output_is_byte_identical_to_a_single_process_run(
             IDS, tmp_path, options=options, endpoints=server.endpoints, client=client
         )
     assert [r.status for r in again] == ["skipped"] * 3
+    # A damaged data.json is repaired on a worker, and its note reaches the client.
+    data = tmp_path / str(IDS[1]) / "data.json"
+    data.write_bytes(data.read_bytes()[:1000])
+    notes = Recorder()
+    async with distributed.Client(cluster.scheduler_address, asynchronous=True) as client:
+        repaired = await asyncdl.fetch(
+            IDS, tmp_path, options=options, endpoints=server.endpoints, client=client, events=notes
+        )
+    assert [r.status for r in repaired] == ["skipped", "ok", "skipped"]
+    assert data.read_bytes() == single_process[IDS[1]]
+    [note] = notes.of("repairing")
+    assert note["data_set"] == IDS[1] and note["damage"].startswith("data.json is 1,000 bytes")
 
 
 async def test_the_server_never_sees_more_than_c_from_the_whole_cluster(cluster, tmp_path):

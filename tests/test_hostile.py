@@ -3,7 +3,6 @@ volumes of another grid. Each run must end, fail only what the server broke, say
 nothing bad in the cache and stay within bounded memory."""
 
 import asyncio
-import io
 import subprocess
 import time
 from dataclasses import replace
@@ -15,7 +14,6 @@ import asyncdl
 from asyncdl import FetchOptions
 from asyncdl.emulator import Emulator, FaultPlan
 from asyncdl.emulator.app import annotation_nrrd, grid_nrrd
-from asyncdl.events import JsonReporter
 
 from .conftest import SEED_ID, EmulatorThread, Recorder, command, server_args
 
@@ -179,25 +177,6 @@ async def test_redirects_to_another_host_are_followed_and_each_is_reported(emula
     assert direct.complete
     data = f"{SEED_ID}/data.json"
     assert (tmp_path / "a" / data).read_bytes() == (tmp_path / "b" / data).read_bytes()
-
-
-async def test_the_json_log_records_each_redirect(emulator, tmp_path):
-    plan = FaultPlan(redirect=f"http://localhost:{emulator.port}", routes=frozenset({"annotation"}))
-    stream = io.StringIO()
-    async with Emulator(faults=plan) as emu, asyncio.timeout(RUN_LIMIT_S):
-        [result] = await asyncdl.fetch(
-            [SEED_ID], tmp_path, options=QUICK, endpoints=emu.endpoints, events=JsonReporter(stream)
-        )
-    assert result.complete
-    redirects = [
-        event
-        for event in map(orjson.loads, stream.getvalue().splitlines())
-        if event["event"] == "redirect"
-    ]
-    annotation = emu.endpoints.annotation_nrrd()
-    assert [(e["url"], e["location"]) for e in redirects] == [
-        (annotation, annotation.replace(emu.base_url, f"http://localhost:{emulator.port}"))
-    ]
 
 
 async def test_a_redirect_loop_stops_after_a_few_hops(tmp_path):
