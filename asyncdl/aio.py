@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
@@ -193,7 +192,6 @@ def run(main: Coroutine[Any, Any, T]) -> T:
         asyncio.get_running_loop()
     except RuntimeError:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-            runner.get_loop().set_exception_handler(_unless_a_cancelled_handshake)
             return runner.run(main)
     return _run_in_thread(main)
 
@@ -229,15 +227,3 @@ def _run_in_thread(main: Coroutine[Any, Any, T]) -> T:
                 loop.call_soon_threadsafe(task.cancel)
         wait([outcome])  # the cleanup of a cancelled run: files closed, resumable
         raise
-
-
-def _unless_a_cancelled_handshake(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-    """The loop's own report, but for the TLS error of a connection cancelled mid-handshake,
-    which uvloop leaves in a future nobody awaits (MagicStack/uvloop#437; asyncio does not): a
-    run ends at the first certificate that does not verify, and says so once, while its other
-    connections to that server are still shaking hands."""
-    if context.get("message") == "Future exception was never retrieved" and isinstance(
-        context.get("exception"), ssl.SSLError
-    ):
-        return
-    loop.default_exception_handler(context)

@@ -15,7 +15,9 @@ never from https to plain http. aiohttp's errors are mapped to asyncdl's in one 
 
 TLS: one ``ssl.SSLContext`` per run, always verifying. It trusts ``FetchOptions.ca_bundle`` if
 given, else OpenSSL's default paths, which honour ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` (read when
-the run starts, unlike aiohttp's own default context, which is built once at import).
+the run starts, unlike aiohttp's own default context, which is built once at import). The first
+request to each https server goes alone, the others once it is answered (``_Origins``): a server
+whose TLS cannot work costs one handshake, and stops the run with nothing else connecting.
 
 Proxies (``proxies``): chosen once per run and per host, not by aiohttp's ``trust_env``, which
 reads the environment and ``~/.netrc`` again in a thread for every request.
@@ -74,6 +76,7 @@ _CHUNK = 256 * 1024
 #: Who is asking, for the server's logs: the package and its version (it has no public home page).
 _USER_AGENT = f"asyncdl/{__version__}"
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_OPEN = "open"  # an origin whose first contact answered
 
 
 @dataclass
@@ -152,6 +155,7 @@ class HttpClient:
         self._session: aiohttp.ClientSession | None = None
         self._proxies = Proxies()
         self._proxy_of: dict[tuple[str, str | None, int | None], URL | None] = {}
+        self._origins = _Origins(options.ca_bundle)
         #: The quickest any answer's headers came back, in seconds: a floor on the server's latency.
         self.fastest_answer = math.inf
         # Time without progress: to connect (name lookup and TLS included), then between any two
@@ -320,24 +324,27 @@ class HttpClient:
         """The answer to a GET of ``transfer.url``, its status checked. Redirects are followed
         here, not by aiohttp, so that each is checked before anything is sent where it leads:
         ``MAX_REDIRECTS`` at most, each reported, never from https to plain http."""
-        for _ in range(MAX_REDIRECTS + 1):
-            sent = time.monotonic()
-            url = URL(transfer.url, encoded=True)
-            request = self.session.get(
-                url, timeout=self._timeout, proxy=self._proxy(url), allow_redirects=False
-            )
-            async with request as resp:
-                location = resp.headers.get("Location") if resp.status in _REDIRECTS else None
-                if location is None:
-                    self.fastest_answer = min(self.fastest_answer, time.monotonic() - sent)
-                    _check_status(resp, transfer.url)
-                    yield resp
-                    return
-            target = follow_redirect(transfer.url, location)
-            if self._on_redirect is not None:
-                self._on_redirect(transfer.url, target)
-            transfer.url = target
-        raise FetchError(f"more than {MAX_REDIRECTS} redirects", transfer.url)
+        url = URL(transfer.url, encoded=True)
+        async with self._origins.contact(url, transfer) as contact:
+            for _ in range(MAX_REDIRECTS + 1):
+                sent = time.monotonic()
+                request = self.session.get(
+                    url, timeout=self._timeout, proxy=self._proxy(url), allow_redirects=False
+                )
+                async with request as resp:
+                    location = resp.headers.get("Location") if resp.status in _REDIRECTS else None
+                    if location is None:
+                        contact.answered()
+                        self.fastest_answer = min(self.fastest_answer, time.monotonic() - sent)
+                        _check_status(resp, transfer.url)
+                        yield resp
+                        return
+                target = follow_redirect(transfer.url, location)
+                if self._on_redirect is not None:
+                    self._on_redirect(transfer.url, target)
+                transfer.url = target
+                url = URL(target, encoded=True)
+            raise FetchError(f"more than {MAX_REDIRECTS} redirects", transfer.url)
 
     def _proxy(self, url: URL) -> URL | None:
         """The proxy for ``url``'s host (a run asks for a few hosts, millions of times)."""
@@ -361,6 +368,101 @@ class HttpClient:
                 if len(body) > limit:
                     raise FetchError(f"answer larger than the {limit} bytes allowed", transfer.url)
         return body, len(body)
+
+
+class _Origins:
+    """The first request to each https origin goes alone: the others wait for it to be answered
+    (redirects followed), proof that TLS with that server works, before they connect.
+
+    A server whose TLS cannot work (an untrusted certificate, plain http behind an https URL, a
+    redirect to plain http) then costs one handshake, whose failure the request awaiting it
+    reports, and the requests that waited fail with the same ``TLSError`` without connecting.
+    Were they let through at once, the first failure would end the run while their handshakes were
+    under way, and uvloop mishandles a connection cancelled mid-handshake: it reports a failure
+    nobody awaits, or a write to the closed socket, on stderr (MagicStack/uvloop#437).
+    """
+
+    def __init__(self, ca_bundle: Path | None) -> None:
+        self._ca_bundle = ca_bundle
+        #: By (host, port): ``_OPEN``, a first contact under way (set when it ends), or the
+        #: ``TLSError`` that refused it. Absent: not tried yet, or its last try failed otherwise.
+        self._state: dict[tuple[str | None, int | None], str | asyncio.Event | TLSError] = {}
+
+    def contact(self, url: URL, transfer: _Transfer) -> _Contact:
+        """``transfer``'s contact with ``url``'s origin, to enter before its first request."""
+        if url.scheme != "https" or self._state.get((url.host, url.port)) is _OPEN:
+            return _ANSWERED
+        return _FirstContact(self._state, (url.host, url.port), transfer, self._ca_bundle)
+
+
+class _Contact:
+    """A request's contact with an origin that answered before (or over plain http): nothing to
+    wait for, nothing to tell."""
+
+    async def __aenter__(self) -> _Contact:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None
+
+    def answered(self) -> None:
+        """The request got its answer's headers (after its redirects)."""
+
+
+_ANSWERED = _Contact()
+
+
+class _FirstContact(_Contact):
+    """A request to an https origin not known to answer: it waits while another request is the
+    origin's first contact, fails as that one did if it was refused, or is the first contact."""
+
+    def __init__(
+        self,
+        state: dict[tuple[str | None, int | None], str | asyncio.Event | TLSError],
+        origin: tuple[str | None, int | None],
+        transfer: _Transfer,
+        ca_bundle: Path | None,
+    ) -> None:
+        self._state = state
+        self._origin = origin
+        self._transfer = transfer
+        self._ca_bundle = ca_bundle
+        self._first: asyncio.Event | None = None  # while this request is the first contact
+
+    async def __aenter__(self) -> _Contact:
+        while isinstance(state := self._state.get(self._origin), asyncio.Event):
+            await state.wait()
+        if isinstance(state, TLSError):
+            raise type(state)(str(state), self._transfer.url, state.host)
+        if state is None:
+            self._first = self._state[self._origin] = asyncio.Event()
+        return self
+
+    def answered(self) -> None:
+        if self._first is not None:
+            self._end(_OPEN)
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._first is None or exc is None:
+            return
+        # Refused for good if TLS cannot work; after any other failure a waiting request tries.
+        refused = exc if isinstance(exc, TLSError) else None
+        if isinstance(exc, Exception) and refused is None:
+            refused = _tls_failure(exc, self._transfer.url, self._ca_bundle)
+        self._end(refused)
+
+    def _end(self, state: str | TLSError | None) -> None:
+        assert self._first is not None
+        if state is None:
+            del self._state[self._origin]
+        else:
+            self._state[self._origin] = state
+        self._first.set()
+        self._first = None
 
 
 class _Transfer:
@@ -404,16 +506,24 @@ def _mapped(transfer: _Transfer, ca_bundle: Path | None) -> Iterator[None]:
         raise
     except TimeoutError as exc:  # aiohttp's: nothing received for --timeout
         raise TransientError(_describe(exc), transfer.url) from exc
-    except (aiohttp.ClientConnectorCertificateError, ssl.CertificateError) as exc:
-        raise _untrusted(exc, transfer.url, ca_bundle) from exc
-    except aiohttp.ClientConnectorSSLError as exc:
-        if getattr(exc.os_error, "reason", None) in _NOT_TLS:
-            raise _not_tls(exc, transfer.url) from exc
-        raise TransientError(_describe(exc), transfer.url) from exc  # e.g. cut mid-handshake
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-        raise TransientError(_describe(exc), transfer.url) from exc
-    except aiohttp.ClientError as exc:
+    except (aiohttp.ClientError, ssl.CertificateError) as exc:
+        if (refused := _tls_failure(exc, transfer.url, ca_bundle)) is not None:
+            raise refused from exc
+        if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientConnectionError):
+            raise TransientError(_describe(exc), transfer.url) from exc  # SSL: cut mid-handshake
         raise FetchError(_describe(exc), transfer.url) from exc
+
+
+def _tls_failure(exc: BaseException, url: str, ca_bundle: Path | None) -> TLSError | None:
+    """The ``TLSError`` that ``exc`` means (a certificate that did not verify, a server that does
+    not speak TLS), or None: other handshake failures may pass, and are retried."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | ssl.CertificateError):
+        return _untrusted(exc, url, ca_bundle)
+    if isinstance(exc, aiohttp.ClientConnectorSSLError) and (
+        getattr(exc.os_error, "reason", None) in _NOT_TLS
+    ):
+        return _not_tls(exc, url)
+    return None
 
 
 def tls_context(ca_bundle: Path | None) -> ssl.SSLContext:

@@ -1,5 +1,6 @@
 """https: the emulator serving TLS, asyncdl verifying it, and refusing what does not verify."""
 
+import asyncio
 import shutil
 import ssl
 import subprocess
@@ -159,9 +160,8 @@ async def test_fetch_stops_at_the_first_untrusted_certificate(https, tmp_path):
     assert err.value.host == host_of(https)
     assert events.retries == [] and events.done == []  # no data set failed one by one
     assert not list(tmp_path.glob("*/summary.json"))
-    # At most one connection per volume of the two data sets (density, injection, fiber source):
-    # a retry loop would make at least 6 attempts for the first URL alone.
-    assert 1 <= https.stats.tls_handshakes <= 6
+    # One handshake: the first request to the server goes alone, and its failure is the others'.
+    assert https.stats.tls_handshakes == 1
     assert sum(https.stats.requests.values()) == 0
 
 
@@ -186,8 +186,36 @@ async def test_an_untrusted_certificate_on_the_targets_stops_the_run(https, tmp_
         )
     assert events.retries == [] and events.done == []
     assert not (tmp_path / "b" / str(SEED_ID) / "failures.ndjson").exists()
-    assert 1 <= https.stats.tls_handshakes <= OPTIONS["concurrency"]
+    assert https.stats.tls_handshakes == 1  # not one per lane
     assert sum(https.stats.requests.values()) == 0
+
+
+async def test_requests_at_once_to_an_untrusted_server_make_one_handshake(https):
+    """The first request to an https server goes alone; the others fail with its TLSError, each
+    naming its own URL, without connecting (nor being cancelled mid-handshake)."""
+    url = https.base_url + "/api/v2/structure_graph_download/1.json?n={}"
+    options = FetchOptions(concurrency=16, retries=5, backoff_base=0, backoff_max=0)
+    async with HttpClient(options) as client:
+        outcomes = await asyncio.gather(
+            *(client.get_json(url.format(n), Tally(), rows) for n in range(16)),
+            return_exceptions=True,
+        )
+    refused = [o for o in outcomes if isinstance(o, CertificateError)]
+    assert len(refused) == 16, outcomes
+    assert [e.url for e in refused] == [url.format(n) for n in range(16)]
+    assert len({str(e) for e in refused}) == 1
+    assert https.stats.tls_handshakes == 1 and sum(https.stats.requests.values()) == 0
+
+
+async def test_requests_at_once_to_a_trusted_server_all_connect(https):
+    url = https.base_url + "/api/v2/structure_graph_download/1.json?n={}"
+    options = FetchOptions(concurrency=16, ca_bundle=https.ca_file)
+    async with HttpClient(options) as client:
+        answers = await asyncio.gather(
+            *(client.get_json(url.format(n), Tally(), rows) for n in range(16))
+        )
+    assert all(answers) and sum(https.stats.requests.values()) == 16
+    assert https.stats.tls_handshakes > 1  # once the first answered, the rest went at once
 
 
 async def test_dry_run_stops_at_an_untrusted_certificate(https, tmp_path):
@@ -268,6 +296,7 @@ async def test_a_redirect_from_https_to_plain_http_stops_the_run(downgrading, em
         **OPTIONS, ca_bundle=downgrading.ca_file, retries=5, backoff_base=0, backoff_max=0
     )
     events = Recorder()
+    downgrading.stats.reset()
     with pytest.raises(TLSError) as err:  # itself, not an ExceptionGroup
         await asyncdl.fetch(
             [SEED_ID, 100141219],
@@ -281,6 +310,9 @@ async def test_a_redirect_from_https_to_plain_http_stops_the_run(downgrading, em
     assert err.value.host == host_of(downgrading)
     assert events.retries == [] and events.done == [] and events.of("redirected") == []
     assert sum(emulator.stats.requests.values()) == 0  # plain http was never spoken
+    # The first request went alone; the others failed with its error without connecting.
+    assert downgrading.stats.tls_handshakes == 1
+    assert sum(downgrading.stats.requests.values()) == 1
     assert not list(tmp_path.glob("*/summary.json"))
 
 
