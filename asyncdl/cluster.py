@@ -359,7 +359,12 @@ class RunPlugin(WorkerPlugin):
         await client.share(share)
         self.http = client
         source = VolumeSource(
-            client, plan.endpoints, plan.cache, plan.options.volumes, tract_ids=self.tract_ids
+            client,
+            plan.endpoints,
+            plan.cache,
+            plan.options.volumes,
+            tract_ids=self.tract_ids,
+            allensdk=plan.options.allensdk_cache,
         )
         ctx = RunContext(plan, client, source, self._events)
         self.pipeline = await stack.enter_async_context(Pipeline(ctx, lanes=share))

@@ -35,7 +35,8 @@ _MEANINGS = {
     "the file",
     Exit.TLS: "the server's TLS certificate did not verify (see --ca-bundle), it does not speak "
     "TLS, or it redirected https to plain http",
-    Exit.DAMAGED: "verify found damaged data sets (a line each); the next fetch repairs them",
+    Exit.DAMAGED: "verify or export found damaged data sets (a line each); the next fetch "
+    "repairs them",
     Exit.INTERRUPTED: "interrupted (Ctrl-C)",
     Exit.TERMINATED: "terminated (SIGTERM)",
 }

@@ -9,7 +9,9 @@ needs (the fiber volume, the structure tree) are fetched once per machine into t
 (``cache``), and the tract mask is built once and kept there beside them, keyed by the digest of
 the file it was built from (and of the tract ids) and by the grid, so later runs read a 1 MB mask
 instead of decoding the 300 MB annotation. A data set's own grids leave the cache once it is
-complete (unless ``keep_volumes``). A cached file that no longer reads is fetched again.
+complete (unless ``keep_volumes``). A cached file that no longer reads is fetched again. Given an
+AllenSDK cache (``allensdk_cache``), a volume it holds enters the cache instead of a download, once
+it passes the same check.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import asyncio
 import functools
 import hashlib
 import io
+import os
+import shutil
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -28,6 +32,7 @@ import numpy.typing as npt
 import orjson
 
 from .aio import all_of, both
+from .allensdk_cache import AllenSdkCache
 from .cache import (
     STRUCTURE_TREE,
     EntryLock,
@@ -41,8 +46,8 @@ from .cache import (
 )
 from .config import MAX_JSON_BYTES, FetchOptions, VolumeKind
 from .errors import FetchError, VolumeError
-from .fetcher import HttpClient, Tally
-from .files import atomic_write, writing
+from .fetcher import Downloaded, HttpClient, Tally
+from .files import atomic_write, temp_path, writing
 from .responses import rows
 from .targets import (
     BoolArray,
@@ -81,12 +86,15 @@ class VolumeSource:
         kind: VolumeKind,
         *,
         tract_ids: frozenset[int] | None = None,
+        allensdk: Path | None = None,
     ) -> None:
         self.client = client
         self.endpoints = endpoints
         self.cache = FileCache(client, cache_dir, endpoints.name, endpoints.key)
         self.kind = kind
         self.grid, self.fiber_grid = GRIDS[kind]
+        #: An AllenSDK MouseConnectivityCache whose volumes are used instead of downloads.
+        self.allensdk = None if allensdk is None else AllenSdkCache.open(allensdk)
         #: The fiber-tract ids (nrrd), when another process already read them from the tree.
         self.tract_ids = tract_ids
         self._mask: BoolArray | None = None
@@ -113,14 +121,17 @@ class VolumeSource:
         """A data set's ``density`` or ``injection`` volume."""
         ds, grid = data_set_id(data_set), self.grid
         read: Callable[[Path], Volume]
+        local = None
         if self.kind == "nrrd":
             url = self.endpoints.grid_nrrd(ds, volume)
             read = functools.partial(read_nrrd, grid=grid)
+            if self.allensdk is not None:
+                local = self.allensdk.grid(ds, volume)
         else:
             url = self.endpoints.grid_legacy(ds, volume)
             read = functools.partial(read_metaimage_zip, name=volume, grid=grid)
         name = self._grid_entry(ds, volume)
-        return await self.cache.get(url, name, tally, read, limit=grid.max_file_bytes)
+        return await self.cache.get(url, name, tally, read, limit=grid.max_file_bytes, local=local)
 
     def _grid_entry(self, data_set: int, volume: str) -> str:
         return grid_entry(data_set, volume, "nrrd" if self.kind == "nrrd" else "zip")
@@ -199,7 +210,10 @@ class VolumeSource:
             return plan.allowed(in_tract_labels(labels, tract_ids))
 
         url, name = self._fiber_file()
-        return await self.cache.get(url, name, tally, mask, limit=fine.max_file_bytes)
+        local = (
+            None if self.kind == "legacy" or self.allensdk is None else self.allensdk.annotation()
+        )
+        return await self.cache.get(url, name, tally, mask, limit=fine.max_file_bytes, local=local)
 
     def _fiber_file(self) -> tuple[str, str]:
         """URL and cache name of the shared volume that says where the fiber tracts are."""
@@ -276,13 +290,21 @@ class FileCache:
             tag(self.root)
 
     async def get(
-        self, url: str, name: str, tally: Tally, read: Callable[[Path], T], *, limit: int
+        self,
+        url: str,
+        name: str,
+        tally: Tally,
+        read: Callable[[Path], T],
+        *,
+        limit: int,
+        local: Path | None = None,
     ) -> T:
         """``read`` (off the loop) of the file cached for ``url`` as ``name``.
 
         A file missing from the cache, not matching its record, or that no longer reads (damaged,
-        or cached before volumes were checked) is downloaded (at most ``limit`` bytes) into a temp
-        file and read there: only if it reads whole does it enter the cache. ``read`` raises
+        or cached before volumes were checked) is taken from ``local`` (a file on this machine that
+        may hold it: an AllenSDK cache's) or else downloaded (at most ``limit`` bytes), into a temp
+        file, and read there: only if it reads whole does it enter the cache. ``read`` raises
         ``VolumeError`` for a file that is not what was asked for; a download is then retried.
         """
         async with self.locked(name) as path:
@@ -292,7 +314,9 @@ class FileCache:
                     return await asyncio.to_thread(read, path)
                 except VolumeError:
                     self.forget(name)
-            got = await self.client.download(url, path, tally, read, limit=limit)
+            got = None if local is None else await asyncio.to_thread(_adopt, local, path, read)
+            if got is None:
+                got = await self.client.download(url, path, tally, read, limit=limit)
             await asyncio.to_thread(self._record, name, key, got.size, got.sha256)
             return got.value
 
@@ -336,6 +360,29 @@ class FileCache:
     def forget(self, name: str) -> None:
         """Stop trusting a cached file (its record goes; the file is replaced on next use)."""
         self._meta(name).unlink(missing_ok=True)
+
+
+def _adopt(local: Path, path: Path, read: Callable[[Path], T]) -> Downloaded[T] | None:
+    """``local`` put in place at ``path`` if it is what ``read`` accepts there, as a download
+    would be: hard-linked (no second copy on disk), or else copied, to a temp file beside
+    ``path``, read whole there, then renamed. None if it is missing, unreadable or not that file
+    (it is downloaded instead). Call only while holding ``path``'s entry lock."""
+    tmp = temp_path(path)
+    try:
+        try:
+            os.link(local, tmp)
+        except FileNotFoundError:
+            return None
+        except OSError:  # another file system, or not allowed to link: copy it
+            shutil.copyfile(local, tmp)
+        value = read(tmp)
+        with writing(path):
+            os.replace(tmp, path)
+    except (VolumeError, OSError):
+        return None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return Downloaded(value, path.stat().st_size, _sha256(path))
 
 
 def _sha256(path: Path) -> str:
