@@ -447,11 +447,11 @@ class _FirstContact(_Contact):
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._first is None or exc is None:
+        if self._first is None:  # answered, or not the first contact
             return
         # Refused for good if TLS cannot work; after any other failure a waiting request tries.
         refused = exc if isinstance(exc, TLSError) else None
-        if isinstance(exc, Exception) and refused is None:
+        if refused is None and isinstance(exc, Exception):
             refused = _tls_failure(exc, self._transfer.url, self._ca_bundle)
         self._end(refused)
 
