@@ -142,6 +142,70 @@ class Slots:
             self._fitting.clear()
 
 
+class Budget:
+    """An allowance of ``size`` units (bytes of answers held in memory) shared by many tasks.
+
+    ``async with budget.hold(n)`` takes ``n`` at once, waiting first come, first served, and gives
+    them back on exit. A task never asks for more while it holds some, so no set of holders can
+    wait on each other.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.used = 0
+        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    def hold(self, n: int) -> _Held:
+        if not 0 <= n <= self.size:
+            raise ValueError(f"cannot hold {n} of a budget of {self.size}")
+        return _Held(self, n)
+
+    async def _take(self, n: int) -> None:
+        if not self._waiting and self.used + n <= self.size:
+            self.used += n
+            return
+        granted = asyncio.get_running_loop().create_future()
+        self._waiting.append((n, granted))
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self._give(n)  # granted as it was cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiting.remove((n, granted))
+                self._grant()  # a large request at the head may have held back smaller ones
+            raise
+
+    def _give(self, n: int) -> None:
+        self.used -= n
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiting and self.used + self._waiting[0][0] <= self.size:
+            n, granted = self._waiting.popleft()
+            if not granted.done():
+                self.used += n
+                granted.set_result(None)
+
+
+class _Held:
+    """``n`` of a ``Budget``, held inside ``async with``."""
+
+    __slots__ = ("_budget", "_n")
+
+    def __init__(self, budget: Budget, n: int) -> None:
+        self._budget, self._n = budget, n
+
+    async def __aenter__(self) -> None:
+        await self._budget._take(self._n)
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._budget._give(self._n)
+
+
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's loop when it is installed (extra ``fast``): less CPU per request."""
     try:

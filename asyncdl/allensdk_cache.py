@@ -11,8 +11,9 @@ manifest's folder). asyncdl reads three of them, the files a run would otherwise
     ANNOTATION          %s/annotation_%d.nrrd          ("annotation/ccf_2017", 25)   the CCF annotation
 
 A cache made with ``resolution=100`` holds the grids; any resolution holds the annotation once
-``get_annotation_volume`` ran at 25 um. Nothing here is trusted: a file is used only once it reads
-as a whole volume on the grid asyncdl asks the server for (``volumes.verify_nrrd``).
+``get_annotation_volume`` ran at 25 um. Nothing here is trusted: a file enters asyncdl's cache only
+once it passes the check a download does, read whole on the grid its URL serves
+(``sources.FileCache.get``).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from . import outputs
 from .aio import all_of, both, run
 from .allensdk_cache import AllenSdkCache
+from .cache import cache_root
 from .config import LEGACY_WARNING, FetchOptions, LegacyVolumesWarning
 from .dataset import RunContext, refuse_mixing
 from .errors import UsageError
@@ -105,7 +106,7 @@ async def fetch(
 
 async def _locally(plan: RunPlan, events: Events) -> list[DataSetResult]:
     """``fetch`` in this process."""
-    async with HttpClient(plan.options) as http:
+    async with HttpClient(plan.options, on_redirect=events.redirected) as http:
         source = VolumeSource(
             http,
             plan.endpoints,
@@ -130,7 +131,7 @@ async def _on_dask(
     """``fetch`` on Dask. The volumes every data set needs are fetched here once, while Dask is
     imported (in a thread: it takes a CPU-bound half second) and the cluster's workers start."""
     async with AsyncExitStack() as stack:
-        shared = asyncio.create_task(_shared_volumes(plan))
+        shared = asyncio.create_task(_shared_volumes(plan, events))
         stack.push_async_callback(_settle, shared)  # if what follows fails, it is stopped
         await asyncio.to_thread(importlib.import_module, "asyncdl.cluster")
         from .cluster import connect, fetch_on_cluster, ready
@@ -148,9 +149,9 @@ async def _settle(task: asyncio.Task[Any]) -> None:
     await asyncio.gather(task, return_exceptions=True)
 
 
-async def _shared_volumes(plan: RunPlan) -> frozenset[int] | None:
+async def _shared_volumes(plan: RunPlan, events: Events) -> frozenset[int] | None:
     """The fiber volume and the tract mask in the cache, for the workers; the tract ids."""
-    async with HttpClient(plan.options) as http:
+    async with HttpClient(plan.options, on_redirect=events.redirected) as http:
         source = VolumeSource(
             http,
             plan.endpoints,
@@ -158,7 +159,7 @@ async def _shared_volumes(plan: RunPlan) -> frozenset[int] | None:
             plan.options.volumes,
             allensdk=plan.options.allensdk_cache,
         )
-        await source.prefetch_shared(Tally(), plan.ids[0])
+        await source.prefetch_shared(Tally())
         return source.tract_ids
 
 
@@ -187,10 +188,11 @@ async def survey(
     *,
     options: FetchOptions | None = None,
     endpoints: Endpoints | None = None,
-    cache_dir: str | Path,
+    cache_dir: str | Path | None = None,
     on_survey: Callable[[Survey], None] | None = None,
 ) -> list[Survey]:
-    """A dry run: download only the volumes (into ``cache_dir``), count each data set's targets,
+    """A dry run: download only the volumes into the cache (the user's, as for ``fetch``, unless
+    ``cache_dir``; a later ``fetch`` reuses them), count each data set's targets,
     and ask a few of them (``planning.SAMPLES``) to time the run; ``on_survey`` is told of each
     data set as it is counted. ``planning.forecast`` sums it up (the command line's dry run)."""
     surveys, _, _ = await plan_run(
@@ -204,7 +206,7 @@ async def plan_run(
     *,
     options: FetchOptions | None = None,
     endpoints: Endpoints | None = None,
-    cache_dir: str | Path,
+    cache_dir: str | Path | None = None,
     on_survey: Callable[[Survey], None] | None = None,
 ) -> tuple[list[Survey], Forecast, Measures]:
     """``survey``, and what the whole run will take (``Forecast``)."""
@@ -212,7 +214,7 @@ async def plan_run(
     endpoints = endpoints or Endpoints()
     _warn_if_legacy(options, endpoints)
     ids = list(dict.fromkeys(data_set_id(d) for d in data_sets))
-    cache = Path(cache_dir)
+    cache = cache_root(cache_dir)
     surveys, measures = await survey_data_sets(
         ids, options=options, endpoints=endpoints, cache_dir=cache, on_survey=on_survey
     )

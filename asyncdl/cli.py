@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import orjson
 
-from . import __version__, outputs
+from . import __version__, cache, outputs
 from .aio import every, in_thread, run
 from .api import fetch, legacy_warning, plan_run, verify
 from .catalog import Experiment, find_experiments
@@ -58,6 +58,19 @@ examples:
   asyncdl fetch --ids-file experiments.csv -o data    # AllenSDK's get_experiments(...).to_csv()
 
 {help_text()}"""
+CACHE_DIR_HELP = (
+    f"the cache of volumes (default ${cache.ENV_VAR} if set, else the user's cache folder: "
+    "~/.cache/asyncdl on Linux; asyncdl cache info says where)"
+)
+CACHE_EXAMPLES = f"""\
+examples:
+  asyncdl cache info                  # where it is, and what it holds
+  asyncdl cache list grids            # the data sets' grids, one a line
+  asyncdl cache remove grids          # only the data sets' grids
+  asyncdl cache remove 156394513      # one data set's grids
+  asyncdl cache purge                 # everything
+
+{help_text((Exit.OK, Exit.USAGE, Exit.STORAGE))}"""
 #: What ``asyncdl export`` can end with: DAMAGED when a data.json does not check out, BUSY when
 #: another process holds a data set.
 EXPORT_EXITS = (
@@ -175,6 +188,7 @@ def _add_speed(parser: _Parser) -> None:
     _option(group, "rate", type=float, metavar="N")
     _option(group, "retries", type=int, metavar="N")
     _option(group, "timeout", type=float, metavar="SECONDS")
+    _option(group, "min_rate", type=float, metavar="BYTES")
     spread = group.add_mutually_exclusive_group()
     spread.add_argument(
         "--workers",
@@ -195,13 +209,9 @@ def _add_fetch_output(parser: _Parser) -> None:
     group = parser.add_argument_group("output")
     group.add_argument("-o", "--out", required=True, type=Path, metavar="DIR", help="output folder")
     _add_format(group, required=False)
-    group.add_argument(
-        "--cache-dir",
-        type=Path,
-        metavar="DIR",
-        help="where volumes are cached (default OUT/.cache)",
-    )
+    group.add_argument("--cache-dir", type=Path, metavar="DIR", help=CACHE_DIR_HELP)
     _option(group, "allensdk_cache", type=Path, metavar="DIR")
+    _option(group, "keep_volumes", action="store_true")
     _option(group, "restart", action="store_true")
     _option(group, "wait", action="store_true")
     _option(group, "keep_journal", action="store_true")
@@ -351,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("ids", nargs="*", metavar="ID", help="data set ids (default: every OUT/<id>)")
     _add_format(x.add_argument_group("output"), required=True)
 
+    _cache_parser(sub)
+
     pv = sub.add_parser(
         "preview",
         help="draw OUT/<id>/preview.png from a fetched data set",
@@ -403,7 +415,89 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated fault kinds, of: 503,429,500,502,drop,truncate,badjson,slow,apierror "
         "(default: all but apierror)",
     )
+    e.add_argument(
+        "--fault-routes",
+        metavar="ROUTES",
+        help="comma-separated routes the faults and hostile modes apply to (default: all), of: "
+        "grid_nrrd,grid_legacy,well_known_file,annotation,structure_graph,query",
+    )
+    hostile = e.add_argument_group("hostile modes (each on every response of its routes)")
+    hostile.add_argument(
+        "--drip", type=float, metavar="BYTES", help="send every answer at this many bytes a second"
+    )
+    hostile.add_argument(
+        "--html-requests",
+        type=int,
+        default=0,
+        metavar="N",
+        help="a 200 text/html maintenance page instead of the first N volumes, then healthy",
+    )
+    hostile.add_argument(
+        "--html-seconds",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="the same for S seconds from the first volume request",
+    )
+    hostile.add_argument(
+        "--redirect",
+        metavar="URL",
+        help="answer 302 to the same path and query under this base URL (e.g. http://localhost:8001)",
+    )
+    hostile.add_argument(
+        "--huge-answers",
+        type=int,
+        default=0,
+        metavar="BYTES",
+        help="query.json answers of this many bytes, chunked, without Content-Length",
+    )
+    hostile.add_argument(
+        "--wrong-grid",
+        type=int,
+        nargs=3,
+        metavar=("X", "Y", "Z"),
+        help="NRRD volumes whose header declares this grid (1024 1024 128: 1 GiB of doubles)",
+    )
     return parser
+
+
+def _cache_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
+    where = _Parser(add_help=False)
+    where.add_argument("--cache-dir", type=Path, metavar="DIR", help=CACHE_DIR_HELP)
+    c = sub.add_parser(
+        "cache",
+        help="show or clear the volume cache",
+        description="The cache holds the volumes runs download, shared by every output folder "
+        "and every run on this machine: the files all data sets need (the annotation, the "
+        "structure tree, the fiber-tract masks), and the grids of data sets not yet complete.",
+        epilog=CACHE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = c.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    actions.add_parser("dir", parents=[where], help="print where the cache is")
+    actions.add_parser(
+        "info", parents=[where], help="where the cache is, its size, and what it holds"
+    )
+    ls = actions.add_parser("list", parents=[where], help="list the entries, one a line")
+    ls.add_argument("what", nargs="*", metavar="WHAT", help="only these (as for remove)")
+    rm = actions.add_parser(
+        "remove",
+        parents=[where],
+        help="remove some entries",
+        description="Remove the entries named; an entry a running asyncdl is using is left.",
+    )
+    rm.add_argument(
+        "what",
+        nargs="+",
+        metavar="WHAT",
+        help="grids (every data set's grids), shared (the files all data sets need), a data set "
+        "id (its grids), or a pattern of names (e.g. 'grid_1563*', 'fiber_mask_*')",
+    )
+    actions.add_parser(
+        "purge",
+        parents=[where],
+        help="remove everything (an entry a running asyncdl is using is left)",
+    )
 
 
 def read_ids(args: argparse.Namespace) -> list[int]:
@@ -482,12 +576,14 @@ async def run_fetch(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         retries=args.retries,
         timeout=args.timeout,
+        min_rate=args.min_rate,
         density_range=tuple(args.density_range),
         injection_threshold=args.injection_threshold,
         volumes=args.volumes,
         rate=args.rate,
         restart=args.restart,
         wait=args.wait,
+        keep_volumes=args.keep_volumes,
         keep_journal=args.keep_journal,
         formats=chosen_formats(args),
         allensdk_cache=args.allensdk_cache,
@@ -538,10 +634,9 @@ def outcome(args: argparse.Namespace, results: Sequence[DataSetResult]) -> Exit:
 async def dry_run(
     ids: list[int], args: argparse.Namespace, options: FetchOptions, endpoints: Endpoints
 ) -> int:
-    cache = args.cache_dir or args.out / ".cache"
     async with counting(args, options.progress_interval, len(ids)) as counted:
         surveys, ahead, measures = await plan_run(
-            ids, options=options, endpoints=endpoints, cache_dir=cache, on_survey=counted
+            ids, options=options, endpoints=endpoints, cache_dir=args.cache_dir, on_survey=counted
         )
     for s in surveys:
         if s.error:
@@ -617,6 +712,81 @@ async def run_status(args: argparse.Namespace) -> int:
     return Exit.OK
 
 
+async def run_cache(args: argparse.Namespace) -> int:
+    root, origin = cache.locate(args.cache_dir)
+    if args.action == "dir":
+        print(root)
+        return Exit.OK
+    found = await asyncio.to_thread(cache.entries, root)
+    if args.action == "info":
+        print(cache_info(root, origin, found), end="")
+        return Exit.OK
+    if args.action == "list":
+        chosen = _chosen(found, args.what) if args.what else found
+        for entry in chosen:
+            print(f"{cache.human(entry.size):>10}  {entry.label:<56}  {entry.what}")
+        return Exit.OK
+    if not cache.is_cache(root):
+        raise UsageError(f"{root} is not an asyncdl cache (it has no {cache.TAG}): nothing removed")
+    chosen = found if args.action == "purge" else _chosen(found, args.what)
+    for what in args.what if args.action == "remove" else ():
+        if not cache.select(found, what):
+            print(f"asyncdl: nothing in the cache matches {what!r}", file=sys.stderr)
+    done = await asyncio.to_thread(cache.remove, chosen)
+    if args.action == "purge":
+        await asyncio.to_thread(cache.tidy, root)
+    print(f"removed {_entries(done.removed)} ({cache.human(done.freed)}) from {root}")
+    if done.busy:
+        names = ", ".join(entry.label for entry in done.busy)
+        print(f"left {_entries(len(done.busy))} that a running asyncdl is using: {names}")
+    return Exit.OK
+
+
+def _entries(n: int) -> str:
+    return f"{n} entry" if n == 1 else f"{n} entries"
+
+
+def _chosen(found: list[cache.Entry], whats: Sequence[str]) -> list[cache.Entry]:
+    """The entries any of ``whats`` names, each once, in the cache's order."""
+    chosen = {entry.label for what in whats for entry in cache.select(found, what)}
+    return [entry for entry in found if entry.label in chosen]
+
+
+def cache_info(root: Path, origin: str, found: Sequence[cache.Entry]) -> str:
+    """What ``asyncdl cache info`` prints: where, how big, and what, by data source."""
+    why = {
+        "default": "the user's cache folder",
+        "ASYNCDL_CACHE_DIR": f"from ${cache.ENV_VAR}",
+        "--cache-dir": "from --cache-dir",
+    }[origin]
+    total = sum(entry.size for entry in found)
+    lines = [
+        f"cache: {root} ({why})",
+        f"size: {cache.human(total)} in {_entries(len(found))}",
+    ]
+    kinds = {
+        "shared": "needed by every data set",
+        "grid": "data sets' own grids",
+        "unfinished": "unfinished downloads",
+        "other": "files asyncdl did not write",
+    }
+    for source in dict.fromkeys(entry.source for entry in found):
+        lines.append(f"{source}:")
+        mine = [entry for entry in found if entry.source == source]
+        for kind, label in kinds.items():
+            those = [entry for entry in mine if entry.kind == kind]
+            if not those:
+                continue
+            size = cache.human(sum(entry.size for entry in those))
+            if kind == "grid":
+                data_sets = len({entry.data_set for entry in those})
+                detail = f"{data_sets} data set{'' if data_sets == 1 else 's'}"
+            else:
+                detail = ", ".join(entry.name for entry in those)
+            lines.append(f"  {label + ':':<28}{len(those):>5} {size:>10}  {detail}")
+    return "\n".join(lines) + "\n"
+
+
 async def run_verify(args: argparse.Namespace) -> int:
     def show(v: Verdict) -> None:
         if v.status != "verified":
@@ -682,7 +852,18 @@ async def run_emulate(args: argparse.Namespace) -> int:
     from .emulator.faults import DEFAULT_KINDS
 
     kinds = tuple(args.faults.split(",")) if args.faults else DEFAULT_KINDS
-    faults = FaultPlan(args.fault_rate, args.fault_seed, kinds)
+    faults = FaultPlan(
+        args.fault_rate,
+        args.fault_seed,
+        kinds,
+        routes=frozenset(args.fault_routes.split(",")) if args.fault_routes else None,
+        drip=args.drip,
+        html_requests=args.html_requests,
+        html_seconds=args.html_seconds,
+        redirect=args.redirect,
+        huge_answers=args.huge_answers,
+        wrong_grid=tuple(args.wrong_grid) if args.wrong_grid else None,
+    )
     await serve(
         host=args.host,
         port=args.port,
@@ -698,6 +879,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
     "fetch": run_fetch,
     "list": run_list,
     "status": run_status,
+    "cache": run_cache,
     "verify": run_verify,
     "export": run_export,
     "preview": run_preview,

@@ -359,7 +359,9 @@ class RunPlugin(WorkerPlugin):
         # Slots for the whole of -c (any share may come its way), but only its own share in use.
         share = self.initial.get(worker.address, 0)
         plan = self.plan
-        client = await stack.enter_async_context(HttpClient(plan.options))
+        client = await stack.enter_async_context(
+            HttpClient(plan.options, on_redirect=self._events.redirected)
+        )
         await client.share(share)
         self.http = client
         source = VolumeSource(
@@ -419,6 +421,7 @@ class _WorkerEvents(Events):
         self._done: defaultdict[int, list[int]] = defaultdict(lambda: [0, 0])
         self._retries: list[list[Any]] = []
         self._failed: list[list[Any]] = []
+        self._redirects: list[list[str]] = []
         self._flusher = asyncio.create_task(self._flush_every())
 
     def data_set_waiting(self, data_set: int, holder: str) -> None:
@@ -439,6 +442,9 @@ class _WorkerEvents(Events):
     def target_failed(self, data_set: int, rank: int, error: str) -> None:
         self._failed.append([data_set, rank, error])
 
+    def redirected(self, url: str, location: str) -> None:
+        self._redirects.append([url, location])
+
     def flush(self) -> None:
         if not (
             self._waiting
@@ -447,6 +453,7 @@ class _WorkerEvents(Events):
             or self._done
             or self._retries
             or self._failed
+            or self._redirects
         ):
             return
         message = {
@@ -456,9 +463,10 @@ class _WorkerEvents(Events):
             "done": [[ds, ok, bad] for ds, (ok, bad) in self._done.items()],
             "retries": self._retries,
             "failed": self._failed,
+            "redirects": self._redirects,
         }
         self._waiting, self._repairs, self._started = [], [], []
-        self._retries, self._failed = [], []
+        self._retries, self._failed, self._redirects = [], [], []
         self._done.clear()
         self.worker.log_event(self.topic, message)
 
@@ -504,6 +512,8 @@ class _Relay:
         for data_set, rank, error in message["failed"]:
             if data_set in self._targets:
                 self.events.target_failed(data_set, rank, error)
+        for url, location in message["redirects"]:
+            self.events.redirected(url, location)
         for data_set, ok, bad in message["done"]:
             if data_set not in self._targets:
                 continue

@@ -21,9 +21,22 @@ DEFAULT_ARCHIVE_URL = "https://download.alleninstitute.org"
 DEFAULT_DENSITY_RANGE = (0.04, 0.3)
 DEFAULT_INJECTION_THRESHOLD = 0.5
 
-#: Largest body accepted for one spatial-search answer and for one volume download.
-MAX_JSON_BYTES = 64 * 1024 * 1024
-MAX_VOLUME_BYTES = 1024 * 1024 * 1024
+#: Largest spatial-search answer accepted (a larger one fails its target, not retried). Real ones
+#: weigh kilobytes: the recorded real answer (2 records, paths of 35 and 38 points) is 6.2 KB as
+#: query.json; one record of the longest real streamline (128 points in the brainrender
+#: reference) about 12.6 KB; the emulator's, over 900 targets, 1.3 KB median and 6.7 KB at most.
+#: An answer about one data set holds 0 or 1 record, so 1 MiB is 80 times the largest seen.
+MAX_SEARCH_BYTES = 1 << 20
+#: Largest other JSON answer: the structure tree (about 0.5 MB for the 1,327 real structures, 532 KB
+#: in the reference dump) and pages of the experiment search (2,000 rows: 0.9 MB from the
+#: emulator, about 1.4 MB at the real rows' 700 bytes). 16 MiB is ten times the largest.
+MAX_JSON_BYTES = 16 << 20
+#: Bytes of answers a run may hold in memory at once, across all its requests: an answer reserves
+#: its Content-Length (or its cap, when it has none) before its body is read, and waits for room.
+#: At least the largest cap; 64 answers at the spatial-search cap, where normal ones take 1/80th.
+MAX_BYTES_IN_FLIGHT = 64 << 20
+#: Redirects followed for one request (each one is reported), never from https to http.
+MAX_REDIRECTS = 5
 
 #: Where the volumes come from: the NRRD grid files + CCF annotation, or the seed's zipped MetaImage.
 VolumeKind = Literal["nrrd", "legacy"]
@@ -57,7 +70,20 @@ class FetchOptions:
         default=32, metadata=_help("requests in flight at once, across all data sets")
     )
     retries: int = field(default=5, metadata=_help("retries of a failing request"))
-    timeout: float = field(default=60.0, metadata=_help("seconds per request attempt"))
+    timeout: float = field(
+        default=60.0,
+        metadata=_help(
+            "seconds a request may go without receiving anything (connecting, waiting for its "
+            "answer, reading it) before it is retried"
+        ),
+    )
+    min_rate: float = field(
+        default=50_000.0,
+        metadata=_help(
+            "bytes a second a transfer must average once its first --timeout seconds are over; "
+            "a server that sends slower (a drip) is given up on and retried"
+        ),
+    )
     backoff_base: float = 0.5
     backoff_max: float = 30.0
     #: A server's Retry-After is honoured up to this many seconds.
@@ -94,6 +120,13 @@ class FetchOptions:
         metadata=_help(
             "wait for data sets that another process is fetching, then finish them, instead of "
             "leaving them to it"
+        ),
+    )
+    keep_volumes: bool = field(
+        default=False,
+        metadata=_help(
+            "keep each data set's own grids in the cache once it is complete (by default they are "
+            "removed then; the annotation, structure tree and tract masks always stay)"
         ),
     )
     formats: tuple[OutputFormat, ...] = field(
@@ -147,6 +180,8 @@ class FetchOptions:
             raise UsageError(f"retries must be 0 or more, got {self.retries}")
         if not self.timeout > 0:
             raise UsageError(f"timeout must be positive, got {self.timeout}")
+        if not self.min_rate > 0:
+            raise UsageError(f"min_rate must be positive, got {self.min_rate}")
         if min(self.backoff_base, self.backoff_max, self.retry_after_max) < 0:
             raise UsageError("backoff times must be 0 or more")
         if self.rate is not None and not self.rate > 0:

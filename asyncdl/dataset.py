@@ -32,6 +32,7 @@ import numpy.typing as npt
 
 from . import outputs
 from .aio import in_thread
+from .config import MAX_SEARCH_BYTES
 from .errors import (
     ENDS_THE_RUN,
     AsyncdlError,
@@ -270,7 +271,7 @@ class DataSet:
         tally = Tally(on_retry=self._retry_reporter(url))
         try:
             try:
-                records = await self.ctx.client.get_json(url, tally, rows)
+                records = await self.ctx.client.get_json(url, tally, rows, limit=MAX_SEARCH_BYTES)
             except ENDS_THE_RUN:
                 raise
             except FetchError as exc:
@@ -338,6 +339,8 @@ class DataSet:
         await self._record(result, [DATA, *written])
         if result.complete and not options.keep_journal:  # recorded: every file read back whole
             await in_thread(self.store.drop_journal)
+        if result.complete and not options.keep_volumes:
+            await self.ctx.source.drop_grids(self.id)  # a resume would need them: only now
         return result
 
     def close(self) -> None:

@@ -9,7 +9,8 @@ AsyncdlError
     ├── HTTPStatusError             a status that retrying will not change (4xx but 429)
     ├── ApiError                    the API answered ``success: false``
     └── TLSError                    TLS with the server cannot work (no retry can fix it): stops the run
-        └── CertificateError        the server's TLS certificate did not verify
+        ├── CertificateError        the server's TLS certificate did not verify
+        └── InsecureRedirectError   an https URL redirected to plain http, which would undo TLS
 """
 
 from __future__ import annotations
@@ -82,6 +83,11 @@ class TLSError(FetchError):
 
 class CertificateError(TLSError):
     """The server's TLS certificate did not verify."""
+
+
+class InsecureRedirectError(TLSError):
+    """An https URL redirected to plain http: following it would undo TLS, so it is refused before
+    anything is sent there, and the run stops as for any ``TLSError``."""
 
 
 #: Errors that no other data set or target would escape either: they stop a run at once.

@@ -61,6 +61,10 @@ class Events:
     def retry(self, data_set: int, url: str, error: str, wait: float) -> None:
         """A request failed and will be tried again after ``wait`` seconds."""
 
+    def redirected(self, url: str, location: str) -> None:
+        """A request for ``url`` was redirected to ``location``, which is asked next (at most a
+        few hops; never from https to plain http, which stops the run instead)."""
+
     def target_failed(self, data_set: int, rank: int, error: str) -> None:
         """A target failed for good; it is in ``failures.ndjson``."""
 
@@ -92,6 +96,11 @@ def describe(result: DataSetResult) -> str:
 def describe_retry(data_set: int, url: str, error: str, wait: float) -> str:
     """One line for a request that failed and will be tried again."""
     return f"{data_set}: retry in {wait:.1f} s after {error} ({url})"
+
+
+def describe_redirect(url: str, location: str) -> str:
+    """One line for a redirect followed."""
+    return f"redirected: {url} -> {location}"
 
 
 def describe_failure(data_set: int, rank: int, error: str) -> str:
@@ -247,6 +256,9 @@ class LogReporter(Events):
         if log.isEnabledFor(logging.DEBUG):
             log.debug(describe_retry(data_set, url, error, wait), extra={"data_set": data_set})
 
+    def redirected(self, url: str, location: str) -> None:
+        log.info(describe_redirect(url, location))
+
     def target_failed(self, data_set: int, rank: int, error: str) -> None:
         log.warning(describe_failure(data_set, rank, error), extra={"data_set": data_set})
 
@@ -266,8 +278,8 @@ class LogReporter(Events):
 class LineReporter(Events):
     """A line as the run begins, one per data set finished (but those complete already) and one
     for the run, on ``stream`` (stderr by default); a rerun with nothing to do prints only the
-    last. ``verbose`` adds one per retry and per target that failed for good; ``progress`` is the
-    heartbeat."""
+    last. ``verbose`` adds one per retry, per redirect and per target that failed for good;
+    ``progress`` is the heartbeat."""
 
     def __init__(self, stream: TextIO | None = None, *, verbose: bool = False) -> None:
         self.stream = stream or sys.stderr
@@ -296,6 +308,10 @@ class LineReporter(Events):
     def retry(self, data_set: int, url: str, error: str, wait: float) -> None:
         if self.verbose:
             self._print(describe_retry(data_set, url, error, wait))
+
+    def redirected(self, url: str, location: str) -> None:
+        if self.verbose:
+            self._print(describe_redirect(url, location))
 
     def target_failed(self, data_set: int, rank: int, error: str) -> None:
         if self.verbose:
@@ -351,6 +367,9 @@ class JsonReporter(Events):
 
     def retry(self, data_set: int, url: str, error: str, wait: float) -> None:
         self._emit("retry", data_set=data_set, url=url, error=error, wait=round(wait, 3))
+
+    def redirected(self, url: str, location: str) -> None:
+        self._emit("redirect", url=url, location=location)
 
     def target_failed(self, data_set: int, rank: int, error: str) -> None:
         self._emit("failure", data_set=data_set, rank=rank, error=error)

@@ -35,8 +35,8 @@ _MEANINGS = {
     Exit.USAGE: "usage error: a bad id, option or output folder",
     Exit.STORAGE: "results or cache could not be written (disk full, permissions); the line names "
     "the file",
-    Exit.TLS: "the server's TLS certificate did not verify (see --ca-bundle), or it does not "
-    "speak TLS",
+    Exit.TLS: "the server's TLS certificate did not verify (see --ca-bundle), it does not speak "
+    "TLS, or it redirected https to plain http",
     Exit.DAMAGED: "verify or export found damaged data sets (a line each); the next fetch "
     "repairs them",
     Exit.SOFTWARE: "a bug in asyncdl: the line says where the crash log is; please report it",

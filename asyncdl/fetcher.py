@@ -4,12 +4,20 @@ Every request of a run, volume or spatial search, takes one of ``concurrency`` s
 and gives it back before a retry sleeps, so the server never sees more than ``concurrency`` requests
 of ours at once; an optional ``rate`` spaces their starts. Retries use full-jitter exponential
 backoff (tenacity), stretched to a server's Retry-After (capped), built afresh for each request
-because tenacity's retry state must not be shared between tasks. aiohttp's errors are mapped to
-asyncdl's here and nowhere else.
+because tenacity's retry state must not be shared between tasks.
+
+Whatever the server does, an attempt ends and holds bounded memory: nothing received for
+``timeout`` seconds ends it (aiohttp's timeouts), and so does averaging under ``min_rate`` bytes a
+second once its first ``timeout`` seconds are over (``_Transfer``: a drip). An answer's body
+is held within its own cap and within one budget of bytes for all the answers in flight
+(``MAX_BYTES_IN_FLIGHT``). Redirects are followed here, a few hops at most, each reported, and
+never from https to plain http. aiohttp's errors are mapped to asyncdl's in one place, ``_mapped``.
 
 TLS: one ``ssl.SSLContext`` per run, always verifying. It trusts ``FetchOptions.ca_bundle`` if
 given, else OpenSSL's default paths, which honour ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` (read when
-the run starts, unlike aiohttp's own default context, which is built once at import).
+the run starts, unlike aiohttp's own default context, which is built once at import). The first
+request to each https server goes alone, the others once it is answered (``_Origins``): a server
+whose TLS cannot work costs one handshake, and stops the run with nothing else connecting.
 
 Proxies (``proxies``): chosen once per run and per host, not by aiohttp's ``trust_env``, which
 reads the environment and ``~/.netrc`` again in a thread for every request.
@@ -18,17 +26,20 @@ reads the environment and ``~/.netrc`` again in a thread for every request.
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import math
 import os
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 from urllib.request import getproxies_environment
 
 import aiohttp
@@ -43,24 +54,29 @@ from tenacity import (
 from yarl import URL
 
 from ._version import __version__
-from .aio import Slots
-from .config import MAX_JSON_BYTES, MAX_VOLUME_BYTES, FetchOptions
+from .aio import Budget, Slots
+from .config import MAX_BYTES_IN_FLIGHT, MAX_JSON_BYTES, MAX_REDIRECTS, FetchOptions
 from .errors import (
+    AsyncdlError,
     CertificateError,
     FetchError,
     HTTPStatusError,
     TLSError,
     TransientError,
     UsageError,
+    VolumeError,
 )
-from .files import atomic_file_async, writing
+from .files import AtomicFile, writing
 from .proxies import Proxies
+from .urls import follow_redirect, host_of
 
 T = TypeVar("T")
 R = TypeVar("R")
 _CHUNK = 256 * 1024
 #: Who is asking, for the server's logs: the package and its version (it has no public home page).
 _USER_AGENT = f"asyncdl/{__version__}"
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_OPEN = "open"  # an origin whose first contact answered
 
 
 @dataclass
@@ -77,6 +93,14 @@ class Tally:
         self.requests += other.requests
         self.retries += other.retries
         self.bytes += other.bytes
+
+
+class Downloaded(NamedTuple, Generic[T]):
+    """A file ``HttpClient.download`` put in place: what reading it gave, its size and SHA-256."""
+
+    value: T
+    size: int
+    sha256: str
 
 
 class RateLimiter:
@@ -119,20 +143,25 @@ class HttpClient:
         options: FetchOptions,
         *,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        on_redirect: Callable[[str, str], None] | None = None,
     ) -> None:
         self.options = options
         self._sleep = sleep
+        #: Told of every redirect followed: the URL asked and where it led.
+        self._on_redirect = on_redirect
         self._slots = Slots(options.concurrency)
         self._rate = RateLimiter(options.rate, sleep=sleep) if options.rate else None
+        self._budget = Budget(MAX_BYTES_IN_FLIGHT)
         self._session: aiohttp.ClientSession | None = None
         self._proxies = Proxies()
         self._proxy_of: dict[tuple[str, str | None, int | None], URL | None] = {}
+        self._origins = _Origins(options.ca_bundle)
         #: The quickest any answer's headers came back, in seconds: a floor on the server's latency.
         self.fastest_answer = math.inf
-        # Per attempt: a JSON answer must be whole in time; a download must keep flowing.
-        self._json_timeout = aiohttp.ClientTimeout(total=options.timeout)
-        self._download_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=options.timeout, sock_read=options.timeout
+        # Time without progress: to connect (name lookup and TLS included), then between any two
+        # reads of the answer, its headers included. The minimum rate is each transfer's own.
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=options.timeout, sock_read=options.timeout
         )
 
     async def __aenter__(self) -> HttpClient:
@@ -213,14 +242,23 @@ class HttpClient:
                 return await once()
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def get_json(self, url: str, tally: Tally, parse: Callable[[Any, str], T]) -> T:
+    async def get_json(
+        self,
+        url: str,
+        tally: Tally,
+        parse: Callable[[Any, str], T],
+        *,
+        limit: int = MAX_JSON_BYTES,
+    ) -> T:
         """GET ``url``, decode its JSON body and ``parse(payload, url)`` it, retrying what is transient.
 
-        A body that does not decode, or that ``parse`` rejects with ``TransientError``, is retried.
+        A body that does not decode, or that ``parse`` rejects with ``TransientError``, is retried;
+        one over ``limit`` bytes fails at once.
         """
+        read = functools.partial(self._read_body, limit=limit)
 
         async def once() -> T:
-            body = await self._attempt(url, tally, self._json_timeout, self._read_body)
+            body = await self._attempt(url, tally, read)
             try:
                 payload = orjson.loads(body)
             except orjson.JSONDecodeError as exc:
@@ -229,53 +267,84 @@ class HttpClient:
 
         return await self._call(once, tally)
 
-    async def download(self, url: str, dest: Path, tally: Tally) -> int:
-        """Stream ``url`` to ``dest`` (temp file + rename, never half-written); return its size."""
+    async def download(
+        self, url: str, dest: Path, tally: Tally, read: Callable[[Path], T], *, limit: int
+    ) -> Downloaded[T]:
+        """Stream ``url`` into a temp file beside ``dest``, ``read`` it (off the loop), and only
+        then rename it to ``dest``: what ``read`` refuses never appears there.
 
-        async def save(response: aiohttp.ClientResponse, url: str) -> tuple[int, int]:
-            size = await _stream_to_file(response, url, dest)
-            return size, size
+        ``read`` reads the whole file, raising ``VolumeError`` if it is not what was asked for.
+        That, or an HTML page (``text/html``, what a server sends while down for maintenance), is
+        transient: retried. A body over ``limit`` bytes fails at once.
+        """
+        stream = functools.partial(_stream_to_file, limit=limit)
 
-        return await self._call(
-            lambda: self._attempt(url, tally, self._download_timeout, save), tally
-        )
+        async def once() -> Downloaded[T]:
+            file = AtomicFile(dest)
+            try:
+                size, sha256 = await self._attempt(url, tally, functools.partial(stream, file=file))
+                with writing(dest):
+                    file.fh.flush()
+                try:
+                    value = await asyncio.to_thread(read, file.tmp)
+                except VolumeError as exc:
+                    raise TransientError(f"not a usable volume: {exc}", url) from exc
+                await asyncio.to_thread(file.publish)
+            except BaseException:
+                file.discard()
+                raise
+            return Downloaded(value, size, sha256)
+
+        return await self._call(once, tally)
 
     async def _attempt(
         self,
         url: str,
         tally: Tally,
-        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 (aiohttp's own per-request timeout)
-        consume: Callable[[aiohttp.ClientResponse, str], Awaitable[tuple[R, int]]],
+        consume: Callable[[aiohttp.ClientResponse, _Transfer], Awaitable[tuple[R, int]]],
     ) -> R:
-        """One request in one slot, its outcome mapped to asyncdl's errors.
+        """One request in one slot, redirects followed, its outcome mapped to asyncdl's errors.
 
-        ``consume`` reads the response and returns its result and the number of bytes it read.
+        ``consume`` reads the response, telling the transfer each part it receives (which holds it
+        to the minimum rate), and returns its result and the number of bytes it read.
         """
         tally.requests += 1
         async with self._slots:
             if self._rate is not None:
                 await self._rate.wait()
-            try:
-                sent = time.monotonic()
-                target = URL(url, encoded=True)
-                proxy = self._proxy(target)
-                async with self.session.get(target, timeout=timeout, proxy=proxy) as resp:
-                    self.fastest_answer = min(self.fastest_answer, time.monotonic() - sent)
-                    _check_status(resp, url)
-                    result, size = await consume(resp, url)
-            # Before the connection errors it is one of: no retry can make a certificate verify.
-            except (aiohttp.ClientConnectorCertificateError, ssl.CertificateError) as exc:
-                raise _untrusted(exc, url, self.options.ca_bundle) from exc
-            except aiohttp.ClientConnectorSSLError as exc:
-                if getattr(exc.os_error, "reason", None) in _NOT_TLS:
-                    raise _not_tls(exc, url) from exc
-                raise TransientError(_describe(exc), url) from exc  # e.g. cut mid-handshake
-            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
-                raise TransientError(_describe(exc), url) from exc
-            except aiohttp.ClientError as exc:
-                raise FetchError(_describe(exc), url) from exc
+            transfer = _Transfer(url, self.options)
+            with _mapped(transfer, self.options.ca_bundle):
+                async with self._response(transfer) as resp:
+                    result, size = await consume(resp, transfer)
         tally.bytes += size
         return result
+
+    @asynccontextmanager
+    async def _response(self, transfer: _Transfer) -> AsyncIterator[aiohttp.ClientResponse]:
+        """The answer to a GET of ``transfer.url``, its status checked. Redirects are followed
+        here, not by aiohttp, so that each is checked before anything is sent where it leads:
+        ``MAX_REDIRECTS`` at most, each reported, never from https to plain http."""
+        url = URL(transfer.url, encoded=True)
+        async with self._origins.contact(url, transfer) as contact:
+            for _ in range(MAX_REDIRECTS + 1):
+                sent = time.monotonic()
+                request = self.session.get(
+                    url, timeout=self._timeout, proxy=self._proxy(url), allow_redirects=False
+                )
+                async with request as resp:
+                    location = resp.headers.get("Location") if resp.status in _REDIRECTS else None
+                    if location is None:
+                        contact.answered()
+                        self.fastest_answer = min(self.fastest_answer, time.monotonic() - sent)
+                        _check_status(resp, transfer.url)
+                        yield resp
+                        return
+                target = follow_redirect(transfer.url, location)
+                if self._on_redirect is not None:
+                    self._on_redirect(transfer.url, target)
+                transfer.url = target
+                url = URL(target, encoded=True)
+            raise FetchError(f"more than {MAX_REDIRECTS} redirects", transfer.url)
 
     def _proxy(self, url: URL) -> URL | None:
         """The proxy for ``url``'s host (a run asks for a few hosts, millions of times)."""
@@ -284,15 +353,177 @@ class HttpClient:
             self._proxy_of[key] = self._proxies.for_url(url)
         return self._proxy_of[key]
 
-    @staticmethod
-    async def _read_body(resp: aiohttp.ClientResponse, url: str) -> tuple[bytes, int]:
-        _check_length(resp, url, MAX_JSON_BYTES)
-        body = bytearray()
-        async for chunk in resp.content.iter_chunked(_CHUNK):
-            body += chunk
-            if len(body) > MAX_JSON_BYTES:
-                raise FetchError(f"response larger than {MAX_JSON_BYTES} bytes", url)
-        return bytes(body), len(body)
+    async def _read_body(
+        self, resp: aiohttp.ClientResponse, transfer: _Transfer, *, limit: int
+    ) -> tuple[bytearray, int]:
+        """The whole body, held within ``limit`` and within the run's budget of bytes in flight,
+        of which it takes its Content-Length (``limit`` without one) before reading."""
+        declared = resp.content_length
+        _check_length(declared, limit, transfer.url)
+        async with self._budget.hold(limit if declared is None else declared):
+            body = bytearray()
+            async for chunk in resp.content.iter_chunked(_CHUNK):
+                body += chunk
+                transfer.got(len(chunk))
+                if len(body) > limit:
+                    raise FetchError(f"answer larger than the {limit} bytes allowed", transfer.url)
+        return body, len(body)
+
+
+class _Origins:
+    """The first request to each https origin goes alone: the others wait for it to be answered
+    (redirects followed), proof that TLS with that server works, before they connect.
+
+    A server whose TLS cannot work (an untrusted certificate, plain http behind an https URL, a
+    redirect to plain http) then costs one handshake, whose failure the request awaiting it
+    reports, and the requests that waited fail with the same ``TLSError`` without connecting.
+    Were they let through at once, the first failure would end the run while their handshakes were
+    under way, and uvloop mishandles a connection cancelled mid-handshake: it reports a failure
+    nobody awaits, or a write to the closed socket, on stderr (MagicStack/uvloop#437).
+    """
+
+    def __init__(self, ca_bundle: Path | None) -> None:
+        self._ca_bundle = ca_bundle
+        #: By (host, port): ``_OPEN``, a first contact under way (set when it ends), or the
+        #: ``TLSError`` that refused it. Absent: not tried yet, or its last try failed otherwise.
+        self._state: dict[tuple[str | None, int | None], str | asyncio.Event | TLSError] = {}
+
+    def contact(self, url: URL, transfer: _Transfer) -> _Contact:
+        """``transfer``'s contact with ``url``'s origin, to enter before its first request."""
+        if url.scheme != "https" or self._state.get((url.host, url.port)) is _OPEN:
+            return _ANSWERED
+        return _FirstContact(self._state, (url.host, url.port), transfer, self._ca_bundle)
+
+
+class _Contact:
+    """A request's contact with an origin that answered before (or over plain http): nothing to
+    wait for, nothing to tell."""
+
+    async def __aenter__(self) -> _Contact:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None
+
+    def answered(self) -> None:
+        """The request got its answer's headers (after its redirects)."""
+
+
+_ANSWERED = _Contact()
+
+
+class _FirstContact(_Contact):
+    """A request to an https origin not known to answer: it waits while another request is the
+    origin's first contact, fails as that one did if it was refused, or is the first contact."""
+
+    def __init__(
+        self,
+        state: dict[tuple[str | None, int | None], str | asyncio.Event | TLSError],
+        origin: tuple[str | None, int | None],
+        transfer: _Transfer,
+        ca_bundle: Path | None,
+    ) -> None:
+        self._state = state
+        self._origin = origin
+        self._transfer = transfer
+        self._ca_bundle = ca_bundle
+        self._first: asyncio.Event | None = None  # while this request is the first contact
+
+    async def __aenter__(self) -> _Contact:
+        while isinstance(state := self._state.get(self._origin), asyncio.Event):
+            await state.wait()
+        if isinstance(state, TLSError):
+            raise type(state)(str(state), self._transfer.url, state.host)
+        if state is None:
+            self._first = self._state[self._origin] = asyncio.Event()
+        return self
+
+    def answered(self) -> None:
+        if self._first is not None:
+            self._end(_OPEN)
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._first is None:  # answered, or not the first contact
+            return
+        # Refused for good if TLS cannot work; after any other failure a waiting request tries.
+        refused = exc if isinstance(exc, TLSError) else None
+        if refused is None and isinstance(exc, Exception):
+            refused = _tls_failure(exc, self._transfer.url, self._ca_bundle)
+        self._end(refused)
+
+    def _end(self, state: str | TLSError | None) -> None:
+        assert self._first is not None
+        if state is None:
+            del self._state[self._origin]
+        else:
+            self._state[self._origin] = state
+        self._first.set()
+        self._first = None
+
+
+class _Transfer:
+    """Where an attempt is (a redirect moves it), and the minimum rate it must keep: a part of the
+    answer that arrives later than ``timeout`` seconds after the start, plus one second for every
+    ``min_rate`` bytes before it, ends the attempt. The wait for each part is bounded by the socket
+    timeout, so a drip fails after one or two ``timeout``, a transfer above ``min_rate`` never does
+    however long it takes, and every transfer ends by ``2 * timeout + size / min_rate``. It costs
+    a clock read per part, and no timer.
+    """
+
+    def __init__(self, url: str, options: FetchOptions) -> None:
+        self.url = url
+        self.received = 0
+        self._options = options
+        self._start = time.monotonic()
+
+    def got(self, n: int) -> None:
+        """``n`` more bytes came: ``TransientError`` if they came later than the rate allows."""
+        opts = self._options
+        elapsed = time.monotonic() - self._start
+        if elapsed > opts.timeout + self.received / opts.min_rate:
+            raise TransientError(
+                f"Timeout: too slow, {self.received + n} bytes in {elapsed:.1f} s, under the "
+                f"minimum rate of {opts.min_rate:g} bytes/s after the first {opts.timeout:g} s",
+                self.url,
+            )
+        self.received += n
+
+
+@contextmanager
+def _mapped(transfer: _Transfer, ca_bundle: Path | None) -> Iterator[None]:
+    """aiohttp's and ssl's errors as asyncdl's, chained, naming the URL (as httpx maps httpcore's).
+
+    Transient: connection errors, timeouts, broken bodies. Final: a certificate that does not
+    verify or a server that does not speak TLS (``TLSError``: they stop the run), other errors.
+    """
+    try:
+        yield
+    except AsyncdlError:
+        raise
+    except TimeoutError as exc:  # aiohttp's: nothing received for --timeout
+        raise TransientError(_describe(exc), transfer.url) from exc
+    except (aiohttp.ClientError, ssl.CertificateError) as exc:
+        if (refused := _tls_failure(exc, transfer.url, ca_bundle)) is not None:
+            raise refused from exc
+        if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientConnectionError):
+            raise TransientError(_describe(exc), transfer.url) from exc  # SSL: cut mid-handshake
+        raise FetchError(_describe(exc), transfer.url) from exc
+
+
+def _tls_failure(exc: BaseException, url: str, ca_bundle: Path | None) -> TLSError | None:
+    """The ``TLSError`` that ``exc`` means (a certificate that did not verify, a server that does
+    not speak TLS), or None: other handshake failures may pass, and are retried."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | ssl.CertificateError):
+        return _untrusted(exc, url, ca_bundle)
+    if isinstance(exc, aiohttp.ClientConnectorSSLError) and (
+        getattr(exc.os_error, "reason", None) in _NOT_TLS
+    ):
+        return _not_tls(exc, url)
+    return None
 
 
 def tls_context(ca_bundle: Path | None) -> ssl.SSLContext:
@@ -315,14 +546,9 @@ _NOT_TLS = frozenset(
 )
 
 
-def _host(url: str) -> str:
-    parts = URL(url, encoded=True)
-    return f"{parts.host}:{parts.explicit_port}" if parts.explicit_port else str(parts.host)
-
-
 def _not_tls(exc: aiohttp.ClientConnectorSSLError, url: str) -> TLSError:
     """The one-line ``TLSError`` for a server that does not speak TLS, naming the host."""
-    host = _host(url)
+    host = host_of(url)
     return TLSError(
         f"{host} does not speak TLS ({exc.os_error.reason}); if it is a plain http server, give "
         f"its URL as http://{host}",
@@ -335,7 +561,7 @@ def _untrusted(exc: Exception, url: str, ca_bundle: Path | None) -> CertificateE
     """The one-line ``CertificateError`` for a certificate that did not verify, naming the host."""
     cause = getattr(exc, "certificate_error", exc)  # aiohttp keeps ssl's error there
     reason = getattr(cause, "verify_message", None) or _describe(cause)
-    host = _host(url)
+    host = host_of(url)
     from_env = [name for name in ("SSL_CERT_FILE", "SSL_CERT_DIR") if os.environ.get(name)]
     if ca_bundle is not None:
         trusted = f"the CAs of {ca_bundle}"
@@ -352,11 +578,13 @@ def _untrusted(exc: Exception, url: str, ca_bundle: Path | None) -> CertificateE
 
 
 def _check_status(resp: aiohttp.ClientResponse, url: str) -> None:
+    """Transient for 429 and 5xx; any other status but 2xx (a redirect without a Location too) is
+    final."""
     status = resp.status
     if status == 429 or status >= 500:
         retry_after = parse_retry_after(resp.headers.get("Retry-After"))
         raise TransientError(f"HTTP {status} {resp.reason or ''}".rstrip(), url, retry_after)
-    if status >= 400:
+    if not 200 <= status < 300:
         raise HTTPStatusError(f"HTTP {status} {resp.reason or ''}".rstrip(), url, status)
 
 
@@ -376,22 +604,35 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
-def _check_length(resp: aiohttp.ClientResponse, url: str, limit: int) -> None:
-    if resp.content_length is not None and resp.content_length > limit:
-        raise FetchError(f"response of {resp.content_length} bytes exceeds the {limit} limit", url)
+def _check_length(declared: int | None, limit: int, url: str) -> None:
+    if declared is not None and declared > limit:
+        raise FetchError(
+            f"answer of {declared} bytes is larger than the {limit} bytes allowed", url
+        )
 
 
-async def _stream_to_file(resp: aiohttp.ClientResponse, url: str, dest: Path) -> int:
-    _check_length(resp, url, MAX_VOLUME_BYTES)
+async def _stream_to_file(
+    resp: aiohttp.ClientResponse, transfer: _Transfer, *, file: AtomicFile, limit: int
+) -> tuple[tuple[int, str], int]:
+    """Write the body to ``file``; its size and SHA-256, computed on the way."""
+    _check_length(resp.content_length, limit, transfer.url)
+    if resp.content_type == "text/html":
+        raise TransientError(
+            "an HTML page (text/html) where a file was expected, as a server sends while it is "
+            "down for maintenance",
+            transfer.url,
+        )
+    digest = hashlib.sha256()
     size = 0
-    async with atomic_file_async(dest) as fh:
-        async for chunk in resp.content.iter_chunked(_CHUNK):
-            size += len(chunk)
-            if size > MAX_VOLUME_BYTES:
-                raise FetchError(f"download larger than {MAX_VOLUME_BYTES} bytes", url)
-            with writing(dest):
-                fh.write(chunk)
-    return size
+    async for chunk in resp.content.iter_chunked(_CHUNK):
+        size += len(chunk)
+        transfer.got(len(chunk))
+        if size > limit:
+            raise FetchError(f"file larger than the {limit} bytes allowed", transfer.url)
+        digest.update(chunk)
+        with writing(file.path):
+            file.fh.write(chunk)
+    return (size, digest.hexdigest()), size
 
 
 def _describe(exc: BaseException) -> str:

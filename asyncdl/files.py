@@ -27,6 +27,11 @@ def writing(path: Path) -> Iterator[None]:
         raise StorageError(f"cannot write {path}: {exc.strerror or exc}", str(path)) from exc
 
 
+def temp_path(path: Path) -> Path:
+    """A new temp file's path beside ``path`` (``TEMP_GLOB``)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
 class AtomicFile:
     """A temp file in the same folder as ``path``; ``publish`` fsyncs it and renames it there.
 
@@ -36,7 +41,7 @@ class AtomicFile:
 
     def __init__(self, path: Path, *, buffering: int = -1) -> None:
         self.path = path
-        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        self.tmp = temp_path(path)
         with writing(path):
             self.fh: BinaryIO = self.tmp.open("wb", buffering=buffering)
 

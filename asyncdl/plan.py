@@ -12,6 +12,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from .cache import cache_root
 from .config import FetchOptions
 from .errors import UsageError
 from .urls import Endpoints, data_set_id
@@ -19,7 +20,11 @@ from .urls import Endpoints, data_set_id
 
 @dataclass(frozen=True)
 class RunPlan:
-    """The data sets of a run, where their results and the volumes go, and how they are fetched."""
+    """The data sets of a run, where their results and the volumes go, and how they are fetched.
+
+    ``cache`` is the cache folder (the one a user shares across output folders), decided on the
+    machine that starts the run: Dask workers use that same path.
+    """
 
     ids: tuple[int, ...]
     out: Path
@@ -48,7 +53,8 @@ class RunPlan:
         cache_dir: str | Path | None = None,
     ) -> RunPlan:
         """A plan from what a caller gives: ids validated and deduplicated (in order), the output
-        folder created and checked writable, the cache folder defaulted (``OUT/.cache``)."""
+        folder created and checked writable, the cache folder decided (``cache.cache_root``: the
+        user's cache unless ``cache_dir`` or ``$ASYNCDL_CACHE_DIR`` says otherwise)."""
         ids = tuple(dict.fromkeys(data_set_id(d) for d in data_sets))
         if not ids:
             raise UsageError("no data set ids given")
@@ -59,5 +65,6 @@ class RunPlan:
             raise UsageError(f"cannot create output directory {out}: {exc.strerror}") from exc
         if not os.access(out, os.W_OK | os.X_OK):
             raise UsageError(f"output directory {out} is not writable")
-        cache = Path(cache_dir) if cache_dir is not None else out / ".cache"
-        return cls(ids, out, cache, options or FetchOptions(), endpoints or Endpoints())
+        return cls(
+            ids, out, cache_root(cache_dir), options or FetchOptions(), endpoints or Endpoints()
+        )

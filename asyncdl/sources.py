@@ -2,23 +2,28 @@
 
 Two sources, as ``--volumes`` chooses: ``nrrd`` (grid NRRD files, the CCF 2017 annotation and the
 structure tree; a fiber tract is any label in the 1009 subtree) and ``legacy`` (the seed's zipped
-MetaImage files and its 25 um fiber-tract mask). The shared files are fetched once per run, and the
-tract mask is built once per coarse grid and kept in the cache beside the volumes, keyed by the
-digest of the file it was built from (and of the tract ids) and by the grid, so later runs read a
-1 MB mask instead of decoding the 300 MB annotation. A cached file that does not read is dropped
-from the cache, so a rerun fetches it again instead of failing forever.
+MetaImage files and its 25 um fiber-tract mask). A volume enters the cache only once it has been
+read whole from a temp file and found on the grid its URL serves (``GRIDS``): a maintenance page,
+a garbled file or a volume of another grid is retried and never cached. The files every data set
+needs (the fiber volume, the structure tree) are fetched once per machine into the user's cache
+(``cache``), and the tract mask is built once and kept there beside them, keyed by the digest of
+the file it was built from (and of the tract ids) and by the grid, so later runs read a 1 MB mask
+instead of decoding the 300 MB annotation. A data set's own grids leave the cache once it is
+complete (unless ``keep_volumes``). A cached file that no longer reads is fetched again. Given an
+AllenSDK cache (``allensdk_cache``), a volume it holds enters the cache instead of a download, once
+it passes the same check.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import io
 import os
-import secrets
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -27,11 +32,22 @@ import numpy.typing as npt
 import orjson
 
 from .aio import all_of, both
-from .allensdk_cache import ANNOTATION_RESOLUTION, GRID_RESOLUTION, AllenSdkCache
-from .config import FetchOptions, VolumeKind
-from .errors import ENDS_THE_RUN, AsyncdlError, VolumeError
-from .fetcher import HttpClient, Tally
-from .files import atomic_write, writing
+from .allensdk_cache import AllenSdkCache
+from .cache import (
+    STRUCTURE_TREE,
+    EntryLock,
+    grid_entry,
+    mask_entry,
+    meta_path,
+    remove_entry,
+    remove_temp_files,
+    source_folder,
+    tag,
+)
+from .config import MAX_JSON_BYTES, FetchOptions, VolumeKind
+from .errors import FetchError, VolumeError
+from .fetcher import Downloaded, HttpClient, Tally
+from .files import atomic_write, temp_path, writing
 from .responses import rows
 from .targets import (
     BoolArray,
@@ -43,17 +59,20 @@ from .targets import (
     select_targets,
 )
 from .urls import Endpoints, data_set_id
-from .volumes import (
-    Volume,
-    metaimage_layout_of,
-    nrrd_layout_of,
-    read_metaimage_zip,
-    read_nrrd,
-    verify_nrrd,
-)
+from .volumes import Grid, Volume, read_metaimage_zip, read_nrrd
 
 FIBER_MEMBER = "annotationFiber"
 T = TypeVar("T")
+
+#: The grid of each volume the Allen servers send (AP, DV, ML, microns), by ``--volumes``: the data
+#: sets' grid, and that of the file saying where the fiber tracts are. A file on another grid is
+#: refused from its header, before anything is decompressed.
+GRIDS: dict[VolumeKind, tuple[Grid, Grid]] = {
+    # grid_data NRRD files (CCF v3, 100 um); annotation_25.nrrd (CCF 2017)
+    "nrrd": (Grid((132, 80, 114), 100.0), Grid((528, 320, 456), 25.0)),
+    # the 2013 zipped MetaImage grids (CCF v2, 100 um); annotationFiber of file 197646984 (25 um)
+    "legacy": (Grid((133, 81, 115), 100.0), Grid((528, 320, 456), 25.0)),
+}
 
 
 class VolumeSource:
@@ -71,121 +90,104 @@ class VolumeSource:
     ) -> None:
         self.client = client
         self.endpoints = endpoints
-        self.cache = FileCache(client, cache_dir, endpoints.key)
+        self.cache = FileCache(client, cache_dir, endpoints.name, endpoints.key)
         self.kind = kind
+        self.grid, self.fiber_grid = GRIDS[kind]
         #: An AllenSDK MouseConnectivityCache whose volumes are used instead of downloads.
         self.allensdk = None if allensdk is None else AllenSdkCache.open(allensdk)
         #: The fiber-tract ids (nrrd), when another process already read them from the tree.
         self.tract_ids = tract_ids
-        self._masks: dict[tuple[object, ...], BoolArray] = {}
+        self._mask: BoolArray | None = None
         self._mask_lock = asyncio.Lock()
 
-    async def prefetch_shared(self, tally: Tally, data_set: int) -> None:
+    async def prefetch_shared(self, tally: Tally) -> None:
         """Bring in what every data set needs, once, before a run is spread over processes that
-        then share it: the fiber volume, the tract ids, and the tract mask of ``data_set``'s grid
-        (the grid all data sets share), which goes into the cache for the others to read."""
-        await self.cache.get(*self._fiber_file(), tally, local=self._fiber_local())
-        await self._tract_ids(tally)
-        try:
-            await self.allowed_mask(await self.data_set_volume(data_set, "density", tally), tally)
-        except ENDS_THE_RUN:
-            raise
-        except AsyncdlError:
-            pass  # that data set's own task reports what is wrong with it
+        then share it: the fiber volume, the tract ids, and the tract mask, which goes into the
+        cache for the others to read."""
+        await self.allowed_mask(tally)
 
     async def _tract_ids(self, tally: Tally) -> frozenset[int]:
         if self.kind == "legacy":
             return frozenset()  # the legacy fiber file is itself the tract mask
         if self.tract_ids is None:
-            # The tree is small and its JSON is checked (and retried) on the way in: not cached.
-            roots = await self.client.get_json(self.endpoints.structure_graph(), tally, rows)
-            self.tract_ids = fiber_tract_ids(roots)
+            url = self.endpoints.structure_graph()
+            read = functools.partial(_read_tract_ids, url=url)
+            self.tract_ids = await self.cache.get(
+                url, STRUCTURE_TREE, tally, read, limit=MAX_JSON_BYTES
+            )
         return self.tract_ids
-
-    def _data_set_file(self, data_set: int, volume: str) -> tuple[str, str, LocalCopy | None]:
-        """URL, cache name and AllenSDK copy (if any) of a data set's ``density`` or
-        ``injection`` volume."""
-        ds = data_set_id(data_set)
-        if self.kind == "nrrd":
-            local = None
-            if self.allensdk is not None and (path := self.allensdk.grid(ds, volume)) is not None:
-                local = LocalCopy(path, GRID_RESOLUTION)
-            url = self.endpoints.grid_nrrd(ds, volume, GRID_RESOLUTION)
-            return url, f"grid_{ds}_{volume}.nrrd", local
-        return self.endpoints.grid_legacy(ds, volume), f"grid_{ds}_{volume}.zip", None
 
     async def data_set_volume(self, data_set: int, volume: str, tally: Tally) -> Volume:
         """A data set's ``density`` or ``injection`` volume."""
-        url, name, local = self._data_set_file(data_set, volume)
+        ds, grid = data_set_id(data_set), self.grid
+        read: Callable[[Path], Volume]
+        local = None
         if self.kind == "nrrd":
-            return await self._read(url, name, tally, read_nrrd, local)
-        return await self._read(url, name, tally, lambda path: read_metaimage_zip(path, volume))
+            url = self.endpoints.grid_nrrd(ds, volume)
+            read = functools.partial(read_nrrd, grid=grid)
+            if self.allensdk is not None:
+                local = self.allensdk.grid(ds, volume)
+        else:
+            url = self.endpoints.grid_legacy(ds, volume)
+            read = functools.partial(read_metaimage_zip, name=volume, grid=grid)
+        name = self._grid_entry(ds, volume)
+        return await self.cache.get(url, name, tally, read, limit=grid.max_file_bytes, local=local)
+
+    def _grid_entry(self, data_set: int, volume: str) -> str:
+        return grid_entry(data_set, volume, "nrrd" if self.kind == "nrrd" else "zip")
+
+    async def drop_grids(self, data_set: int) -> None:
+        """Take a data set's own grids out of the cache (once it is complete): what every data set
+        needs stays. A grid another process is reading or fetching is left to that process."""
+        for volume in ("density", "injection"):
+            await self.cache.remove(self._grid_entry(data_set, volume))
 
     async def download(self, data_set: int, tally: Tally) -> None:
-        """A data set's volumes into the cache, not read (a dry run downloads many at once and
-        reads them a few at a time)."""
-        files = [self._data_set_file(data_set, volume) for volume in ("density", "injection")]
-        await all_of(*(self.cache.get(url, name, tally, local=local) for url, name, local in files))
+        """A data set's volumes into the cache, checked on the way in as for a run; what the
+        check read is let go at once (a dry run downloads many at a time and keeps none)."""
+        await all_of(
+            *(self.data_set_volume(data_set, volume, tally) for volume in ("density", "injection"))
+        )
 
     async def select(
         self, data_set: int, options: FetchOptions, tally: Tally
     ) -> tuple[Targets, npt.NDArray[np.float64]]:
-        """A data set's targets and injection coordinates, from its volumes."""
-        volumes = [
+        """A data set's targets and injection coordinates, from its volumes and the tract mask
+        (built meanwhile the first time: it depends only on the grid)."""
+        volumes = all_of(
             self.data_set_volume(data_set, "density", tally),
             self.data_set_volume(data_set, "injection", tally),
-        ]
-        fiber_url, fiber_name = self._fiber_file()
-        if not self._masks and self.cache.digest(fiber_url, fiber_name) is None:
-            # The first data set of a cold cache brings the shared fiber volume in with its own.
-            download = self.cache.get(fiber_url, fiber_name, tally, local=self._fiber_local())
-            (density, injection), _ = await both(all_of(*volumes), download)
-        else:
-            density, injection = await all_of(*volumes)
-        allowed = await self.allowed_mask(density, tally)
+        )
+        (density, injection), allowed = await both(volumes, self.allowed_mask(tally))
         targets = await asyncio.to_thread(select_targets, density, allowed, options.density_range)
         return targets, injection_coordinates(injection, options.injection_threshold)
 
-    async def _read(
-        self,
-        url: str,
-        name: str,
-        tally: Tally,
-        read: Callable[[Path], T],
-        local: LocalCopy | None = None,
-    ) -> T:
-        """Fetch ``url`` through the cache and ``read`` it off the loop; a file that does not
-        read is dropped from the cache, so a later run downloads it again."""
-        path = await self.cache.get(url, name, tally, local=local)
-        try:
-            return await asyncio.to_thread(read, path)
-        except VolumeError:
-            self.cache.forget(name)
-            raise
+    async def allowed_mask(self, tally: Tally) -> BoolArray:
+        """Per voxel of the data sets' grid: inside the fiber volume and not in a fiber tract.
 
-    async def allowed_mask(self, density: Volume, tally: Tally) -> BoolArray:
-        """Per voxel of ``density``'s grid: inside the fiber volume and not in a fiber tract."""
-        grid = (density.array.shape, tuple(density.spacing.tolist()))
+        Built by one process at a time (the others then read it from the cache), as decoding the
+        annotation takes seconds of CPU and its memory."""
         async with self._mask_lock:
-            if grid not in self._masks:
-                self._masks[grid] = await self._cached_mask(density, tally)
-            return self._masks[grid]
+            if self._mask is None:
+                async with self.cache.locked(f"fiber_mask_{self.kind}"):
+                    self._mask = await self._cached_mask(tally)
+            return self._mask
 
-    async def _cached_mask(self, density: Volume, tally: Tally) -> BoolArray:
+    async def _cached_mask(self, tally: Tally) -> BoolArray:
         """The mask from the cache if it was built from the same file and tract ids for this grid;
         otherwise built (which downloads the fiber volume if needed) and cached."""
         fiber_url, fiber_name = self._fiber_file()
         tract_ids = await self._tract_ids(tally)
         ids = hashlib.sha256(repr(sorted(tract_ids)).encode()).hexdigest()
-        shape = density.array.shape
+        shape, spacing = self.grid.shape, [self.grid.spacing] * 3
 
         def entry() -> tuple[str, str] | None:
             """The mask's cache key and name, from the recorded digest of its source file."""
             source = self.cache.digest(fiber_url, fiber_name)
             if source is None:
                 return None
-            key = f"fiber-mask|{source}|{ids}|{shape}|{density.spacing.tolist()}"
-            return key, f"fiber_mask_{hashlib.sha256(key.encode()).hexdigest()[:16]}.npy"
+            key = f"fiber-mask|{source}|{ids}|{shape}|{spacing}"
+            return key, mask_entry(key)
 
         cached = entry()
         if cached is not None and await asyncio.to_thread(self.cache.has, *cached):
@@ -193,46 +195,49 @@ class VolumeSource:
                 return await asyncio.to_thread(_read_mask, self.cache.dir / cached[1], shape)
             except VolumeError:
                 self.cache.forget(cached[1])
-        mask = await self._build_mask(density, tract_ids, tally)  # verifies the source file
+        mask = await self._build_mask(tract_ids, tally)  # verifies the source file
         built = entry()
         if built is not None:
-            await asyncio.to_thread(self.cache.put, *built, _mask_bytes(mask))
+            await self.cache.put(*built, _mask_bytes(mask))
         return mask
 
-    async def _build_mask(
-        self, density: Volume, tract_ids: frozenset[int], tally: Tally
-    ) -> BoolArray:
-        shape, spacing = density.array.shape, density.spacing
-        if self.kind == "legacy":
+    async def _build_mask(self, tract_ids: frozenset[int], tally: Tally) -> BoolArray:
+        """Read the fiber volume at the fine voxels the data sets' grid lands on, as the seed
+        does; the read goes through the whole file, so it is also the check before caching it."""
+        fine = self.fiber_grid
+        plan = plan_fine_lookup(
+            self.grid.shape, [self.grid.spacing] * 3, fine.shape, [fine.spacing] * 3
+        )
 
-            def legacy_mask(path: Path) -> BoolArray:
-                fine = metaimage_layout_of(path, FIBER_MEMBER)
-                plan = plan_fine_lookup(shape, spacing, fine.shape, fine.spacing)
-                labels = read_metaimage_zip(path, FIBER_MEMBER, plan.sample).array
+        def mask(path: Path) -> BoolArray:
+            if self.kind == "legacy":  # the legacy fiber file is itself the tract mask
+                labels = read_metaimage_zip(path, FIBER_MEMBER, plan.sample, grid=fine).array
                 return plan.allowed(labels != 0)
-
-            return await self._read(*self._fiber_file(), tally, legacy_mask)
-
-        def nrrd_mask(path: Path) -> BoolArray:
-            fine = nrrd_layout_of(path)
-            plan = plan_fine_lookup(shape, spacing, fine.shape, fine.spacing)
-            labels = read_nrrd(path, plan.sample).array
+            labels = read_nrrd(path, plan.sample, grid=fine).array
             return plan.allowed(in_tract_labels(labels, tract_ids))
 
-        return await self._read(*self._fiber_file(), tally, nrrd_mask, self._fiber_local())
-
-    def _fiber_local(self) -> LocalCopy | None:
-        """The annotation in the AllenSDK cache, if one was given and it has it."""
-        if self.kind == "legacy" or self.allensdk is None:
-            return None
-        path = self.allensdk.annotation()
-        return None if path is None else LocalCopy(path, ANNOTATION_RESOLUTION)
+        url, name = self._fiber_file()
+        local = (
+            None if self.kind == "legacy" or self.allensdk is None else self.allensdk.annotation()
+        )
+        return await self.cache.get(url, name, tally, mask, limit=fine.max_file_bytes, local=local)
 
     def _fiber_file(self) -> tuple[str, str]:
         """URL and cache name of the shared volume that says where the fiber tracts are."""
         if self.kind == "legacy":
             return self.endpoints.fiber_tracts_legacy(), "fiber_tracts_197646984.zip"
-        return self.endpoints.annotation_nrrd(ANNOTATION_RESOLUTION), "annotation_25.nrrd"
+        return self.endpoints.annotation_nrrd(), "annotation_25.nrrd"
+
+
+def _read_tract_ids(path: Path, url: str) -> frozenset[int]:
+    """The fiber-tract ids of a structure tree file; ``VolumeError`` if it is not a usable tree
+    (so that it is fetched again, never cached)."""
+    try:
+        return fiber_tract_ids(rows(orjson.loads(path.read_bytes()), url))
+    except orjson.JSONDecodeError as exc:
+        raise VolumeError(f"structure tree is not JSON ({exc})") from exc
+    except FetchError as exc:  # an answer that is not the API's envelope, or success: false
+        raise VolumeError(f"not a structure tree: {exc}") from exc
 
 
 def _mask_bytes(mask: BoolArray) -> bytes:
@@ -252,73 +257,96 @@ def _read_mask(path: Path, shape: tuple[int, ...]) -> BoolArray:
 
 
 class FileCache:
-    """Cached files with their source key, size and SHA-256, reused only if all three still match.
+    """A data source's folder in the user's cache: files with their source key, size and SHA-256,
+    reused only if all three still match.
 
-    Files are written by temp file + rename, and their record after them, so processes sharing a
-    cache never see a half-written file; a file whose record does not match is fetched again.
-    Downloads (``get``) and files derived from them (``put``, e.g. the fiber mask) are kept alike.
+    A download enters the cache only once it has been read whole from its temp file; then it is
+    renamed into place and its record written after it. Each entry is fetched, written or removed
+    under its lock (``cache.EntryLock``), which a process waiting for it holds next: so processes
+    sharing the cache download an entry once, never see a half-written or unchecked file, and
+    never remove another's temp files. Downloads (``get``) and files derived from them (``put``,
+    e.g. the fiber mask) are kept alike.
     """
 
-    def __init__(self, client: HttpClient, directory: Path, key: Callable[[str], str]) -> None:
+    def __init__(
+        self, client: HttpClient, root: Path, source: str, key: Callable[[str], str]
+    ) -> None:
         self.client = client
-        self.dir = directory
+        self.root = root
+        self.dir = root / source_folder(source)
         self.key = key
         self._locks: dict[str, asyncio.Lock] = {}
 
     def _meta(self, name: str) -> Path:
-        return self.dir / f"{name}.meta.json"
+        return meta_path(self.dir / name)
+
+    @asynccontextmanager
+    async def locked(self, name: str) -> AsyncIterator[Path]:
+        """Hold entry ``name`` (waiting for any task or process that holds it); its path.
+        What a writer of it left half-written, which only a dead one can have, is removed."""
+        path = self.dir / name
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            await asyncio.to_thread(self._make_folder, path.parent)
+            async with EntryLock(path):
+                await asyncio.to_thread(remove_temp_files, path)
+                yield path
+
+    def _make_folder(self, folder: Path) -> None:
+        with writing(folder):
+            folder.mkdir(parents=True, exist_ok=True)
+            tag(self.root)
 
     async def get(
-        self, url: str, name: str, tally: Tally, *, local: LocalCopy | None = None
-    ) -> Path:
-        """The cached file for ``url``, downloading it if it is missing or does not verify, unless
-        ``local`` holds it (checked as a volume first)."""
-        lock = self._locks.setdefault(name, asyncio.Lock())
-        async with lock:
-            path = self.dir / name
+        self,
+        url: str,
+        name: str,
+        tally: Tally,
+        read: Callable[[Path], T],
+        *,
+        limit: int,
+        local: Path | None = None,
+    ) -> T:
+        """``read`` (off the loop) of the file cached for ``url`` as ``name``.
+
+        A file missing from the cache, not matching its record, or that no longer reads (damaged,
+        or cached before volumes were checked) is taken from ``local`` (a file on this machine that
+        may hold it: an AllenSDK cache's) or else downloaded (at most ``limit`` bytes), into a temp
+        file, and read there: only if it reads whole does it enter the cache. ``read`` raises
+        ``VolumeError`` for a file that is not what was asked for; a download is then retried.
+        """
+        async with self.locked(name) as path:
             key = self.key(url)
             if await asyncio.to_thread(_verified, path, self._meta(name), key):
-                return path
-            with writing(self.dir):
-                self.dir.mkdir(parents=True, exist_ok=True)
-            if local is not None and await asyncio.to_thread(self._adopt, local, name, key):
-                return path
-            size = await self.client.download(url, path, tally)
-            digest = await asyncio.to_thread(_sha256, path)
-            await asyncio.to_thread(self._record, name, key, size, digest)
+                try:
+                    return await asyncio.to_thread(read, path)
+                except VolumeError:
+                    self.forget(name)
+            got = None if local is None else await asyncio.to_thread(_adopt, local, path, read)
+            if got is None:
+                got = await self.client.download(url, path, tally, read, limit=limit)
+            await asyncio.to_thread(self._record, name, key, got.size, got.sha256)
+            return got.value
+
+    async def put(self, key: str, name: str, data: bytes) -> Path:
+        """Cache ``data`` under ``name``, recorded with ``key`` (what it was made from)."""
+        async with self.locked(name) as path:
+            await asyncio.to_thread(atomic_write, path, [data])
+            digest = hashlib.sha256(data).hexdigest()
+            await asyncio.to_thread(self._record, name, key, len(data), digest)
             return path
 
-    def _adopt(self, local: LocalCopy, name: str, key: str) -> bool:
-        """Take ``local`` into the cache as ``name`` if it is the volume asked for: hard-linked
-        (no second copy on disk) or else copied beside its final path, checked there, then
-        renamed and recorded like a download. False if it is missing or is not that volume."""
+    async def remove(self, name: str) -> bool:
+        """Remove entry ``name`` unless another process holds it (it is using it); whether done."""
         path = self.dir / name
-        tmp = path.with_name(f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        try:
-            try:
-                os.link(local.path, tmp)
-            except FileNotFoundError:
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            lock = EntryLock(path)
+            if not await asyncio.to_thread(lock.try_acquire):
                 return False
-            except OSError:  # another file system, or not allowed to link: copy it
-                shutil.copyfile(local.path, tmp)
-            verify_nrrd(tmp, local.resolution)
-            with writing(path):
-                os.replace(tmp, path)
-        except (VolumeError, OSError):  # unreadable, or not that volume: download it instead
-            return False
-        finally:
-            tmp.unlink(missing_ok=True)
-        self._record(name, key, path.stat().st_size, _sha256(path))
-        return True
-
-    def put(self, key: str, name: str, data: bytes) -> Path:
-        """Cache ``data`` under ``name``, recorded with ``key`` (what it was made from)."""
-        with writing(self.dir):
-            self.dir.mkdir(parents=True, exist_ok=True)
-        path = self.dir / name
-        atomic_write(path, [data])
-        self._record(name, key, len(data), hashlib.sha256(data).hexdigest())
-        return path
+            try:
+                await asyncio.to_thread(remove_entry, path)
+            finally:
+                lock.release(remove=True)
+            return True
 
     def _record(self, name: str, key: str, size: int, digest: str) -> None:
         record = {"key": key, "size": size, "sha256": digest}
@@ -341,13 +369,27 @@ class FileCache:
         self._meta(name).unlink(missing_ok=True)
 
 
-@dataclass(frozen=True)
-class LocalCopy:
-    """A file on this machine that may already be the volume a URL serves (an AllenSDK cache's):
-    an NRRD volume on the CCF grid at ``resolution``."""
-
-    path: Path
-    resolution: int
+def _adopt(local: Path, path: Path, read: Callable[[Path], T]) -> Downloaded[T] | None:
+    """``local`` put in place at ``path`` if it is what ``read`` accepts there, as a download
+    would be: hard-linked (no second copy on disk), or else copied, to a temp file beside
+    ``path``, read whole there, then renamed. None if it is missing, unreadable or not that file
+    (it is downloaded instead). Call only while holding ``path``'s entry lock."""
+    tmp = temp_path(path)
+    try:
+        try:
+            os.link(local, tmp)
+        except FileNotFoundError:
+            return None
+        except OSError:  # another file system, or not allowed to link: copy it
+            shutil.copyfile(local, tmp)
+        value = read(tmp)
+        with writing(path):
+            os.replace(tmp, path)
+    except (VolumeError, OSError):
+        return None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return Downloaded(value, path.stat().st_size, _sha256(path))
 
 
 def _sha256(path: Path) -> str:

@@ -127,7 +127,7 @@ class DiskUse:
     total: int = 0
     data: int = 0
     journals: int = 0
-    #: Under ``OUT/.cache`` (the volume cache, when it is kept there).
+    #: Under ``OUT/.cache``: an older asyncdl's volume cache, which nothing reads now.
     cache: int = 0
 
 

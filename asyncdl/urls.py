@@ -12,10 +12,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 from .config import DEFAULT_ARCHIVE_URL, DEFAULT_BASE_URL
-from .errors import UsageError
+from .errors import FetchError, InsecureRedirectError, UsageError
 
 #: The seed's fiber-tract annotation (legacy zipped MetaImage, 25 um).
 FIBER_TRACT_FILE_ID = 197646984
@@ -84,6 +84,35 @@ def is_allen_api(url: str) -> bool:
     except ValueError:
         return False
     return host is not None and host.rstrip(".") == ALLEN_API_HOST
+
+
+def host_of(url: str) -> str:
+    """``host`` or ``host:port`` (as written) of an http(s) URL, to name a server in a message."""
+    parts = urlsplit(url)
+    return parts.netloc.rpartition("@")[2] or url
+
+
+def follow_redirect(url: str, location: str) -> str:
+    """The absolute URL a redirect from ``url`` to ``location`` (absolute or relative) leads to.
+
+    Never from https to plain http (``InsecureRedirectError``: it would undo TLS), and only to
+    http(s) (``FetchError``).
+    """
+    target = urljoin(url, location.strip())
+    try:
+        parts = urlsplit(target)
+    except ValueError as exc:
+        raise FetchError(f"redirect to a malformed URL {location[:200]!r}", url) from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise FetchError(f"redirect to {location[:200]!r}, not an http(s) URL", url)
+    if urlsplit(url).scheme == "https" and parts.scheme == "http":
+        raise InsecureRedirectError(
+            f"{url} redirected to plain http, {target}: refused, as it would undo TLS (the server "
+            "or a proxy in between is misconfigured)",
+            url,
+            host_of(url),
+        )
+    return target
 
 
 def _base(url: str) -> str:

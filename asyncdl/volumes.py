@@ -4,7 +4,9 @@ Both formats store a 3-D array with the first axis fastest (Fortran order), so b
 decoder that streams the data one slab (one index of the last axis) at a time. That lets a reader keep
 only the voxels it is asked for (``sample``): the 25 um annotation is 300 MB decoded, but the fiber-tract
 lookup needs only the few voxels that 100 um grid positions land on. Headers are validated and the
-decoded size is checked against ``sizes x type`` before anything is allocated.
+decoded size is checked against ``sizes x type`` before anything is allocated. Given the ``Grid`` a
+file must be on, a reader refuses any other from the header alone, before anything is decompressed;
+and since it reads to the end whatever it keeps, a read that succeeds has checked the whole file.
 """
 
 from __future__ import annotations
@@ -96,6 +98,35 @@ class Layout:
         return math.prod(self.shape) * self.dtype.itemsize
 
 
+@dataclass(frozen=True)
+class Grid:
+    """The grid a volume must be on: its sizes (AP, DV, ML) and its voxel size in microns."""
+
+    shape: tuple[int, int, int]
+    spacing: float
+
+    def __str__(self) -> str:
+        return f"{_sizes(self.shape)} at {self.spacing:g} um"
+
+    @property
+    def max_file_bytes(self) -> int:
+        """The most a file on this grid can weigh: 8 bytes a voxel (the widest type, stored raw),
+        and 1 MiB for the header and the compression's framing (a few bytes per 16 KiB)."""
+        return math.prod(self.shape) * 8 + (1 << 20)
+
+    def check(self, layout: Layout) -> None:
+        """``VolumeError`` unless ``layout`` (a header) is on this grid."""
+        if layout.shape != self.shape or layout.spacing != (self.spacing,) * 3:
+            steps = "x".join(f"{step:g}" for step in sorted(set(layout.spacing)))
+            raise VolumeError(
+                f"header declares a {_sizes(layout.shape)} grid at {steps} um, expected {self}"
+            )
+
+
+def _sizes(shape: Sequence[int]) -> str:
+    return "x".join(map(str, shape))
+
+
 def make_layout(
     sizes: Sequence[object], code: str, big_endian: bool, spacing: Sequence[object]
 ) -> Layout:
@@ -171,6 +202,10 @@ def _skip_exactly(stream: Stream, size: int) -> None:
         size -= n
 
 
+#: A sample of no voxels: the reader checks the whole file and keeps nothing.
+NOTHING: Sample = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64))
+
+
 @contextmanager
 def _reading(what: str) -> Iterator[None]:
     """Turn the many ways a broken file fails (zlib, zip, pynrrd, EOF) into one ``VolumeError``."""
@@ -227,16 +262,12 @@ def _nrrd_header(fh: IO[bytes]) -> tuple[dict[str, Any], Layout]:
     return header, nrrd_layout(header)
 
 
-def nrrd_layout_of(path: Path) -> Layout:
-    """The validated layout of an NRRD file, from its header alone."""
-    with _reading(f"NRRD {path.name}"), path.open("rb") as fh:
-        return _nrrd_header(fh)[1]
-
-
-def read_nrrd(path: Path, sample: Sample | None = None) -> Volume:
-    """Read an NRRD file with attached raw or gzip data."""
-    with _reading(f"NRRD {path.name}"), path.open("rb") as fh:
+def read_nrrd(path: Path, sample: Sample | None = None, *, grid: Grid | None = None) -> Volume:
+    """Read an NRRD file with attached raw or gzip data (on ``grid``, if given)."""
+    with _reading("NRRD"), path.open("rb") as fh:
         header, layout = _nrrd_header(fh)
+        if grid is not None:
+            grid.check(layout)
         encoding = header.get("encoding")
         if encoding == "raw":
             return decode(fh, layout, sample)
@@ -244,25 +275,6 @@ def read_nrrd(path: Path, sample: Sample | None = None) -> Volume:
             with gzip.GzipFile(fileobj=fh, mode="rb") as body:
                 return decode(body, layout, sample)
         raise VolumeError(f"unsupported NRRD encoding {encoding!r}")
-
-
-#: The CCF 2017 grids asyncdl reads, by resolution in um: (AP, DV, ML) voxels.
-CCF_GRIDS = {100: (132, 80, 114), 25: (528, 320, 456)}
-_NOTHING: Sample = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64))
-
-
-def verify_nrrd(path: Path, resolution: int) -> None:
-    """``VolumeError`` unless ``path`` is a whole NRRD volume on the CCF grid at ``resolution``:
-    its header declares that grid, and its data decodes to exactly the declared size (streamed
-    through, nothing kept: the 25 um annotation would be 300 MB)."""
-    layout = nrrd_layout_of(path)
-    grid, spacing = CCF_GRIDS[resolution], (float(resolution),) * 3
-    if layout.shape != grid or layout.spacing != spacing:
-        raise VolumeError(
-            f"{path.name} is a {layout.shape} grid at {layout.spacing} um, not the CCF's {grid} "
-            f"at {resolution} um"
-        )
-    read_nrrd(path, _NOTHING)
 
 
 # -- MetaImage in a zip (the legacy grid and fiber-tract files) --------------------------------------
@@ -310,16 +322,15 @@ def _metaimage_header(zf: zipfile.ZipFile, name: str) -> Layout:
     return metaimage_layout(fields)
 
 
-def metaimage_layout_of(path: Path, name: str) -> Layout:
-    """The validated layout of ``{name}.mhd`` in a zip, from its header alone."""
-    with _reading(f"zip {path.name}"), zipfile.ZipFile(path) as zf:
-        return _metaimage_header(zf, name)
-
-
-def read_metaimage_zip(path: Path, name: str, sample: Sample | None = None) -> Volume:
-    """Read ``{name}.mhd`` + ``{name}.raw`` from a zip; other members are never opened."""
-    with _reading(f"zip {path.name}"), zipfile.ZipFile(path) as zf:
+def read_metaimage_zip(
+    path: Path, name: str, sample: Sample | None = None, *, grid: Grid | None = None
+) -> Volume:
+    """Read ``{name}.mhd`` + ``{name}.raw`` from a zip (on ``grid``, if given); other members are
+    never opened."""
+    with _reading("zip"), zipfile.ZipFile(path) as zf:
         layout = _metaimage_header(zf, name)
+        if grid is not None:
+            grid.check(layout)
         raw = zf.getinfo(f"{name}.raw")
         if raw.file_size != layout.nbytes:
             raise VolumeError(

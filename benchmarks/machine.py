@@ -32,6 +32,14 @@ def describe(env: dict[str, str], cwd: Path) -> dict[str, Any]:
     }
 
 
+def child_env() -> dict[str, str]:
+    """The environment of every child: this one, with the repository importable (for contenders)."""
+    env = dict(os.environ)
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([*paths, str(REPO)])
+    return env
+
+
 def _asyncdl_source(env: dict[str, str], cwd: Path) -> str:
     """The folder of the asyncdl package a contender imports, asked of a child like theirs."""
     code = "import os, asyncdl; print(os.path.dirname(asyncdl.__file__))"

@@ -27,7 +27,7 @@ from .warm_cluster import WarmCluster
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_args(argv)
-    env = _child_env()
+    env = machine.child_env()
     trials = plan(settings)
     with tempfile.TemporaryDirectory(prefix="asyncdl-bench-") as tmp:
         work = Path(tmp)
@@ -147,14 +147,6 @@ def _describe(run: Run) -> str:
         f"CPU {m.cpu_s:.2f} s, peak RSS {m.peak_rss_mb:.0f} MB ({len(m.processes)} processes), "
         f"exit {m.exit_code}"
     )
-
-
-def _child_env() -> dict[str, str]:
-    """The environment of every child: this one, with the repository importable (for contenders)."""
-    env = dict(os.environ)
-    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join([*paths, str(machine.REPO)])
-    return env
 
 
 def _say(message: str) -> None:

@@ -31,7 +31,14 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Width of the rendered ``--help``: a classic terminal's, which fits the page's code blocks.
 HELP_WIDTH = 80
 #: Files of benchmarks/ that become pages (and files) of the site, at the same place.
-BENCHMARK_FILES = ("README.md", "results.md", "throughput.png", "results.json")
+BENCHMARK_FILES = (
+    "README.md",
+    "results.md",
+    "throughput.png",
+    "results.json",
+    "hostile.md",
+    "hostile.json",
+)
 _DIRECTIVE = re.compile(r"^<!-- generated: ([\w-]+) -->$", re.M)
 
 
@@ -54,8 +61,7 @@ def on_page_markdown(markdown: str, page: Page, **_: Any) -> str:
 
 def cli_reference() -> str:
     """``asyncdl --help``, then each command's, as sections of fenced text."""
-    parser = build_parser()
-    commands = {"asyncdl": parser} | {f"asyncdl {n}": p for n, p in _commands(parser).items()}
+    commands = _commands("asyncdl", build_parser())
     # argparse wraps to the terminal's width (COLUMNS), which the build's own would otherwise set.
     with mock.patch.dict(os.environ, {"COLUMNS": str(HELP_WIDTH + 2)}):
         return "\n".join(
@@ -64,10 +70,15 @@ def cli_reference() -> str:
         )
 
 
-def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    """The subcommands' parsers, by name (argparse has no public way to list them)."""
-    (action,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return dict(action.choices)
+def _commands(title: str, parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """``parser`` and its subcommands' parsers, theirs too (``asyncdl cache remove``), by title
+    (argparse has no public way to list them)."""
+    found = {title: parser}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found |= _commands(f"{title} {name}", sub)
+    return found
 
 
 def exit_statuses() -> str:

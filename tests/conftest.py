@@ -21,6 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 import asyncdl
+import asyncdl.cache
 from asyncdl.emulator import Emulator
 from asyncdl.events import HOOKS
 
@@ -210,6 +211,32 @@ class EmulatorThread:
         assert self._stop is not None
         self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(30)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_user_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Nothing in a test session touches the real user cache (~/.cache/asyncdl): the variables
+    that place it point at a temporary folder, for this process and every process it starts
+    (``run_cli``, ``EmulatorProcess`` and Dask workers inherit ``os.environ``), and for fixtures
+    of any scope."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(asyncdl.cache.ENV_VAR, str(tmp_path_factory.mktemp("session-cache")))
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield Path(os.environ[asyncdl.cache.ENV_VAR])
+
+
+@pytest.fixture(autouse=True)
+def user_cache(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The cache a test's runs use by default: its own, empty (as each test's OUT/.cache was),
+    outside ``tmp_path`` so that listing it finds only what the test wrote."""
+    cache = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv(asyncdl.cache.ENV_VAR, str(cache))
+    return cache
+
+
+def source_dir(cache: Path, endpoints: asyncdl.Endpoints) -> Path:
+    """The folder of ``endpoints``' data source in a cache folder."""
+    return cache / asyncdl.cache.source_folder(endpoints.name)
 
 
 #: The variables that send requests through a proxy (urllib, and so asyncdl, reads either case).

@@ -1,10 +1,11 @@
 import asyncio
+import random
 import threading
 
 import pytest
 
 from asyncdl import ApiError
-from asyncdl.aio import Slots, all_of, both, in_thread
+from asyncdl.aio import Budget, Slots, all_of, both, in_thread
 
 
 async def test_results_come_in_order():
@@ -161,3 +162,50 @@ async def test_in_thread_returns_what_the_thread_returns_and_raises_what_it_rais
     assert await in_thread(sum, [1, 2, 3]) == 6
     with pytest.raises(ZeroDivisionError):
         await in_thread(divmod, 1, 0)
+
+
+# -- Budget: bytes of answers held at once --------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(5))
+async def test_a_budget_is_never_exceeded_and_everyone_gets_through(seed):
+    rng = random.Random(seed)
+    budget, peak, done = Budget(100), [0], []
+
+    async def take(i: int, n: int) -> None:
+        async with budget.hold(n):
+            peak[0] = max(peak[0], budget.used)
+            await asyncio.sleep(rng.uniform(0, 0.005))
+        done.append(i)
+
+    sizes = [rng.randint(0, 100) for _ in range(60)]
+    await asyncio.gather(*(take(i, n) for i, n in enumerate(sizes)))
+    assert sorted(done) == list(range(60)) and budget.used == 0
+    assert sum(sorted(sizes)[-2:]) > 100 >= peak[0]  # it did have to make some wait
+
+
+async def test_a_budget_serves_in_order_and_a_cancelled_waiter_frees_those_behind_it():
+    budget, release = Budget(10), asyncio.Event()
+    entered: list[str] = []
+
+    async def take(name: str, n: int) -> None:
+        async with budget.hold(n):
+            entered.append(name)
+            await release.wait()
+
+    first = asyncio.create_task(take("first", 6))
+    await asyncio.sleep(0)
+    big = asyncio.create_task(take("big", 8))  # does not fit yet: waits
+    small = asyncio.create_task(take("small", 2))  # would fit, but comes after "big"
+    await asyncio.sleep(0.01)
+    assert entered == ["first"] and budget.used == 6
+    big.cancel()
+    await asyncio.gather(big, return_exceptions=True)
+    await asyncio.sleep(0)
+    assert entered == ["first", "small"] and budget.used == 8
+    release.set()
+    await asyncio.gather(first, small)
+    assert budget.used == 0
+    with pytest.raises(ValueError, match="cannot hold 11"):
+        async with budget.hold(11):
+            pass

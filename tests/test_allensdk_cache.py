@@ -19,8 +19,9 @@ import pytest
 import asyncdl
 from asyncdl import FetchOptions, UsageError
 from asyncdl.allensdk_cache import AllenSdkCache
+from asyncdl.cache import grid_entry
 
-from .conftest import SEED_ID, run_cli, server_args
+from .conftest import SEED_ID, run_cli, server_args, source_dir
 
 MANIFEST = Path(__file__).with_name("allensdk_manifest.json")
 OPTIONS = FetchOptions(concurrency=8, density_range=(0.1, 0.12))
@@ -56,9 +57,9 @@ def expected(emulator_server, tmp_path_factory):
     return (out / str(SEED_ID) / "data.json").read_bytes()
 
 
-def fetch_with(cache, out, emulator):
+def fetch_with(cache, out, emulator, **more):
     emulator.stats.reset()
-    options = FetchOptions(**{**vars(OPTIONS), "allensdk_cache": cache})
+    options = FetchOptions(**{**vars(OPTIONS), "allensdk_cache": cache, **more})
     [result] = asyncdl.fetch_sync([SEED_ID], out, options=options, endpoints=emulator.endpoints)
     assert result.complete
     return (out / str(SEED_ID) / "data.json").read_bytes()
@@ -95,13 +96,13 @@ def test_resolution_agrees_with_allensdk_itself(tmp_path):
         assert theirs.get_path(key) == spec, key
 
 
-def test_fetch_uses_the_cached_volumes_and_downloads_none(emulator, expected, tmp_path):
+def test_fetch_uses_the_cached_volumes_and_downloads_none(emulator, expected, tmp_path, user_cache):
     root = layout_from_manifest(tmp_path / "mcc", emulator)
     before = {p: p.read_bytes() for p in root.rglob("*.nrrd")}
-    assert fetch_with(root, tmp_path / "out", emulator) == expected
+    assert fetch_with(root, tmp_path / "out", emulator, keep_volumes=True) == expected
     assert volume_requests(emulator) == {}
     assert emulator.stats.requests["query"] > 50  # the spatial searches still go to the server
-    cached = tmp_path / "out" / ".cache" / f"grid_{SEED_ID}_density.nrrd"
+    cached = source_dir(user_cache, emulator.endpoints) / grid_entry(SEED_ID, "density", "nrrd")
     sdk = root / f"experiment_{SEED_ID}" / "projection_density_100.nrrd"
     assert cached.read_bytes() == sdk.read_bytes()
     assert {p: p.read_bytes() for p in root.rglob("*.nrrd")} == before  # AllenSDK's untouched
@@ -112,13 +113,17 @@ def test_fetch_uses_the_cached_volumes_and_downloads_none(emulator, expected, tm
         endpoints=emulator.endpoints,
     )  # fmt: skip
     assert volume_requests(emulator) == {}
+    assert not cached.exists()  # complete, without --keep-volumes: asyncdl's link goes
+    assert {p: p.read_bytes() for p in root.rglob("*.nrrd")} == before  # AllenSDK's stay
 
 
 @pytest.mark.parametrize(
     "damage",
     ["truncated", "html", "other grid", "missing"],
 )
-def test_a_file_that_is_not_the_volume_is_downloaded_instead(emulator, expected, tmp_path, damage):
+def test_a_file_that_is_not_the_volume_is_downloaded_instead(
+    emulator, expected, tmp_path, damage, user_cache
+):
     root = layout_from_manifest(tmp_path / "mcc", emulator)
     density = root / f"experiment_{SEED_ID}" / "projection_density_100.nrrd"
     if damage == "truncated":
@@ -131,7 +136,7 @@ def test_a_file_that_is_not_the_volume_is_downloaded_instead(emulator, expected,
         density.unlink()
     assert fetch_with(root, tmp_path / "out", emulator) == expected
     assert volume_requests(emulator) == {"grid_nrrd": 1}  # that one file, and only it
-    assert not list((tmp_path / "out" / ".cache").glob(".*.tmp"))
+    assert not list(source_dir(user_cache, emulator.endpoints).glob(".*.tmp"))
 
 
 def test_a_cache_without_the_annotation_still_gives_the_grids(emulator, expected, tmp_path):

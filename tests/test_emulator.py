@@ -1,4 +1,5 @@
 import csv
+import gzip
 import json
 import statistics
 import time
@@ -10,7 +11,8 @@ import nrrd
 import numpy as np
 import pytest
 
-from asyncdl.emulator import DATA_SET_IDS, Emulator
+from asyncdl import UsageError
+from asyncdl.emulator import DATA_SET_IDS, Emulator, FaultPlan
 from asyncdl.emulator.ontology import BY_ID, FIBER_TRACT_IDS
 from asyncdl.emulator.synthetic import Experiment, annotation_slab
 from asyncdl.targets import in_tract_labels, plan_fine_lookup, select_targets
@@ -207,3 +209,76 @@ async def _aget(url):
 
     async with aiohttp.ClientSession() as session, session.get(URL(url, encoded=True)) as resp:
         return await resp.read()
+
+
+# -- hostile modes ---------------------------------------------------------------------------------
+
+GRID_URL = "/grid_data/download_file/{id}?image=projection_density&resolution=100"
+
+
+async def _answer(url, **kwargs):
+    """Status, headers and body of a GET that follows no redirect."""
+    import aiohttp
+    from yarl import URL
+
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(URL(url, encoded=True), allow_redirects=False, **kwargs) as resp,
+    ):
+        return resp.status, resp.headers, await resp.read()
+
+
+async def test_an_html_window_covers_the_first_volumes_then_closes():
+    async with Emulator(faults=FaultPlan(html_requests=2)) as emu:
+        answers = [await _answer(emu.base_url + GRID_URL.format(id=SEED_ID)) for _ in range(3)]
+        tree = await _answer(emu.base_url + "/api/v2/structure_graph_download/1.json")
+    types = [headers["Content-Type"].split(";")[0] for _, headers, _ in answers]
+    assert [status for status, _, _ in answers] == [200, 200, 200]
+    assert types == ["text/html", "text/html", "application/octet-stream"]
+    assert answers[2][2].startswith(b"NRRD0004")
+    assert tree[1]["Content-Type"].startswith("application/json")  # not a volume: not in it
+
+
+async def test_a_redirect_keeps_the_path_and_query_as_sent():
+    path = QUERY.format(x=1, y=2, z=3, id=SEED_ID).replace("[", "%5B").replace("]", "%5D")
+    async with Emulator(faults=FaultPlan(redirect="http://localhost:9/")) as emu:
+        status, headers, _ = await _answer(emu.base_url + path)
+    assert status == 302 and headers["Location"] == "http://localhost:9" + path
+
+
+async def test_huge_answers_are_chunked_without_a_length_and_made_as_sent():
+    async with Emulator(faults=FaultPlan(huge_answers=3_000_000)) as emu:
+        status, headers, body = await _answer(
+            emu.base_url + QUERY.format(x=1, y=2, z=3, id=SEED_ID)
+        )
+    assert status == 200 and "Content-Length" not in headers
+    assert headers["Transfer-Encoding"] == "chunked" and len(body) == 3_000_000
+    assert json.loads(body)["success"] is True
+
+
+async def test_a_wrong_grid_is_declared_and_its_data_matches():
+    async with Emulator(faults=FaultPlan(wrong_grid=(3, 4, 5))) as emu:
+        _, _, body = await _answer(emu.base_url + GRID_URL.format(id=SEED_ID))
+    assert "sizes: 3 4 5" in header_lines(body)
+    data = gzip.decompress(body[body.index(b"\n\n") + 2 :])
+    assert len(data) == 3 * 4 * 5 * 8 and not any(data)
+
+
+async def test_a_drip_sends_the_declared_length_slowly():
+    async with Emulator(faults=FaultPlan(drip=2000.0, routes=frozenset({"query"}))) as emu:
+        started = time.monotonic()
+        status, headers, body = await _answer(
+            emu.base_url + QUERY.format(x=1, y=2, z=3, id=SEED_ID)
+        )
+        took = time.monotonic() - started
+    assert status == 200 and int(headers["Content-Length"]) == len(body) > 1000
+    assert took >= len(body) / 2000 * 0.9
+
+
+def test_unknown_routes_and_bad_modes_are_refused():
+    with pytest.raises(UsageError, match="unknown routes grids"):
+        FaultPlan(routes=frozenset({"grids"}))
+    with pytest.raises(UsageError, match="drip rate"):
+        FaultPlan(drip=0)
+    with pytest.raises(UsageError, match="three positive sizes"):
+        FaultPlan(wrong_grid=(0, 1, 2))

@@ -193,3 +193,31 @@ async def test_a_repair_is_one_line_one_json_event_and_one_line_in_the_live_disp
     assert event["damage"].startswith("data.json is 0 bytes, not the ")
     assert event["remedy"].startswith("rebuilding data.json from")
     assert line in terminal.file.getvalue()  # type: ignore[attr-defined]
+
+
+async def test_a_redirect_is_a_line_with_v_a_json_event_and_a_log_record(
+    emulator, tmp_path, caplog
+):
+    # Only the annotation is redirected, to the shared emulator under another name: one redirect.
+    plain, quiet, json = io.StringIO(), io.StringIO(), io.StringIO()
+    listeners = (LineReporter(plain, verbose=True), LineReporter(quiet), JsonReporter(json))
+    there = f"http://localhost:{emulator.port}"
+    async with Emulator(faults=FaultPlan(redirect=there, routes=frozenset({"annotation"}))) as emu:
+        annotation = emu.endpoints.annotation_nrrd()
+        moved = annotation.replace(emu.base_url, there)
+        with caplog.at_level(logging.INFO, logger="asyncdl"):
+            [result] = await asyncdl.fetch(
+                [SEED_ID],
+                tmp_path,
+                options=OPTIONS,
+                endpoints=emu.endpoints,
+                events=Tee(*listeners),
+            )
+    assert result.complete
+    line = f"redirected: {annotation} -> {moved}"
+    assert line in plain.getvalue().splitlines() and "redirected" not in quiet.getvalue()
+    events = [orjson.loads(e) for e in json.getvalue().splitlines()]
+    assert [(e["url"], e["location"]) for e in events if e["event"] == "redirect"] == [
+        (annotation, moved)
+    ]
+    assert line in [record.getMessage() for record in caplog.records]

@@ -1,11 +1,15 @@
 """The HTTP engine against a real local server that misbehaves on purpose."""
 
 import asyncio
+import contextlib
+import hashlib
+import time
 
+import orjson
 import pytest
 from aiohttp import web
 
-from asyncdl import FetchError, FetchOptions, HTTPStatusError, TransientError
+from asyncdl import FetchError, FetchOptions, HTTPStatusError, TransientError, VolumeError
 from asyncdl import fetcher as fetcher_module
 from asyncdl.fetcher import HttpClient, Tally
 from asyncdl.responses import rows
@@ -147,12 +151,34 @@ async def test_success_false_is_an_api_error_not_retried(serve):
     assert len(app_calls) == 1
 
 
-async def test_oversized_json_is_refused(serve, monkeypatch):
-    monkeypatch.setattr(fetcher_module, "MAX_JSON_BYTES", 10)
-    url = await start(serve, Script())
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_oversized_json_is_refused_at_once(serve, chunked):
+    if chunked:  # no Content-Length: refused once more than the limit has come
+        url = await serve(endless)
+    else:  # its Content-Length says it is too large: refused before it is read
+        url = await start(serve, Script())
     async with client() as http:
-        with pytest.raises(FetchError, match="exceeds the 10 limit"):
-            await http.get_json(url, Tally(), rows)
+        with pytest.raises(FetchError, match="larger than the 10 bytes allowed") as err:
+            await http.get_json(url, Tally(), rows, limit=10)
+        assert not isinstance(err.value, TransientError) and err.value.url == url
+        assert http._budget.used == 0
+
+
+async def endless(request: web.Request) -> web.StreamResponse:
+    """A JSON answer that never ends, chunked: only a bound on what is read ends it."""
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    try:
+        await response.write(b'{"success": true, "msg": [{"pad": "')
+        while True:
+            await response.write(b"x" * 4096)
+    except ConnectionError:
+        return response
+
+
+def read_bytes(path):
+    return path.read_bytes()
 
 
 async def test_download_is_atomic_and_retried(serve, tmp_path):
@@ -160,8 +186,10 @@ async def test_download_is_atomic_and_retried(serve, tmp_path):
     dest = tmp_path / "file.bin"
     tally = Tally()
     async with client() as http:
-        size = await http.download(url, dest, tally)
-    assert dest.read_bytes().startswith(b'{"success"') and size == dest.stat().st_size
+        got = await http.download(url, dest, tally, read_bytes, limit=10_000)
+    body = dest.read_bytes()
+    assert body.startswith(b'{"success"') and got.value == body
+    assert got.size == len(body) and got.sha256 == hashlib.sha256(body).hexdigest()
     assert tally.retries == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.bin"]  # no temp file left
 
@@ -171,8 +199,151 @@ async def test_failed_download_leaves_nothing_at_the_final_path(serve, tmp_path)
     dest = tmp_path / "file.bin"
     async with client() as http:
         with pytest.raises(TransientError):
-            await http.download(url, dest, Tally())
+            await http.download(url, dest, Tally(), read_bytes, limit=10_000)
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_download_its_read_refuses_is_retried_and_never_put_in_place(serve, tmp_path):
+    bodies = [b"garbled", b"garbled", b"good"]
+    seen = []
+
+    async def handle(request):
+        return web.Response(body=bodies.pop(0) if bodies else b"good")
+
+    def read(path):
+        seen.append(path)
+        data = path.read_bytes()
+        if data != b"good":
+            raise VolumeError(f"not good: {data!r}")
+        return data
+
+    url = await serve(handle)
+    dest = tmp_path / "file.bin"
+    tally = Tally()
+    async with client() as http:
+        got = await http.download(url + "/f", dest, tally, read, limit=100)
+    assert got.value == b"good" and dest.read_bytes() == b"good" and tally.retries == 2
+    assert all(path != dest and path.parent == tmp_path for path in seen)  # read before the rename
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.bin"]
+    bodies[:] = [b"garbled"] * 10
+    with pytest.raises(TransientError, match="not a usable volume: not good") as err:
+        async with client() as http:
+            await http.download(url + "/g", tmp_path / "g.bin", Tally(), read, limit=100)
+    assert err.value.url == url + "/g" and not (tmp_path / "g.bin").exists()
+
+
+async def test_an_html_page_where_a_file_is_expected_is_transient_and_not_read(serve, tmp_path):
+    async def page(request):
+        return web.Response(text="<html>Down for maintenance</html>", content_type="text/html")
+
+    url = await serve(page)
+    read_calls: list[object] = []
+    tally = Tally()
+    async with client() as http:
+        with pytest.raises(TransientError, match="HTML page") as err:
+            await http.download(url + "/v", tmp_path / "v", tally, read_calls.append, limit=100)
+    assert err.value.url == url + "/v" and tally.retries == 3 and read_calls == []
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_download_larger_than_its_limit_fails_at_once(serve, tmp_path):
+    async def big(request):
+        return web.Response(body=b"\0" * 5000)
+
+    url = await serve(big)
+    tally = Tally()
+    async with client() as http:
+        with pytest.raises(FetchError, match="larger than the 1000 bytes allowed") as err:
+            await http.download(url + "/v", tmp_path / "v", tally, read_bytes, limit=1000)
+    assert not isinstance(err.value, TransientError) and tally.retries == 0
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- deadlines: time without progress, and a minimum rate ----------------------------------------
+
+
+def dripping(body: bytes, pieces: int, pause: float):
+    """A handler sending ``body`` (with its Content-Length) in ``pieces``, ``pause`` s apart."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Length": str(len(body))})
+        response.content_type = "application/json"
+        await response.prepare(request)
+        step = -(-len(body) // pieces)
+        try:
+            for start in range(0, len(body), step):
+                await response.write(body[start : start + step])
+                await asyncio.sleep(pause)
+        except ConnectionError:
+            pass
+        return response
+
+    return handle
+
+
+async def test_a_dripping_json_answer_fails_as_transient_after_about_the_timeout(serve):
+    # A byte every 0.1 s: never 0.5 s without progress, but far under the minimum rate.
+    body = orjson.dumps({"success": True, "msg": [{"pad": "x" * 200}]})
+    url = await serve(dripping(body, len(body), 0.1)) + "/q"
+    tally = Tally()
+    started = time.monotonic()
+    async with client(timeout=0.5, retries=1, backoff_base=0) as http:
+        with pytest.raises(TransientError, match="too slow") as err:
+            await http.get_json(url, tally, rows)
+    assert err.value.url == url and tally.retries == 1
+    assert time.monotonic() - started < 2 * (0.5 + 10 / 50_000) + 5  # two attempts, then slack
+
+
+async def test_a_transfer_longer_than_the_timeout_that_keeps_the_minimum_rate_succeeds(serve):
+    # 20 KB in ten pieces over 0.8 s or more: longer than the 0.5 s timeout, never idle for as
+    # long, and well above a 10 kB/s minimum rate at every moment (its deadline grows with it).
+    body = orjson.dumps({"success": True, "msg": [{"pad": "x" * 20_000}]})
+    url = await serve(dripping(body, 10, 0.08)) + "/q"
+    tally = Tally()
+    started = time.monotonic()
+    async with client(timeout=0.5, min_rate=10_000) as http:
+        [record] = await http.get_json(url, tally, rows)
+    assert time.monotonic() - started > 0.5 and tally.retries == 0
+    assert record == {"pad": "x" * 20_000}
+
+
+# -- the budget of bytes in flight ---------------------------------------------------------------
+
+
+async def test_answers_without_a_length_share_the_budget_and_all_arrive(serve, monkeypatch):
+    # A budget of three answers at the cap: sixteen requests in flight wait their turn to read
+    # (an answer without Content-Length takes the whole cap), and every one arrives.
+    monkeypatch.setattr(fetcher_module, "MAX_BYTES_IN_FLIGHT", 3 * 4096)
+    peak = []
+
+    async def chunked(request):
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        await response.write(b'{"success": true, "msg": [{"n": 1}')
+        await asyncio.sleep(0.05)
+        await response.write(b"]}")
+        await response.write_eof()
+        return response
+
+    url = await serve(chunked)
+    async with client(concurrency=16) as http:
+        budget = http._budget
+        original = budget.hold
+
+        @contextlib.asynccontextmanager
+        async def watched(n):
+            async with original(n):
+                peak.append(budget.used)
+                yield
+
+        budget.hold = watched
+        answers = await asyncio.gather(
+            *(http.get_json(f"{url}/{i}", Tally(), rows, limit=4096) for i in range(40))
+        )
+        assert budget.used == 0
+    assert answers == [[{"n": 1}]] * 40
+    assert len(peak) == 40 and 4096 < max(peak) <= 3 * 4096  # several at once, never more
 
 
 @pytest.mark.parametrize("limit", [1, 3, 8])

@@ -8,11 +8,11 @@ from asyncdl import Endpoints, FetchOptions, UsageError
 from asyncdl.plan import RunPlan
 
 
-def test_a_plan_validates_ids_in_order_and_makes_the_output_folder(tmp_path):
+def test_a_plan_validates_ids_in_order_and_makes_the_output_folder(tmp_path, user_cache):
     out = tmp_path / "a" / "b"
     plan = RunPlan.make(["7", 3, 7, " 12 "], out)
     assert plan.ids == (7, 3, 12)
-    assert out.is_dir() and plan.out == out and plan.cache == out / ".cache"
+    assert out.is_dir() and plan.out == out and plan.cache == user_cache  # outside OUT
     assert RunPlan.make([1], out, cache_dir=tmp_path / "c").cache == tmp_path / "c"
 
 

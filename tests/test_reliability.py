@@ -17,8 +17,18 @@ from asyncdl import FetchOptions
 from asyncdl.emulator import DATA_SET_IDS, FAULT_KINDS, Emulator, FaultPlan
 from asyncdl.fetcher import HttpClient, RateLimiter, Tally, parse_retry_after
 from asyncdl.responses import rows
+from asyncdl.sources import GRIDS
 
-from .conftest import SEED_ID, Recorder, Sleeps, command, run_cli, server_args, wait_for_answers
+from .conftest import (
+    SEED_ID,
+    Recorder,
+    Sleeps,
+    command,
+    run_cli,
+    server_args,
+    source_dir,
+    wait_for_answers,
+)
 
 SMALL = (0.1, 0.12)  # a density range with a few hundred targets, for quick runs
 # Retries fast enough for tests; the policy itself is what production uses. The 0.5 s timeout
@@ -123,8 +133,8 @@ async def test_failed_targets_are_recorded_and_exactly_those_are_retried(
     )
     assert second.complete and second.resumed == first.targets - len(failures)
     assert emulator.stats.requests["query"] == len(failures)
-    # The volumes came from the cache; only the (small, uncached) structure tree was asked again.
-    assert set(emulator.stats.requests) == {"query", "structure_graph"}
+    # The volumes and the structure tree came from the cache: only the targets were asked again.
+    assert set(emulator.stats.requests) == {"query"}
     assert data(tmp_path) == await fault_free(SMALL)
     assert not (directory / "failures.ndjson").exists()
 
@@ -302,11 +312,11 @@ def test_changed_parameters_are_refused_then_restart_works(emulator, tmp_path):
 
 async def test_a_truncated_cached_volume_is_downloaded_again(emulator, fault_free, tmp_path):
     cache = tmp_path / "cache"
-    options = FetchOptions(concurrency=8, density_range=SMALL)
+    options = FetchOptions(concurrency=8, density_range=SMALL, keep_volumes=True)
     await asyncdl.fetch(
         [SEED_ID], tmp_path / "a", options=options, endpoints=emulator.endpoints, cache_dir=cache
     )
-    grid = cache / f"grid_{SEED_ID}_density.nrrd"
+    grid = source_dir(cache, emulator.endpoints) / "grids" / f"grid_{SEED_ID}_density.nrrd"
     grid.write_bytes(grid.read_bytes()[:-1000])
     emulator.stats.reset()
     [result] = await asyncdl.fetch(
@@ -330,35 +340,50 @@ async def test_two_processes_sharing_a_cache(emulator, fault_free, tmp_path):
         assert proc.returncode == 0, proc.stderr
     expected = await fault_free(SMALL)
     assert data(tmp_path / "one") == data(tmp_path / "two") == expected
-    assert not [p for p in cache.iterdir() if p.name.endswith(".part")]
+    assert not [p for p in cache.rglob("*") if p.name.endswith((".part", ".tmp"))]
 
 
 # -- hostile servers and bad input ---------------------------------------------------------------
 
 
-async def test_html_where_a_volume_was_expected(serve, tmp_path):
+async def test_html_where_a_volume_was_expected(serve, tmp_path, user_cache):
     async def page(request):
+        if not request.path.startswith("/grid_data/"):
+            await asyncio.sleep(1)  # the grids fail first (the structure tree's JSON would too)
         return web.Response(text="<html><body>Maintenance</body></html>", content_type="text/html")
 
     url = await serve(page)
     [result] = await asyncdl.fetch(
         [SEED_ID], tmp_path, options=FetchOptions(retries=0), endpoints=asyncdl.Endpoints(url, url)
     )
-    assert not result.complete and "not an NRRD file" in (result.error or "")
+    assert not result.complete and "an HTML page (text/html)" in (result.error or "")
+    assert f"({url}/grid_data/" in (result.error or "")  # it names the URL
+    assert asyncdl.cache.entries(user_cache) == []  # nothing cached, not even half
 
 
-async def test_a_volume_larger_than_allowed_is_refused(serve, tmp_path, monkeypatch):
-    monkeypatch.setattr("asyncdl.fetcher.MAX_VOLUME_BYTES", 1000)
+async def test_a_volume_larger_than_its_grid_allows_is_refused(serve, tmp_path, user_cache):
+    limit = GRIDS["nrrd"][0].max_file_bytes
 
     async def big(request):
-        return web.Response(body=b"\0" * 5000)
+        if not request.path.startswith("/grid_data/"):
+            await asyncio.sleep(1)  # the grids fail first
+            raise web.HTTPNotFound()
+        response = web.StreamResponse(headers={"Content-Length": str(limit + 1)})
+        await response.prepare(request)
+        try:
+            for _ in range(limit // 65536 + 1):
+                await response.write(bytes(65536))
+        except ConnectionError:
+            pass  # the client hung up, as it should
+        return response
 
     url = await serve(big)
     [result] = await asyncdl.fetch(
         [SEED_ID], tmp_path, options=FetchOptions(retries=0), endpoints=asyncdl.Endpoints(url, url)
     )
-    assert not result.complete and "exceeds the 1000 limit" in (result.error or "")
-    assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix in (".nrrd", ".part")]
+    assert not result.complete
+    assert f"is larger than the {limit} bytes allowed ({url}/grid_data/" in (result.error or "")
+    assert asyncdl.cache.entries(user_cache) == []  # nothing cached, not even half
 
 
 def test_emulate_rejects_unknown_fault_kinds():

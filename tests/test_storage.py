@@ -25,9 +25,9 @@ from .conftest import SEED_ID, run_cli, server_args
 
 #: The seed data set writes about 3.0 MB of lines.ndjson, then 2.9 MB of data.json (so a 1 MB disk
 #: fills while answers come in, a 4 MB one while data.json is written).
-#: "cache": the volumes are cached on the same 1 MB disk (the default OUT/.cache) and fill it first.
+#: "cache": the volumes are cached on the same 1 MB disk (--cache-dir OUT/cache) and fill it first.
 SIZES = {"cache": "1m", "lines": "1m", "data": "4m"}
-WHERE = {"cache": "/.cache/", "lines": "lines.ndjson", "data": "data.json"}
+WHERE = {"cache": "/cache/", "lines": "lines.ndjson", "data": "data.json"}
 
 
 def _mount(path: Path, size: str) -> bool:
@@ -85,8 +85,7 @@ def test_a_full_disk_is_one_line_exit_3_and_the_rerun_completes(
     if disk is None:
         pytest.skip("needs root to mount a small tmpfs")
     args = ["fetch", SEED_ID, "-o", disk, "-q", *server_args(emulator)]
-    if stage != "cache":
-        args += ["--cache-dir", tmp_path / "cache"]
+    args += ["--cache-dir", (disk if stage == "cache" else tmp_path) / "cache"]
     proc = run_cli(*args)
     assert proc.returncode == 3, proc.stderr
     assert "Traceback" not in proc.stderr

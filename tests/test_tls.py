@@ -1,5 +1,6 @@
 """https: the emulator serving TLS, asyncdl verifying it, and refusing what does not verify."""
 
+import asyncio
 import shutil
 import ssl
 import subprocess
@@ -12,7 +13,7 @@ import pytest
 
 import asyncdl
 from asyncdl import CertificateError, FetchOptions, TLSError, UsageError
-from asyncdl.emulator import Emulator, make_certificates
+from asyncdl.emulator import Emulator, FaultPlan, make_certificates
 from asyncdl.fetcher import HttpClient, Tally, tls_context
 from asyncdl.responses import rows
 
@@ -162,9 +163,8 @@ async def test_fetch_stops_at_the_first_untrusted_certificate(https, tmp_path):
     assert err.value.host == host_of(https)
     assert events.retries == [] and events.done == []  # no data set failed one by one
     assert not list(tmp_path.glob("*/summary.json"))
-    # At most one connection per volume of the two data sets (density, injection, fiber source):
-    # a retry loop would make at least 6 attempts for the first URL alone.
-    assert 1 <= https.stats.tls_handshakes <= 6
+    # One handshake: the first request to the server goes alone, and its failure is the others'.
+    assert https.stats.tls_handshakes == 1
     assert sum(https.stats.requests.values()) == 0
 
 
@@ -189,8 +189,36 @@ async def test_an_untrusted_certificate_on_the_targets_stops_the_run(https, tmp_
         )
     assert events.retries == [] and events.done == []
     assert not (tmp_path / "b" / str(SEED_ID) / "failures.ndjson").exists()
-    assert 1 <= https.stats.tls_handshakes <= OPTIONS["concurrency"]
+    assert https.stats.tls_handshakes == 1  # not one per lane
     assert sum(https.stats.requests.values()) == 0
+
+
+async def test_requests_at_once_to_an_untrusted_server_make_one_handshake(https):
+    """The first request to an https server goes alone; the others fail with its TLSError, each
+    naming its own URL, without connecting (nor being cancelled mid-handshake)."""
+    url = https.base_url + "/api/v2/structure_graph_download/1.json?n={}"
+    options = FetchOptions(concurrency=16, retries=5, backoff_base=0, backoff_max=0)
+    async with HttpClient(options) as client:
+        outcomes = await asyncio.gather(
+            *(client.get_json(url.format(n), Tally(), rows) for n in range(16)),
+            return_exceptions=True,
+        )
+    refused = [o for o in outcomes if isinstance(o, CertificateError)]
+    assert len(refused) == 16, outcomes
+    assert [e.url for e in refused] == [url.format(n) for n in range(16)]
+    assert len({str(e) for e in refused}) == 1
+    assert https.stats.tls_handshakes == 1 and sum(https.stats.requests.values()) == 0
+
+
+async def test_requests_at_once_to_a_trusted_server_all_connect(https):
+    url = https.base_url + "/api/v2/structure_graph_download/1.json?n={}"
+    options = FetchOptions(concurrency=16, ca_bundle=https.ca_file)
+    async with HttpClient(options) as client:
+        answers = await asyncio.gather(
+            *(client.get_json(url.format(n), Tally(), rows) for n in range(16))
+        )
+    assert all(answers) and sum(https.stats.requests.values()) == 16
+    assert https.stats.tls_handshakes > 1  # once the first answered, the rest went at once
 
 
 async def test_dry_run_stops_at_an_untrusted_certificate(https, tmp_path):
@@ -252,6 +280,56 @@ def test_cli_list_with_the_ca(https):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0].split()[:2] == ["id", "structure"]
+
+
+# -- a redirect from https to plain http: the same, before connecting to it ---------------------------
+
+
+@pytest.fixture(scope="module")
+def downgrading(emulator_server):
+    """An https emulator that redirects every request to plain http on another host: the shared
+    emulator, named ``localhost``."""
+    plan = FaultPlan(redirect=f"http://localhost:{emulator_server.port}")
+    with EmulatorThread(tls=True, faults=plan) as emu:
+        yield emu
+
+
+async def test_a_redirect_from_https_to_plain_http_stops_the_run(downgrading, emulator, tmp_path):
+    options = FetchOptions(
+        **OPTIONS, ca_bundle=downgrading.ca_file, retries=5, backoff_base=0, backoff_max=0
+    )
+    events = Recorder()
+    downgrading.stats.reset()
+    with pytest.raises(TLSError) as err:  # itself, not an ExceptionGroup
+        await asyncdl.fetch(
+            [SEED_ID, 100141219],
+            tmp_path,
+            options=options,
+            endpoints=downgrading.endpoints,
+            events=events,
+        )
+    message = str(err.value)
+    assert f"{downgrading.base_url}/" in message and f"http://localhost:{emulator.port}/" in message
+    assert err.value.host == host_of(downgrading)
+    assert events.retries == [] and events.done == [] and events.of("redirected") == []
+    assert sum(emulator.stats.requests.values()) == 0  # plain http was never spoken
+    # The first request went alone; the others failed with its error without connecting.
+    assert downgrading.stats.tls_handshakes == 1
+    assert sum(downgrading.stats.requests.values()) == 1
+    assert not list(tmp_path.glob("*/summary.json"))
+
+
+def test_cli_redirect_to_plain_http_exits_4_with_one_line_naming_both_urls(
+    downgrading, emulator, tmp_path
+):
+    proc = run_cli(
+        "fetch", SEED_ID, "-o", tmp_path, *server_args(downgrading),
+        "--ca-bundle", downgrading.ca_file, "--retries", 5,
+    )  # fmt: skip
+    assert proc.returncode == 4, proc.stderr
+    line = one_error_line(proc.stderr)
+    assert f"{downgrading.base_url}/" in line and f"http://localhost:{emulator.port}/" in line
+    assert sum(emulator.stats.requests.values()) == 0
 
 
 # -- certificates that are wrong even with the right CA ---------------------------------------------

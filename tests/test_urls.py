@@ -4,8 +4,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from asyncdl import Endpoints, UsageError
-from asyncdl.urls import RMA_SAFE, data_set_id, is_allen_api
+from asyncdl import Endpoints, FetchError, TLSError, UsageError
+from asyncdl.errors import InsecureRedirectError
+from asyncdl.urls import RMA_SAFE, data_set_id, follow_redirect, is_allen_api
 
 REAL = Endpoints()
 #: AllenSDK's quoting of a query URL before a GET (allensdk/api/api.py), spelled out for the tests.
@@ -123,3 +124,39 @@ def test_data_set_id_accepts_positive_ints(good):
 def test_data_set_id_rejects_everything_else(bad):
     with pytest.raises(UsageError):
         data_set_id(bad)
+
+
+@pytest.mark.parametrize(
+    ("url", "location", "target"),
+    [
+        (
+            "http://a:1/x/y?q=1",
+            "http://localhost:2/x/y?q=%5B1%5D",
+            "http://localhost:2/x/y?q=%5B1%5D",
+        ),
+        (
+            "https://a/x/y",
+            "/z?criteria=s%5Bseed$eq1,2,3%5D",
+            "https://a/z?criteria=s%5Bseed$eq1,2,3%5D",
+        ),
+        ("https://a/x/y", "z", "https://a/x/z"),
+        ("http://a/x", "https://b/x", "https://b/x"),  # up to https is fine
+        ("https://a/x", "//b/y", "https://b/y"),  # scheme-relative keeps https
+    ],
+)
+def test_a_redirect_leads_to_an_absolute_url(url, location, target):
+    assert follow_redirect(url, location) == target
+
+
+def test_a_redirect_from_https_to_plain_http_is_refused_naming_both():
+    with pytest.raises(InsecureRedirectError) as err:
+        follow_redirect("https://api.brain-map.org/x?a=1", "http://mirror.example:8080/x?a=1")
+    assert isinstance(err.value, TLSError) and err.value.host == "api.brain-map.org"
+    assert "https://api.brain-map.org/x?a=1" in str(err.value)
+    assert "http://mirror.example:8080/x?a=1" in str(err.value)
+
+
+@pytest.mark.parametrize("location", ["ftp://a/x", "file:///etc/passwd", "javascript:alert(1)"])
+def test_a_redirect_to_another_scheme_is_refused(location):
+    with pytest.raises(FetchError, match="not an http"):
+        follow_redirect("http://a/x", location)

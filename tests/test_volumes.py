@@ -7,7 +7,7 @@ import pytest
 
 from asyncdl import VolumeError
 from asyncdl.emulator import formats
-from asyncdl.volumes import nrrd_layout_of, read_metaimage_zip, read_nrrd
+from asyncdl.volumes import NOTHING, Grid, read_metaimage_zip, read_nrrd
 
 RNG = np.random.default_rng(7)
 
@@ -60,7 +60,7 @@ def test_emulator_nrrd_is_read_back_exactly(tmp_path):
         formats.nrrd_bytes(formats.fortran_slabs(arr), arr.shape, "double", "<f8", 100)
     )
     np.testing.assert_array_equal(read_nrrd(path).array, arr)
-    assert nrrd_layout_of(path).shape == arr.shape
+    read_nrrd(path, NOTHING, grid=Grid(arr.shape, 100.0))  # its header declares that grid
 
 
 def test_metaimage_zip_round_trip_and_sample(tmp_path):
@@ -202,3 +202,62 @@ def test_gzip_bomb_is_bounded_by_the_header(tmp_path):
     path = _nrrd(tmp_path, NRRD_HEAD.format(t="double", d=3, s="1 1 1", e="gzip"), body)
     with pytest.raises(VolumeError, match="more data"):
         read_nrrd(path)
+
+
+# -- the grid a file must be on --------------------------------------------------------------------
+
+GRID = Grid((6, 4, 5), 100.0)
+
+
+def test_a_file_on_its_grid_reads_whole_even_when_nothing_is_kept(tmp_path):
+    arr = RNG.random(GRID.shape)
+    path = tmp_path / "grid.nrrd"
+    path.write_bytes(
+        formats.nrrd_bytes(formats.fortran_slabs(arr), GRID.shape, "double", "<f8", 100)
+    )
+    np.testing.assert_array_equal(read_nrrd(path, grid=GRID).array, arr)
+    assert read_nrrd(path, NOTHING, grid=GRID).array.size == 0
+    # Keeping nothing still reads to the end: a file cut short, or with more, does not pass.
+    data = path.read_bytes()
+    path.write_bytes(data[:-40])
+    with pytest.raises(VolumeError):
+        read_nrrd(path, NOTHING, grid=GRID)
+    path.write_bytes(data + b"trailing junk")
+    with pytest.raises(VolumeError):
+        read_nrrd(path, NOTHING, grid=GRID)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "spacing", "message"),
+    [
+        (
+            "1000 1000 1000",
+            100,
+            "declares a 1000x1000x1000 grid at 100 um, expected 6x4x5 at 100 um",
+        ),
+        ("6 4 5", 25, "declares a 6x4x5 grid at 25 um, expected 6x4x5 at 100 um"),
+    ],
+)
+def test_a_header_off_the_grid_is_refused_before_any_data_is_read(
+    tmp_path, sizes, spacing, message
+):
+    # 1 GB of uchar is within what a header may declare at all; its "data" is not even gzip, so
+    # a reader that got as far as decompressing would fail otherwise.
+    head = (
+        f"NRRD0004\ntype: uchar\ndimension: 3\nsizes: {sizes}\nspace directions: ({spacing},0,0) "
+        f"(0,{spacing},0) (0,0,{spacing})\nendian: little\nencoding: gzip\n\n"
+    )
+    path = _nrrd(tmp_path, head, b"not gzip at all")
+    with pytest.raises(VolumeError, match=message):
+        read_nrrd(path, grid=GRID)
+
+
+def test_a_zip_off_the_grid_is_refused_before_its_data_is_opened(tmp_path):
+    header = MHD.format(t="MET_UCHAR", msb="False", f="density.raw").replace("2 2 2", "6 4 4")
+    with pytest.raises(VolumeError, match="declares a 6x4x4 grid at 100 um, expected 6x4x5"):
+        read_metaimage_zip(_zip(tmp_path, header, b"short"), "density", grid=GRID)
+
+
+def test_a_grid_bounds_the_size_of_its_file():
+    assert GRID.max_file_bytes == 6 * 4 * 5 * 8 + (1 << 20)
+    assert str(GRID) == "6x4x5 at 100 um"

@@ -13,7 +13,9 @@ Routes (all GET):
 Queries are read decoded, so ``[`` and ``%5B`` mean the same, as on the real server: AllenSDK
 sends criteria percent-encoded, the 2013 script sent raw brackets.
 
-Every route can be made to misbehave, reproducibly, with a ``FaultPlan`` (see ``faults``).
+Every route can be made to misbehave, reproducibly, with a ``FaultPlan`` (see ``faults``): random
+faults at a rate, and hostile modes (drip, a maintenance window, redirects, endless answers, volumes
+of another grid).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from aiohttp import web
 
 from . import catalog, formats, synthetic
 from .envelope import failure, success
-from .faults import FaultPlan, respond_with_fault
+from .faults import FaultPlan, respond_hostile, respond_with_fault
 from .ontology import FIBER_TRACT_IDS, structure_tree
 
 FIBER_FILE_ID = 197646984
@@ -106,6 +108,14 @@ def annotation_nrrd() -> bytes:
     shape = synthetic.ANNOTATION_SHAPE
     slabs = formats.slabs_from(synthetic.annotation_slab, shape[2])
     return formats.nrrd_bytes(slabs, shape, "unsigned int", "<u4", synthetic.ANNOTATION_SPACING)
+
+
+@lru_cache(maxsize=2)
+def wrong_grid_nrrd(shape: tuple[int, int, int]) -> bytes:
+    """An NRRD file of zeros on the grid ``shape`` (a hostile server's volume of another grid)."""
+    zeros = np.zeros(shape[:2])
+    slabs = formats.slabs_from(lambda k: zeros, shape[2])
+    return formats.nrrd_bytes(slabs, shape, "double", "<f8", synthetic.GRID_SPACING)
 
 
 @lru_cache(maxsize=1)
@@ -191,11 +201,14 @@ class EmulatorApp:
                 if route == "stats"
                 else self.faults.pick(request.rel_url.path_qs, route, route in _JSON_ROUTES)
             )
-            response = await (
-                handler(request)
-                if fault is None
-                else respond_with_fault(fault, request, self.faults, handler)
-            )
+            if fault is not None:
+                response = await respond_with_fault(fault, request, self.faults, handler)
+            elif self.faults.hostile and route != "stats":
+                response = await respond_hostile(
+                    request, route, self.faults, handler, self._wrong_grid
+                )
+            else:
+                response = await handler(request)
             if self.latency > 0 and route != "stats":
                 # The latency is an answer's whole time at the server, its work included, as on
                 # a server that works on many requests at once: the work is done while it waits.
@@ -228,6 +241,9 @@ class EmulatorApp:
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             return await asyncio.to_thread(make)
+
+    async def _wrong_grid(self, shape: tuple[int, int, int]) -> bytes:
+        return await self._bytes(("wrong_grid", shape), lambda: wrong_grid_nrrd(shape))
 
     async def grid_nrrd(self, request: web.Request) -> web.Response:
         exp = self._experiment(request.match_info["id"])
