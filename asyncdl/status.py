@@ -202,8 +202,8 @@ def describe_status(status: FolderStatus) -> list[str]:
     parts = [f"data.json {size(disk.data)}"]
     if disk.journals:  # unfinished data sets', or kept with --keep-journal
         parts.append(f"journals {size(disk.journals)}")
-    if disk.cache:
-        parts.append(f"volume cache {size(disk.cache)}")
+    if disk.cache:  # the volumes live in the user's cache now (asyncdl cache info)
+        parts.append(f"OUT/.cache {size(disk.cache)}: an older asyncdl's volumes, safe to delete")
     lines.append(f"disk: {size(disk.total)} in all ({', '.join(parts)})")
     return lines
 

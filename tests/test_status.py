@@ -7,7 +7,7 @@ import orjson
 import asyncdl
 from asyncdl import FetchOptions
 from asyncdl.emulator import Emulator, FaultPlan
-from asyncdl.status import data_set_ids, folder_status, outlook
+from asyncdl.status import data_set_ids, describe_status, folder_status, outlook
 
 from .conftest import SEED_ID, Recorder, run_cli
 
@@ -46,8 +46,15 @@ async def test_status_says_what_a_rerun_does(emulator, tmp_path):
     partial = by_id[PARTIAL]
     assert partial.targets and partial.answered == partial.targets  # every answer is on disk
     assert by_id[INCOMPLETE].failures == incomplete.failures
-    assert status.disk.data > 0 and status.disk.journals > 0 and status.disk.cache > 0
-    assert status.disk.total >= status.disk.data + status.disk.journals + status.disk.cache
+    # The volumes are in the user's cache, not in OUT.
+    assert status.disk.data > 0 and status.disk.journals > 0 and status.disk.cache == 0
+    assert status.disk.total >= status.disk.data + status.disk.journals
+    assert "OUT/.cache" not in describe_status(status)[-1]
+    # An older asyncdl's cache in OUT is counted apart, as what it is.
+    old_cache = out / ".cache"
+    old_cache.mkdir()
+    (old_cache / "grid_1_density.nrrd").write_bytes(bytes(8192))
+    assert folder_status(out).disk.cache >= 8192
 
     proc = run_cli("status", out)
     assert proc.returncode == 0, proc.stderr
@@ -62,7 +69,8 @@ async def test_status_says_what_a_rerun_does(emulator, tmp_path):
     assert f"{partial.answered:,} of {partial.targets:,} targets answered" in states[1]
     assert f"{incomplete.failures} of {incomplete.targets} targets failed" in states[2]
     assert "e.g. 42: HTTP 404" in states[3]
-    assert disk.startswith("disk: ") and "data.json" in disk and "volume cache" in disk
+    assert disk.startswith("disk: ") and "data.json" in disk
+    assert "OUT/.cache 8.2 kB: an older asyncdl's volumes, safe to delete" in disk
     proc = run_cli("status", out, SEED_ID, 999, "--json")
     *records, folder = map(orjson.loads, proc.stdout.splitlines())
     assert [(r["data_set"], r["state"]) for r in records] == [(SEED_ID, "complete")]
