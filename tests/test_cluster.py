@@ -257,7 +257,7 @@ def test_code_that_does_not_ask_for_dask_does_not_import_it():
 
 
 def test_workers_start_with_even_shares_and_too_few_slots_are_refused():
-    from asyncdl.cluster import first_shares
+    from asyncdl.cluster.shares import first_shares
 
     shares = first_shares(FetchOptions(concurrency=256), ["tcp://c:3", "tcp://a:1", "tcp://b:2"])
     assert shares == {"tcp://a:1": 86, "tcp://b:2": 85, "tcp://c:3": 85}
@@ -295,12 +295,14 @@ class SharesSeen(asyncdl.Events):
 
 
 async def test_shares_go_where_the_work_is_taken_before_given_and_held_when_a_worker_leaves():
-    from asyncdl.cluster import Shares
+    from asyncdl.cluster.shares import Shares
 
     fake = FakeCluster({"a": ["run-1"], "b": ["run-2"], "c": []})
     seen = SharesSeen()
     options = FetchOptions(concurrency=12, timeout=3600)
-    shares = Shares(fake, "run", options, {"a": 4, "b": 4, "c": 4}, seen)  # type: ignore[arg-type]
+    now = 1000.0
+    initial = {"a": 4, "b": 4, "c": 4}
+    shares = Shares(fake, "run", options, initial, seen, clock=lambda: now)  # type: ignore[arg-type]
     keys = {"run-1", "run-2", "run-3"}
 
     await shares.balance(keys)  # c has nothing to do: its share goes to a and b, once it is free
@@ -324,7 +326,10 @@ async def test_shares_go_where_the_work_is_taken_before_given_and_held_when_a_wo
     assert fake.calls == []
     assert shares.granted == {"b": 0, "c": 0}
 
-    shares._held = [(0.0, n) for _, n in shares._held]  # the timeout has passed
+    now += options.timeout - 1  # not yet
+    await shares.balance(keys)
+    assert fake.calls == []
+    now += 1  # the timeout has passed
     await shares.balance(keys)
     assert fake.calls == [("d", 12)]
     assert seen.shares[-1] == {"b": 0, "c": 0, "d": 12}
@@ -342,7 +347,7 @@ async def test_shares_go_where_the_work_is_taken_before_given_and_held_when_a_wo
 
 
 async def test_an_output_folder_a_worker_cannot_see_is_refused(tmp_path):
-    from asyncdl.cluster import _check_shared
+    from asyncdl.cluster.connect import _check_shared
 
     class Blind:
         async def run(self, fn, *args):
@@ -389,3 +394,56 @@ async def test_when_dask_gives_up_the_data_set_is_failed_and_a_rerun_completes_i
         await local.close()
     assert done.complete and done.resumed > 0
     assert (tmp_path / str(SEED_ID) / "data.json").read_bytes() == single_process[SEED_ID]
+
+
+def test_a_batch_travels_as_plain_lists_and_reads_back_the_same():
+    from distributed.protocol.core import dumps, loads
+
+    from asyncdl.cluster.messages import Batch, Done, Failed, Retry, Started
+
+    batch = Batch()
+    assert not batch  # nothing to send
+    batch.started.append(Started(7, 100, 40))
+    for ok in (True, True, False):
+        batch.count(7, ok)
+    batch.count(8, True)
+    batch.retries.append(Retry(7, "http://x/q", "HTTP 503", 0.5))
+    batch.failed.append(Failed(7, 12, "HTTP 404"))
+    sent = loads(dumps(batch.encode()))  # as Dask carries it to the client
+    assert Batch.decode(sent) == batch
+    assert batch.done == {7: Done(2, 1), 8: Done(1, 0)}
+
+
+async def test_the_plugin_carries_only_the_plan_and_the_run_lives_beside_it(tmp_path):
+    """Set up on a worker (in this process), the plugin still pickles to the plan alone; the
+    run's live objects are the worker's, and teardown closes them."""
+    import pickle
+
+    from asyncdl.cluster.worker import _RUNS, RunPlugin, WorkerRun
+    from asyncdl.plan import RunPlan
+
+    plan = RunPlan.make([SEED_ID], tmp_path)
+    async with (
+        distributed.LocalCluster(
+            n_workers=1,
+            processes=False,
+            asynchronous=True,
+            dashboard_address="127.0.0.1:0",
+            scheduler_kwargs={"dashboard": False},
+            silence_logs=logging.CRITICAL,
+        ) as local,
+        distributed.Client(local, asynchronous=True) as client,
+    ):
+        (worker,) = local.workers.values()
+        plugin = RunPlugin("asyncdl-test", plan, {worker.address: 3}, frozenset({1, 2}))
+        await client.register_plugin(plugin, name=plugin.name)
+        here = worker.plugins[plugin.name]
+        assert here is not plugin  # the worker's own copy, from the bytes the scheduler keeps
+        run = _RUNS[worker.address, plugin.name]
+        assert isinstance(run, WorkerRun) and run.http.options == plan.options
+        again = pickle.loads(pickle.dumps(here))
+        assert vars(again) == vars(plugin) == vars(here)  # the plan, and nothing live
+        await client.unregister_worker_plugin(plugin.name)
+        assert (worker.address, plugin.name) not in _RUNS
+        with pytest.raises(RuntimeError, match="not open"):
+            run.http.session  # noqa: B018 (closed by teardown)

@@ -89,7 +89,7 @@ async def test_server_never_sees_more_than_concurrency(tmp_path, limit):
 
 async def test_many_data_sets_keep_the_pipe_full(tmp_path):
     # With one queue for all data sets, the next data set's first query goes out when the first
-    # worker frees up after the previous data set's last target was taken, about latency / 16
+    # lane frees up after the previous data set's last target was taken, about latency / 16
     # later, while that last query takes the whole latency. A fixed latency of 100 ms leaves a
     # margin of that order for scheduling noise on a busy machine (measured: 100-150 ms, idle or
     # beside a CPU hog per core); a pipeline that waited for a data set to drain has no overlap

@@ -1,0 +1,124 @@
+"""The run as the client drives it: the plugin and one task per data set out, the results and the
+workers' progress back, the shares of ``-c`` kept where the work is."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from distributed import Client, as_completed
+from distributed.scheduler import KilledWorker
+
+from ..aio import both
+from ..events import Events
+from ..plan import RunPlan
+from ..results import DataSetResult
+from ..store import DataSetStore
+from .messages import Batch
+from .shares import Shares, first_shares
+from .worker import RunPlugin, fetch_data_set, task_key
+
+
+async def fetch_on_cluster(
+    client: Client,
+    workers: Sequence[str],
+    tract_ids: frozenset[int] | None,
+    plan: RunPlan,
+    events: Events,
+) -> list[DataSetResult]:
+    """``api.fetch`` on the ``workers`` of a Dask cluster (``connect.ready``), once the shared
+    volumes are in the cache and ``tract_ids`` known: the same results, files and guarantees."""
+    options, ids = plan.options, plan.ids
+    initial = first_shares(options, workers)
+    first = min(initial.values())
+    events.workers_started(len(workers), first, options.rate_share(first))
+
+    run = f"asyncdl-{secrets.token_hex(6)}"
+    relay = Relay(events)
+    client.subscribe_topic(run, relay.receive)
+    await client.register_plugin(RunPlugin(run, plan, initial, tract_ids), name=run)
+    futures = {
+        client.submit(fetch_data_set, run, data_set, key=task_key(run, data_set), pure=False): (
+            data_set
+        )
+        for data_set in ids
+    }
+    shares = Shares(client, run, options, initial, events)
+    results: dict[int, DataSetResult] = {}
+
+    async def collect() -> None:
+        async for future in as_completed(list(futures)):
+            data_set = futures[future]
+            try:
+                result = await future
+            except KilledWorker as exc:  # Dask gave up on it: failed here, a rerun resumes it
+                result = _killed(plan, data_set, str(exc))
+            relay.done(result)
+            results[data_set] = result
+            shares.wake()
+        shares.stop()
+
+    try:
+        events.started(ids)
+        await both(collect(), shares.follow({task_key(run, data_set) for data_set in ids}))
+    except BaseException:
+        await asyncio.shield(client.cancel(list(futures), force=True))
+        raise
+    finally:
+        client.unsubscribe_topic(run)
+        await asyncio.shield(client.unregister_worker_plugin(run))
+    return [results[data_set] for data_set in ids]
+
+
+def _killed(plan: RunPlan, data_set: int, error: str) -> DataSetResult:
+    store = DataSetStore(plan.out, data_set)
+    result = DataSetResult(
+        data_set, False, error=f"KilledWorker: {error}", directory=str(store.dir)
+    )
+    store.record(result, plan.params)
+    return result
+
+
+class Relay:
+    """The client's end: the workers' batches handed to the run's ``Events`` as a local run would.
+
+    A data set that Dask runs again (its worker died) reports its start again; its progress is
+    then counted once, never beyond its targets, and nothing is reported after it is done.
+    """
+
+    def __init__(self, events: Events) -> None:
+        self.events = events
+        self._targets: dict[int, int] = {}
+        self._counted: Counter[int] = Counter()
+        self._finished: set[int] = set()
+
+    def receive(self, event: tuple[float, Mapping[str, Any]]) -> None:
+        """One worker's message, as Dask's event log hands it on: (time, message)."""
+        batch = Batch.decode(event[1])
+        for s in batch.started:
+            if s.data_set not in self._targets and s.data_set not in self._finished:
+                self._targets[s.data_set] = s.targets
+                self._counted[s.data_set] = s.resumed
+                self.events.data_set_started(*s)
+        for r in batch.retries:
+            if r.data_set in self._targets:
+                self.events.retry(*r)
+        for f in batch.failed:
+            if f.data_set in self._targets:
+                self.events.target_failed(*f)
+        for data_set, done in batch.done.items():
+            if data_set not in self._targets:
+                continue
+            for good, n in ((True, done.ok), (False, done.bad)):
+                n = min(n, self._targets[data_set] - self._counted[data_set])
+                self._counted[data_set] += n
+                for _ in range(n):
+                    self.events.target_done(data_set, good)
+
+    def done(self, result: DataSetResult) -> None:
+        self._targets.pop(result.data_set, None)
+        self._finished.add(result.data_set)
+        self.events.data_set_done(result)

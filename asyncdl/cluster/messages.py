@@ -1,0 +1,75 @@
+"""What a worker tells the client about a run: the message format, in one place.
+
+A worker gathers its events in a ``Batch`` and sends ``Batch.encode()`` through Dask's event log
+every ``worker.FLUSH_SECONDS`` (plain lists, which Dask's msgpack carries); the client reads it
+back with ``Batch.decode``. One message per interval, however many answers it counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+
+class Started(NamedTuple):
+    """A data set's volumes are in: ``targets`` to ask, ``resumed`` of them done already."""
+
+    data_set: int
+    targets: int
+    resumed: int
+
+
+class Retry(NamedTuple):
+    data_set: int
+    url: str
+    error: str
+    wait: float
+
+
+class Failed(NamedTuple):
+    data_set: int
+    rank: int
+    error: str
+
+
+class Done(NamedTuple):
+    """Targets of one data set answered (``ok``) and failed for good (``bad``) since the last batch."""
+
+    ok: int
+    bad: int
+
+
+@dataclass
+class Batch:
+    """A worker's events since its last message."""
+
+    started: list[Started] = field(default_factory=list)
+    done: dict[int, Done] = field(default_factory=dict)
+    retries: list[Retry] = field(default_factory=list)
+    failed: list[Failed] = field(default_factory=list)
+
+    def count(self, data_set: int, ok: bool) -> None:
+        """One target of ``data_set`` answered (``ok``) or failed for good."""
+        was = self.done.get(data_set, Done(0, 0))
+        self.done[data_set] = Done(was.ok + ok, was.bad + (not ok))
+
+    def __bool__(self) -> bool:
+        return bool(self.started or self.done or self.retries or self.failed)
+
+    def encode(self) -> dict[str, list[list[Any]]]:
+        return {
+            "started": [list(s) for s in self.started],
+            "done": [[data_set, ok, bad] for data_set, (ok, bad) in self.done.items()],
+            "retries": [list(r) for r in self.retries],
+            "failed": [list(f) for f in self.failed],
+        }
+
+    @classmethod
+    def decode(cls, message: Mapping[str, Any]) -> Batch:
+        return cls(
+            started=[Started(*s) for s in message["started"]],
+            done={data_set: Done(ok, bad) for data_set, ok, bad in message["done"]},
+            retries=[Retry(*r) for r in message["retries"]],
+            failed=[Failed(*f) for f in message["failed"]],
+        )
