@@ -8,11 +8,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from .cgroups import pinned
 from .procstat import cpu_seconds
 
 ANNOTATION = "/informatics-archive/current-release/mouse_ccf/annotation/ccf_2017/annotation_25.nrrd"
@@ -30,16 +31,29 @@ _WARM_POINTS = ((6600, 3900, 5700), (5000, 4000, 3000), (8000, 3000, 8000))
 class EmulatorProcess:
     """``python -m asyncdl emulate`` on a free loopback port, fixed latency; use as ``with``."""
 
-    def __init__(self, latency_ms: float, log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        latency_ms: float,
+        log: Path,
+        env: dict[str, str] | None = None,
+        *,
+        args: Sequence[str] = (),
+        cpus: Sequence[int] | None = None,
+    ) -> None:
+        """``args``: more options of ``asyncdl emulate``; ``cpus``: the cores it is pinned to."""
         self.latency_ms = latency_ms
         self.log = log
         self._env = env
+        self._args = list(args)
+        self._cpus = cpus
         self._proc: subprocess.Popen[bytes] | None = None
         self.base_url = ""
 
     def __enter__(self) -> EmulatorProcess:
         argv = [sys.executable, "-m", "asyncdl", "emulate", "--port", "0"]
-        argv += ["--latency-ms", str(self.latency_ms), "--latency-spread", "0"]
+        argv += ["--latency-ms", str(self.latency_ms), "--latency-spread", "0", *self._args]
+        if self._cpus is not None:
+            argv = pinned(self._cpus, argv)
         # Output goes to a file, not a pipe, so that nothing the server prints can ever block it.
         with self.log.open("wb") as out:
             self._proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=self._env)
