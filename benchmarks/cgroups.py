@@ -76,3 +76,10 @@ class CpuQuota:
 def pinned(cpus: Sequence[int], argv: Sequence[str]) -> list[str]:
     """``argv`` run on ``cpus`` only, with all it starts (``taskset``, util-linux)."""
     return ["taskset", "-c", ",".join(map(str, cpus)), *argv]
+
+
+def pin(pid: int, cpus: Sequence[int]) -> None:
+    """Move a running process, every thread of it, to ``cpus`` (threads it starts later inherit
+    it from theirs)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(tid), cpus)

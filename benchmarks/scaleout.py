@@ -382,13 +382,13 @@ def _machines(
     with ExitStack() as stack:
         server = stack.enter_context(
             EmulatorProcess(
-                settings.latency_ms,
-                work / "emulator.log",
-                env,
-                args=settings.emulator_args,
-                cpus=[SERVER_CPU],
+                *("--latency-ms", settings.latency_ms, "--latency-spread", 0),
+                *settings.emulator_args,
+                log=work / "emulator.log",
+                env=env,
             )
         )
+        cgroups.pin(server.pid, [SERVER_CPU])
         _say(f"emulator at {server.base_url}; warming up")
         server.warm_up(settings.data_sets)
         clusters = {

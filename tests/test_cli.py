@@ -12,17 +12,15 @@ import pytest
 
 from asyncdl import cli
 
-from .conftest import SEED_ID, command, interruptible, read_line, server_args, wait_for_answers
-
-
-def asyncdl(*args, timeout=300):
-    return subprocess.run(
-        command(*args),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHONWARNINGS": "error"},
-    )
+from .conftest import (
+    SEED_ID,
+    EmulatorProcess,
+    command,
+    interruptible,
+    run_cli,
+    server_args,
+    wait_for_answers,
+)
 
 
 def assert_clean(stderr):
@@ -33,7 +31,7 @@ def assert_clean(stderr):
 @pytest.mark.parametrize("volumes", ["nrrd", "legacy"])
 def test_fetch_with_the_bundled_emulator_matches_the_seed(seed_reference, tmp_path, volumes):
     # The README's command, in a fresh process with its own emulator.
-    proc = asyncdl("fetch", SEED_ID, "--emulator", "-o", tmp_path, "--volumes", volumes)
+    proc = run_cli("fetch", SEED_ID, "--emulator", "-o", tmp_path, "--volumes", volumes)
     assert proc.returncode == 0, proc.stderr
     assert_clean(proc.stderr)
     data = orjson.loads((tmp_path / str(SEED_ID) / "data.json").read_bytes())
@@ -44,7 +42,7 @@ def test_fetch_with_the_bundled_emulator_matches_the_seed(seed_reference, tmp_pa
 
 
 def test_partial_failure_exits_1_after_writing_the_rest(emulator, tmp_path):
-    proc = asyncdl(
+    proc = run_cli(
         "fetch",
         42,
         SEED_ID,
@@ -67,7 +65,7 @@ def test_partial_failure_exits_1_after_writing_the_rest(emulator, tmp_path):
 def test_ids_file(emulator, tmp_path):
     ids = tmp_path / "ids.txt"
     ids.write_text(f"# experiments\n{SEED_ID}  # the seed's\n\n")
-    proc = asyncdl(
+    proc = run_cli(
         "fetch",
         "--ids-file",
         ids,
@@ -105,13 +103,7 @@ def test_ids_file(emulator, tmp_path):
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(tmp_path, args, message):
-    proc = subprocess.run(
-        command(*args),
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=60,
-    )
+    proc = run_cli(*args, cwd=tmp_path, timeout=60)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("asyncdl: error:"), proc.stderr
@@ -121,7 +113,7 @@ def test_usage_errors_are_one_line_and_exit_2(tmp_path, args, message):
 def test_unwritable_output_directory(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    proc = asyncdl("fetch", "1", "-o", blocker / "out")
+    proc = run_cli("fetch", "1", "-o", blocker / "out")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"asyncdl: error: cannot create output directory {blocker / 'out'}: Not a directory"
@@ -129,7 +121,7 @@ def test_unwritable_output_directory(tmp_path):
 
 
 def test_unreachable_server_is_a_clear_failure(tmp_path):
-    proc = asyncdl(
+    proc = run_cli(
         "fetch",
         SEED_ID,
         "-o",
@@ -147,36 +139,26 @@ def test_unreachable_server_is_a_clear_failure(tmp_path):
 
 
 def test_version_and_help():
-    proc = asyncdl("--version")
+    proc = run_cli("--version")
     assert proc.returncode == 0 and proc.stdout.startswith("asyncdl ")
-    proc = asyncdl("fetch", "--help")
+    proc = run_cli("fetch", "--help")
     assert proc.returncode == 0 and "--concurrency" in proc.stdout and "examples:" in proc.stdout
 
 
 def test_emulate_serves_until_interrupted():
-    proc = subprocess.Popen(
-        interruptible(command("emulate", "--port", "0")),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    try:
-        line = read_line(proc.stdout, 120)
-        assert line.startswith("asyncdl emulator listening on http://127.0.0.1:")
-        url = line.split()[4]
+    with EmulatorProcess() as emu:
+        assert emu.output().startswith("asyncdl emulator listening on http://127.0.0.1:")
         path = "/api/v2/structure_graph_download/1.json"
-        with urllib.request.urlopen(url + path, timeout=60) as resp:
+        with urllib.request.urlopen(emu.base_url + path, timeout=60) as resp:
             assert orjson.loads(resp.read())["success"] is True
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
-        assert proc.returncode == 0
-        assert_clean(stderr)
-    finally:
-        proc.kill()
-        proc.wait(60)
-        proc.stdout.close()
-        proc.stderr.close()
+        assert emu.stop() == 0  # SIGINT, as a Ctrl-C
+        assert_clean(emu.output())
+
+
+def test_an_emulator_process_that_cannot_start_says_why():
+    failed = pytest.raises(RuntimeError, match=r"(?s)exited; its output:.*unknown fault kinds")
+    with failed, EmulatorProcess("--faults", "gremlins"):
+        pass
 
 
 def test_ctrl_c_stops_promptly_and_cleanly(emulator, tmp_path):
@@ -216,7 +198,7 @@ def test_ctrl_c_stops_promptly_and_cleanly(emulator, tmp_path):
 
 
 def test_list_finds_data_sets_by_injection_structure(emulator):
-    proc = asyncdl(
+    proc = run_cli(
         "list", "--injection-structure", "VISp", "--primary-only", *server_args(emulator)
     )
     assert proc.returncode == 0, proc.stderr
@@ -224,13 +206,13 @@ def test_list_finds_data_sets_by_injection_structure(emulator):
     assert header.split()[:2] == ["id", "structure"]
     assert rows and all(row.split()[1] == "VISp" for row in rows)
     assert proc.stderr.strip() == f"{len(rows)} experiments"
-    proc = asyncdl("list", "--injection-structure", "grey", "--json", *server_args(emulator))
+    proc = run_cli("list", "--injection-structure", "grey", "--json", *server_args(emulator))
     records = [orjson.loads(line) for line in proc.stdout.splitlines()]
     assert len(records) > 2000 and len({r["id"] for r in records}) == len(records)  # two pages
 
 
 def test_dry_run_downloads_only_the_volumes(emulator, tmp_path):
-    proc = asyncdl(
+    proc = run_cli(
         "fetch",
         SEED_ID,
         100141219,
@@ -251,7 +233,7 @@ def test_dry_run_downloads_only_the_volumes(emulator, tmp_path):
 
 
 def test_fetch_by_injection_structure_searches_first(emulator, tmp_path):
-    proc = asyncdl(
+    proc = run_cli(
         "fetch",
         "--injection-structure",
         "VISp",
@@ -270,7 +252,7 @@ def test_fetch_by_injection_structure_searches_first(emulator, tmp_path):
 
 
 def test_brainrender_format_json_log_and_preview(emulator, tmp_path):
-    proc = asyncdl(
+    proc = run_cli(
         "fetch",
         SEED_ID,
         "-o",
@@ -290,14 +272,14 @@ def test_brainrender_format_json_log_and_preview(emulator, tmp_path):
     assert events[2]["status"] == "ok" and events[3]["complete"] == 1
     streamlines = pd.read_json(tmp_path / str(SEED_ID) / f"streamlines_{SEED_ID}.json")
     assert len(streamlines["lines"][0]) == events[2]["lines"] > 0  # as brainrender reads it
-    proc = asyncdl("preview", tmp_path / str(SEED_ID))
+    proc = run_cli("preview", tmp_path / str(SEED_ID))
     assert proc.returncode == 0, proc.stderr
     png = tmp_path / str(SEED_ID) / "preview.png"
     assert proc.stdout.strip() == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_preview_of_a_folder_without_data(tmp_path):
-    proc = asyncdl("preview", tmp_path)
+    proc = run_cli("preview", tmp_path)
     assert proc.returncode == 2
     [line] = proc.stderr.strip().splitlines()
     assert line.startswith("asyncdl: error:") and "data.json" in line

@@ -1,5 +1,6 @@
 """What a run reports: the JSON event stream, the plain lines and the live display."""
 
+import inspect
 import io
 
 import orjson
@@ -10,7 +11,7 @@ from asyncdl import FetchOptions
 from asyncdl.events import JsonReporter, LineReporter
 from asyncdl.progress import RichProgress
 
-from .conftest import SEED_ID
+from .conftest import SEED_ID, Recorder
 
 OPTIONS = FetchOptions(concurrency=8, density_range=(0.1, 0.11))
 
@@ -56,3 +57,20 @@ async def test_rich_progress_shows_bars_then_a_table(emulator, tmp_path):
     assert "req/s" in text and "retries" in text  # the bars were drawn
     assert f"{SEED_ID}: ok: " in text  # a line per finished data set
     assert "data set" in text and "status" in text and "1 of 1 data sets complete" in text
+
+
+def test_the_recorder_records_every_hook_with_its_arguments():
+    # Every hook, by name and argument names: a hook added to Events is recorded without edits.
+    hooks = [name for name, f in vars(asyncdl.Events).items() if callable(f) and name[0] != "_"]
+    recorder = Recorder()
+    for hook in hooks:
+        parameters = list(inspect.signature(getattr(asyncdl.Events, hook)).parameters)[1:]
+        getattr(recorder, hook)(*parameters)  # each argument's value is its own name
+    assert [(hook, list(arguments.values())) for hook, arguments in recorder.calls] == [
+        (hook, list(inspect.signature(getattr(asyncdl.Events, hook)).parameters)[1:])
+        for hook in hooks
+    ]
+    shares = {"tcp://a:1": 3}
+    recorder.shares_changed(shares)
+    shares["tcp://a:1"] = 0  # what the run changes afterwards is recorded as it was
+    assert recorder.shares[-1] == {"tcp://a:1": 3}

@@ -13,15 +13,7 @@ from asyncdl import FetchOptions
 from asyncdl.emulator import Emulator
 from asyncdl.pipeline import Pipeline
 
-from .conftest import SEED_ID
-
-
-class Collect(asyncdl.Events):
-    def __init__(self, into):
-        self.into = into
-
-    def data_set_done(self, result):
-        self.into.append(result)
+from .conftest import SEED_ID, Recorder
 
 
 def load(path):
@@ -112,19 +104,19 @@ async def test_many_data_sets_keep_the_pipe_full(tmp_path):
 
 
 async def test_unknown_data_set_fails_alone(emulator, tmp_path):
-    seen: list[asyncdl.DataSetResult] = []
+    seen = Recorder()
     options = FetchOptions(concurrency=8, density_range=(0.1, 0.2), retries=0)
     results = await asyncdl.fetch(
         [42, SEED_ID],
         tmp_path,
         options=options,
         endpoints=emulator.endpoints,
-        events=Collect(seen),
+        events=seen,
     )
     bad, good = results
     assert not bad.complete and "404" in (bad.error or "") and bad.targets == 0
     assert good.complete and good.lines > 0
-    assert {r.data_set for r in seen} == {42, SEED_ID}
+    assert {r.data_set for r in seen.done} == {42, SEED_ID}
     assert load(tmp_path / "42" / "summary.json")["complete"] is False
     assert not (tmp_path / "42" / "data.json").exists()
 

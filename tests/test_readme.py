@@ -10,7 +10,6 @@ instead.
 
 import re
 import shlex
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import orjson
 import pytest
 
 from . import allensdk_standin, brainrender_standin
-from .conftest import SEED_ID, command
+from .conftest import SEED_ID, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -74,10 +73,7 @@ def ran(tmp_path_factory):
         allensdk_standin.install(mp, [SEED_ID, OTHER_ID])
         for language, code in section_blocks():
             if language == "sh":
-                procs = [
-                    subprocess.run(command(*argv), capture_output=True, text=True, timeout=600)
-                    for argv in commands(code)
-                ]
+                procs = [run_cli(*argv, timeout=600) for argv in commands(code)]
                 results.append((language, code, procs))
             else:
                 assert language == "python"
@@ -151,9 +147,7 @@ def test_the_quick_start_runs_as_written_and_prints_what_it_shows(tmp_path):
     assert install == "pip install ."  # this suite runs from such an install
     argv = shlex.split(command_line)
     assert argv[0] == "asyncdl" and "--emulator" in argv
-    proc = subprocess.run(
-        command(*argv[1:]), cwd=tmp_path, capture_output=True, text=True, timeout=600
-    )
+    proc = run_cli(*argv[1:], cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert [masked(line) for line in proc.stderr.splitlines()] == [masked(s) for s in shown]
     assert data_json(tmp_path)["lines"]
