@@ -256,6 +256,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated fault kinds, of: 503,429,500,502,drop,truncate,badjson,slow,apierror "
         "(default: all but apierror)",
     )
+    e.add_argument(
+        "--capacity",
+        type=int,
+        metavar="K",
+        help="work on at most K requests at once, each for the latency, and queue the rest in "
+        "order of arrival (default: no limit); /__emulator__/stats reports the queue waits",
+    )
+    e.add_argument(
+        "--shed-queue",
+        type=int,
+        metavar="Q",
+        help="with --capacity: answer 503 with Retry-After to a request that finds Q queued",
+    )
     return parser
 
 
@@ -416,6 +429,8 @@ async def run_emulate(args: argparse.Namespace) -> int:
         latency_spread=args.latency_spread,
         faults=faults,
         tls=args.tls,
+        capacity=args.capacity,
+        shed_queue=args.shed_queue,
     )
     return Exit.OK
 
