@@ -81,7 +81,7 @@ async def fetch(
         return await _on_dask(
             client, workers, scheduler, ids, out, cache, options, endpoints, params, events
         )
-    async with HttpClient(options) as http:
+    async with HttpClient(options, on_limit=events.limit_changed) as http:
         source = VolumeSource(http, endpoints, cache, options.volumes)
         ctx = RunContext(http, source, endpoints, out, options, params, events)
         events.started(ids)
@@ -182,7 +182,9 @@ async def survey(
     if latency == math.inf:
         return counts
     return [
-        Survey(s.data_set, s.targets, s.injection_voxels, s.targets * latency / options.concurrency)
+        Survey(
+            s.data_set, s.targets, s.injection_voxels, s.targets * latency / options.max_in_flight
+        )
         if s.error is None
         else s
         for s in counts

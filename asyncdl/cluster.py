@@ -68,12 +68,12 @@ def first_shares(options: FetchOptions, workers: Sequence[str]) -> dict[str, int
     """The shares of ``-c`` the workers start with; each needs at least one slot."""
     if not workers:
         raise UsageError("the Dask cluster has no workers")
-    if options.concurrency < len(workers):
+    if options.max_in_flight < len(workers):
         raise UsageError(
-            f"-c {options.concurrency} is less than the {len(workers)} workers: each needs at "
+            f"-c {options.max_in_flight} is less than the {len(workers)} workers: each needs at "
             "least one"
         )
-    return split(options.concurrency, sorted(workers))
+    return split(options.max_in_flight, sorted(workers))
 
 
 @asynccontextmanager
@@ -233,7 +233,7 @@ class Shares:
         busy = sorted(a for a, held in processing.items() if not keys.isdisjoint(held))
         if not busy:
             return  # nothing runs (between tasks, or waiting for workers): leave things as they are
-        free = self.options.concurrency - sum(n for _, n in self._held)
+        free = self.options.max_in_flight - sum(n for _, n in self._held)
         want = dict.fromkeys(processing, 0) | split(max(free, 0), busy)
         if all(self.granted.get(a, 0) == n for a, n in want.items()):
             return

@@ -31,6 +31,10 @@ class Events:
     def shares_changed(self, shares: Mapping[str, int]) -> None:
         """The run's -c is now shared so among the Dask workers (by address): it follows the work."""
 
+    def limit_changed(self, limit: int) -> None:
+        """Up to ``limit`` requests may be in flight now: ``-c N`` (told once), or what ``-c auto``
+        has learnt of the server (told when it changes, at most every second)."""
+
     def data_set_started(self, data_set: int, targets: int, resumed: int) -> None:
         """A data set's volumes are in: ``targets`` requests to make, ``resumed`` already done."""
 
@@ -119,6 +123,9 @@ class JsonReporter(Events):
 
     def shares_changed(self, shares: Mapping[str, int]) -> None:
         self._emit("shares", shares=dict(shares))
+
+    def limit_changed(self, limit: int) -> None:
+        self._emit("limit", limit=limit)
 
     def data_set_started(self, data_set: int, targets: int, resumed: int) -> None:
         self._emit("data_set_start", data_set=data_set, targets=targets, resumed=resumed)

@@ -1,10 +1,10 @@
-"""The scheduler: many data sets, one queue of target requests, ``concurrency`` workers.
+"""The scheduler: many data sets, one queue of target requests, ``max_in_flight`` workers.
 
     data sets: prepare (``prefetch`` ahead) --> feed their ranks, one data set after another
                                                      |
                          bounded queue of (data set, rank), shared by all data sets
                                                      |
-                         ``concurrency`` workers: data_set.fetch_target(rank)
+                       ``max_in_flight`` workers: data_set.fetch_target(rank)
 
 The queue is shared, so the next data set's targets are already in flight while the previous one's
 last answers come back; its bound gives back-pressure, so memory stays flat whatever the number of
@@ -30,7 +30,7 @@ class Scheduler:
     def __init__(self, ctx: RunContext, workers: int | None = None) -> None:
         self.ctx = ctx
         self._queue: asyncio.Queue[tuple[DataSet, int]] = asyncio.Queue(
-            maxsize=2 * ctx.options.concurrency
+            maxsize=2 * ctx.options.max_in_flight
         )
         #: Data sets preparing, or prepared and waiting to feed: volumes read ahead, in bounds.
         self._ahead = asyncio.Semaphore(ctx.options.prefetch)
@@ -39,7 +39,7 @@ class Scheduler:
         self._stack = AsyncExitStack()
         self._group: asyncio.TaskGroup | None = None
         self._workers: set[asyncio.Task[None]] = set()
-        self._size = ctx.options.concurrency if workers is None else workers
+        self._size = ctx.options.max_in_flight if workers is None else workers
 
     async def __aenter__(self) -> Scheduler:
         self._group = await self._stack.enter_async_context(asyncio.TaskGroup())

@@ -152,7 +152,7 @@ async def test_a_lone_data_set_gets_the_whole_of_c_and_never_more(cluster, tmp_p
         stats = emu.stats()
     finally:
         emu.close()
-    assert result.complete and result.targets > 10 * options.concurrency
+    assert result.complete and result.targets > 10 * options.max_in_flight
     # The idle worker's share went to the busy one: the server saw all of -c, and never more.
     assert seen.shares and sorted(seen.shares[-1].values()) == [0, options.concurrency]
     assert stats["peak_in_flight"] == options.concurrency
@@ -196,7 +196,7 @@ async def test_a_killed_worker_is_replaced_and_the_output_stays_identical(
     asked = stats["requests"]["query"]  # type: ignore[index]
     # Only what the dead worker had in flight is asked again: at most its share of -c (half to
     # start with; more if it was given the other's share before it died).
-    share = max([options.concurrency // 2] + [s.get(victim_address, 0) for s in seen.shares])
+    share = max([options.max_in_flight // 2] + [s.get(victim_address, 0) for s in seen.shares])
     print(f"targets {targets}, spatial searches {asked}, the dead worker's largest share {share}")
     assert targets <= asked <= targets + share
 
