@@ -5,62 +5,74 @@ K of ours in flight the rest wait in its queue: nothing goes faster, every answe
 shared public server carries a queue of ours. The controller looks for that knee and stays just
 past it, keeping the server busy with a short queue:
 
-* **slow start**: from ``INITIAL``, one more for each answer, so the limit doubles every round
-  trip, until a window's round trip shows a queue forming, or the server sheds;
-* **then, once a window**: ``limit <- limit * clamp(noload / rtt, 0.5, 1) + sqrt(limit)``. At
+* **slow start**: from ``INITIAL``, half a request more for each answer, so the limit grows by
+  half every round trip, until a block of answers takes a quarter longer than the quickest block
+  did (a queue is forming), or the server sheds;
+* **then, once a window**: ``limit <- limit * clamp(noload / rtt, 0.5, 1) + sqrt(limit)``. Past
   the knee answers take ``rtt = noload * in_flight / K``, so ``limit * noload / rtt`` is K, what
-  the server gets through without a queue (Little's law), and ``sqrt(limit)`` a few more that keep
-  it busy and keep probing for more. Below the knee the limit grows by ``sqrt(limit)`` a window;
-  past it, it settles at about K + sqrt(K), a queue wait of about L / sqrt(K);
-* **429, 503 or a timeout**: the limit is halved, once a round trip: the answers to requests sent
-  before the last cut do not cut it again.
+  the server gets through without a queue (Little's law), and ``sqrt(limit)`` a few more, which
+  keep it busy and probe for more. The limit settles at about K + sqrt(K): a queue wait of about
+  L / sqrt(K). Below the knee it grows by ``sqrt(limit)`` a window, twice that after each window
+  without any queue (at most a quarter of the limit), so that a false start or a server that
+  frees up is caught up with quickly;
+* **429, 503 or a timeout**: the limit is halved, at most once a round trip (what was sent before
+  the last cut does not cut it again).
 
 It stays within 1 and a ceiling (``--max-concurrency``, or a Dask worker's share).
 
-A window lasts at least one no-load round trip and holds at least ``MIN_SAMPLES`` answers to
-requests sent since it began (so that it measures the current limit); its round trip is their
-median. The no-load round trip is the least window round trip seen. Every ``PROBE_SECONDS`` the
-limit is halved for one window, which drains our own queue, and the no-load round trip is measured
-afresh: a server whose latency rose for good (or that others keep busy) is then not taken for a
-queue of ours forever, and a queue of ours never becomes the baseline.
+A window holds the requests sent over one no-load round trip (``MIN_SAMPLES`` at least) and closes
+once they are all back, so that it measures the limit they were sent under, whole; its round trip
+is the mean of the middle half of theirs (``typical``). The no-load round trip is the least
+window's, and is measured afresh, in a window with the limit halved (which drains any queue of
+ours), once slow start is over (what it saw may hold the start's transients: caches warming up, a
+client busy reading volumes), every ``PROBE_SECONDS`` (``PROBE_ROUNDS`` round trips for a slow
+server), and whenever latency alone has halved the limit since it was last measured. A server
+whose latency rose for good, or that others keep busy, is then taken as it is rather than as a
+queue of ours, and a queue of ours never becomes the baseline.
 
-Two parts of a round trip are not the server's, and are kept out of it:
+Two parts of a round trip are not the server's doing, and are kept out of it:
 
-* **the client's own lag**. A client short of CPU (a busy machine, a throttled container, a Dask
-  worker on a small share of a core) is late to read every answer: its round trips grow although
-  the server has no queue, and a latency law would take that for one and back off, which makes a
-  starved client slower still. The caller measures how late the event loop runs what is due (see
-  ``limits.LoopLag``) and the window's mean lag is taken off its round trip.
+* **the client's own lag** (the trap). A client short of CPU (a busy machine, a throttled
+  container, a Dask worker on a small share of a core) reads its answers late: its round trips
+  grow although the server has no queue, and a latency law that took that for a queue would back
+  off, and off again, for nothing. ``limits.LoopLag`` measures how late the event loop runs what
+  is due; the window's mean lag is taken off its round trip (but the no-load round trip is measured
+  whole, so that a noisy lag cannot drag it down). What that misses (a client whose sends and
+  answers lock into the periods of a throttled CPU, so that every answer waits out a whole freeze)
+  the re-measurement after a halving catches: the no-load round trip is then taken with the lag in
+  it. A client whose own CPU is the bottleneck finds its knee like a server's: more in flight would
+  only wait in its own buffers.
 * **connecting**. A request that had to open its connection (TCP and TLS handshakes, several
   network round trips to a distant server) is no measure of the server's queue; its round trip is
   used only when a window has too few others.
 
-Outcomes that are neither an answer nor an overload (a refused connection, a cancelled request) are
-not samples at all.
+Outcomes that are neither an answer nor an overload (a refused connection, a cancelled request)
+are no samples, and the caller gives only one kind of request (the spatial search) as samples.
 
 What was taken from each of these, read before writing this one (no code was copied):
 
 * TCP Vegas (Brakmo and Peterson, 1994), as Netflix's ``VegasLimit`` and tower-acc's ``Vegas``
   apply it to requests: the signal. Compare the round trip with the no-load one; the difference
   times the rate is the queue we hold at the server (``in_flight * (1 - noload / rtt)``); keep it
-  small but above zero, so the server never idles for want of a request; probe the no-load round
-  trip again now and then rather than trust the first minimum forever.
-* Netflix concurrency-limits (``Gradient2Limit``, ``WindowedLimit``): the gradient ``noload / rtt``
-  clamped to [0.5, 1], so one noisy window can at most halve the limit and a fast one cannot inflate
-  it; no growth while less than half the limit is in use (the limit is not what limits then); the
-  law applied to windows of samples, not to every answer.
+  small but above zero, so that the server never idles for want of a request; measure the no-load
+  round trip again now and then rather than trust the first minimum forever.
+* Netflix concurrency-limits (``Gradient2Limit``, ``WindowedLimit``): the gradient ``noload /
+  rtt`` clamped to [0.5, 1], so one noisy window can at most halve the limit and a quick one cannot
+  inflate it; no growth while less than half the limit is in use (it is not what limits then); the
+  law applied to windows of samples rather than to each answer.
 * Envoy's adaptive concurrency filter (gradient controller): the same gradient with a burst
-  headroom of ``sqrt(limit)`` added to it; a window's round trip as a percentile of its samples (the
-  median: jitter neither hides a queue nor fakes one); and the periodic minRTT measurement at a
-  reduced limit, here a halved one for a single window.
+  headroom of ``sqrt(limit)``; a window's round trip summarised by a robust statistic of its
+  samples (Envoy's is a percentile); the minRTT measured periodically at a reduced limit, and again
+  when the limit has been driven down (Envoy re-measures when it sits at its minimum).
 * tower-acc (Rust: AIMD, Gradient2 and Vegas behind one ``Algorithm`` trait): a small interface
-  between the limit's users and its law (report each outcome, read the limit), which outcomes count
-  as overload decided in one place (its ``Classifier``), and a cancelled request is no sample.
-* TCP's congestion control (slow start and multiplicative decrease, RFC 5681): start low and double
+  between the limit's users and its law (report each outcome, read the limit); which outcomes
+  count as overload decided in one place (its ``Classifier``; here ``limits.Slot``); a cancelled
+  request is no sample.
+* TCP congestion control (slow start and multiplicative decrease, RFC 5681): start low and double
   each round trip until the first sign of a queue; halve on a loss, once a round trip.
 
 Times are plain floats in seconds from any monotonic clock: the caller passes them in, so the law is
-pure and tests drive it with a simulated server and clock.
+pure, and the tests drive it with a simulated server and clock (``tests/queue_model.py``).
 """
 
 from __future__ import annotations
@@ -70,13 +82,16 @@ import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-#: The limit a run starts from, before slow start doubles it.
+#: The limit a run starts from, and how much slow start adds to it for each answer (a half: the
+#: limit grows by half every round trip, so that the queue it is looking for, which shows a round
+#: trip late, is not overshot by much).
 INITIAL = 8
+SLOW_START_GROWTH = 0.5
 #: Answers needed for a round trip to be trusted: a window's, or slow start's latest.
 MIN_SAMPLES = 8
 #: The shortest span of a window, in seconds (for a server that answers in a millisecond).
 MIN_WINDOW = 0.01
-#: How much longer than the no-load round trip the latest answers may take before slow start ends.
+#: How much longer than the quickest block of answers a block may take before slow start ends.
 SLOW_START_QUEUE = 0.25
 #: The factor of a multiplicative decrease (429, 503, timeout).
 BACKOFF = 0.5
@@ -111,14 +126,16 @@ def typical(rtts: Iterable[float]) -> float:
 class _Window:
     """The requests sent after ``start`` until its span ends, and how they came back.
 
-    The span ends at the first request sent once it is a no-load round trip long and holds
-    ``MIN_SAMPLES`` requests; the window closes once all of them are back, so that it measures the
-    limit they were sent under, whole, rather than the first answers to come back.
+    The span ends at the first request sent a no-load round trip after the first one, once it
+    holds ``MIN_SAMPLES`` requests; the window closes once all of them are back, so that it
+    measures the limit they were sent under, whole, rather than the first answers to come back.
     """
 
     start: float
     lag: tuple[float, int]
     end: float = math.inf
+    #: When its first request was sent: the span is a round trip of sends from there.
+    first: float = math.inf
     sent: int = 0
     back: int = 0
     rtts: list[float] = field(default_factory=list)
@@ -166,7 +183,7 @@ class Controller:
         self._cut = -math.inf  # when the limit was last cut: older requests cannot cut it again
         self._probe_at = math.inf  # when the no-load round trip is next measured
         self._probing: float | None = None  # the limit to go back to after it
-        self._measured_at = math.inf  # the limit when it was last measured, or cut
+        self._measured_at = 0.0  # the limit when the no-load round trip was measured, or it was cut
 
     @property
     def limit(self) -> int:
@@ -185,8 +202,9 @@ class Controller:
         if not window.holds(now):
             return
         window.sent += 1
+        window.first = min(window.first, now)
         span = max(self.noload or 0.0, MIN_WINDOW)
-        if window.end == math.inf and window.sent >= MIN_SAMPLES and now - window.start >= span:
+        if window.end == math.inf and window.sent >= MIN_SAMPLES and now - window.first >= span:
             window.end = now
 
     def answered(self, sent: float, done: float, in_flight: int, *, fresh: bool = False) -> int:
@@ -195,7 +213,7 @@ class Controller:
         rtt = done - sent
         if self.slow_start:
             if in_flight * 2 >= self._limit:
-                self._limit = min(self._limit + 1, self.ceiling)
+                self._limit = min(self._limit + SLOW_START_GROWTH, self.ceiling)
             if not fresh:
                 self._block.append(rtt)
                 if len(self._block) >= max(MIN_SAMPLES, self._limit / 4):

@@ -28,18 +28,33 @@ _WARM_POINTS = ((6600, 3900, 5700), (5000, 4000, 3000), (8000, 3000, 8000))
 
 
 class EmulatorProcess:
-    """``python -m asyncdl emulate`` on a free loopback port, fixed latency; use as ``with``."""
+    """``python -m asyncdl emulate`` on a free loopback port, fixed latency (or varying by
+    ``spread``), of unlimited capacity or ``capacity`` handlers (shedding at ``shed_queue``);
+    use as ``with``."""
 
-    def __init__(self, latency_ms: float, log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        latency_ms: float,
+        log: Path,
+        env: dict[str, str] | None = None,
+        *,
+        spread: float = 0.0,
+        capacity: int | None = None,
+        shed_queue: int | None = None,
+    ) -> None:
         self.latency_ms = latency_ms
         self.log = log
         self._env = env
+        self._options = ["--latency-ms", str(latency_ms), "--latency-spread", str(spread)]
+        if capacity is not None:
+            self._options += ["--capacity", str(capacity)]
+        if shed_queue is not None:
+            self._options += ["--shed-queue", str(shed_queue)]
         self._proc: subprocess.Popen[bytes] | None = None
         self.base_url = ""
 
     def __enter__(self) -> EmulatorProcess:
-        argv = [sys.executable, "-m", "asyncdl", "emulate", "--port", "0"]
-        argv += ["--latency-ms", str(self.latency_ms), "--latency-spread", "0"]
+        argv = [sys.executable, "-m", "asyncdl", "emulate", "--port", "0", *self._options]
         # Output goes to a file, not a pipe, so that nothing the server prints can ever block it.
         with self.log.open("wb") as out:
             self._proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=self._env)
