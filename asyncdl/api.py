@@ -69,7 +69,7 @@ async def fetch(
     events = events or Events()
     if client is not None or workers is not None or scheduler is not None:
         return await _on_dask(plan, events, client=client, workers=workers, scheduler=scheduler)
-    async with HttpClient(plan.options) as http:
+    async with HttpClient(plan.options, on_limit=events.limit_changed) as http:
         source = VolumeSource(http, plan.endpoints, plan.cache, plan.options.volumes)
         ctx = RunContext(plan, http, source, events)
         events.started(plan.ids)
@@ -162,7 +162,9 @@ async def survey(
     if latency == math.inf:
         return counts
     return [
-        Survey(s.data_set, s.targets, s.injection_voxels, s.targets * latency / options.concurrency)
+        Survey(
+            s.data_set, s.targets, s.injection_voxels, s.targets * latency / options.max_in_flight
+        )
         if s.error is None
         else s
         for s in counts

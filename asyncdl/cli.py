@@ -21,9 +21,11 @@ from .aio import run
 from .api import fetch, legacy_warning, survey
 from .catalog import Experiment, find_experiments
 from .config import (
+    AUTO,
     DEFAULT_ARCHIVE_URL,
     DEFAULT_BASE_URL,
     VOLUME_KINDS,
+    Concurrency,
     FetchOptions,
     LegacyVolumesWarning,
 )
@@ -139,9 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     option = FetchOptions.describe
     default, text = option("concurrency")
-    f.add_argument("-c", "--concurrency", type=int, default=default, help=text)
+    f.add_argument(
+        "-c", "--concurrency", type=_concurrency, default=default, metavar="N|auto", help=text
+    )
+    default, text = option("max_concurrency")
+    f.add_argument("--max-concurrency", type=int, default=default, metavar="N", help=text)
     f.add_argument("--rate", type=float, help=option("rate")[1])
-    for name, kind in (("retries", int), ("timeout", float), ("injection_threshold", float)):
+    for name, kind in (
+        ("retries", int),
+        ("patience", float),
+        ("timeout", float),
+        ("injection_threshold", float),
+    ):
         default, text = option(name)
         f.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, help=text)
     default, text = option("density_range")
@@ -256,7 +267,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated fault kinds, of: 503,429,500,502,drop,truncate,badjson,slow,apierror "
         "(default: all but apierror)",
     )
+    e.add_argument(
+        "--capacity",
+        type=int,
+        metavar="K",
+        help="work on at most K requests at once, each for the latency, and queue the rest in "
+        "order of arrival (default: no limit); /__emulator__/stats reports the queue waits",
+    )
+    e.add_argument(
+        "--shed-queue",
+        type=int,
+        metavar="Q",
+        help="with --capacity: answer 503 with Retry-After to a request that finds Q queued",
+    )
     return parser
+
+
+def _concurrency(value: str) -> Concurrency:
+    """``-c``: a number, or ``auto``."""
+    if value == AUTO:
+        return AUTO
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or {AUTO}, got {value!r}") from None
 
 
 def read_ids(args: argparse.Namespace) -> list[int]:
@@ -325,7 +359,9 @@ async def run_fetch(args: argparse.Namespace) -> int:
     ids = read_ids(args)
     options = FetchOptions(
         concurrency=args.concurrency,
+        max_concurrency=args.max_concurrency,
         retries=args.retries,
+        patience=args.patience,
         timeout=args.timeout,
         density_range=tuple(args.density_range),
         injection_threshold=args.injection_threshold,
@@ -367,16 +403,19 @@ async def dry_run(
     cache = args.cache_dir or args.out / ".cache"
     surveys = await survey(ids, options=options, endpoints=endpoints, cache_dir=cache)
     requests = sum(s.targets for s in surveys)
+    at = f"-c {options.concurrency}" + (
+        f" ({options.max_concurrency} at most)" if options.adaptive else ""
+    )
     for s in surveys:
         if s.error:
             print(f"{s.data_set}: FAILED: {s.error}")
         else:
             when = f", ~{s.estimate_seconds:.1f} s" if s.estimate_seconds is not None else ""
-            print(f"{s.data_set}: {s.targets} target requests{when} at -c {options.concurrency}")
+            print(f"{s.data_set}: {s.targets} target requests{when} at {at}")
     estimates = [s.estimate_seconds for s in surveys if s.estimate_seconds is not None]
     print(
-        f"dry run: {len(surveys)} data sets, {requests} target requests; at -c "
-        f"{options.concurrency}, at least ~{sum(estimates):.1f} s (from the fastest answer seen)"
+        f"dry run: {len(surveys)} data sets, {requests} target requests; at {at}, at least "
+        f"~{sum(estimates):.1f} s (from the fastest answer seen)"
     )
     return Exit.OK if not any(s.error for s in surveys) else Exit.FAILED
 
@@ -416,6 +455,8 @@ async def run_emulate(args: argparse.Namespace) -> int:
         latency_spread=args.latency_spread,
         faults=faults,
         tls=args.tls,
+        capacity=args.capacity,
+        shed_queue=args.shed_queue,
     )
     return Exit.OK
 

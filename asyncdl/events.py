@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 import orjson
 
+from .config import AUTO, Concurrency
 from .results import DataSetResult
 
 
@@ -24,12 +25,17 @@ class Events:
     def started(self, data_sets: Sequence[int]) -> None:
         """The run begins, for these data sets."""
 
-    def workers_started(self, workers: int, concurrency: int, rate: float | None) -> None:
+    def workers_started(self, workers: int, concurrency: Concurrency, rate: float | None) -> None:
         """The run is spread over ``workers`` Dask workers, each with this share of -c and --rate
-        to start with."""
+        to start with; ``"auto"``: each finds its own limit (with a share of --rate, if given)."""
 
     def shares_changed(self, shares: Mapping[str, int]) -> None:
-        """The run's -c is now shared so among the Dask workers (by address): it follows the work."""
+        """How the requests in flight are now shared among the Dask workers (by address): a fixed
+        -c as it follows the work, or under -c auto each worker's own limit."""
+
+    def limit_changed(self, limit: int) -> None:
+        """Up to ``limit`` requests may be in flight now: ``-c N`` (told once), or what ``-c auto``
+        has learnt of the server (told when it changes, at most every second)."""
 
     def data_set_started(self, data_set: int, targets: int, resumed: int) -> None:
         """A data set's volumes are in: ``targets`` requests to make, ``resumed`` already done."""
@@ -66,12 +72,13 @@ def describe(result: DataSetResult) -> str:
     )
 
 
-def describe_workers(workers: int, concurrency: int, rate: float | None) -> str:
+def describe_workers(workers: int, concurrency: Concurrency, rate: float | None) -> str:
     """One line saying how a run is spread over a Dask cluster."""
+    head = f"asyncdl: {workers} Dask workers, each with"
+    if concurrency == AUTO and rate is None:
+        return f"{head} -c auto (a limit of its own, found from the server's answers)"
     each = f"-c {concurrency}" + (f", --rate {rate:g}" if rate is not None else "")
-    return (
-        f"asyncdl: {workers} Dask workers, each with {each} to start (the shares follow the work)"
-    )
+    return f"{head} {each} to start (the shares follow the work)"
 
 
 def describe_run(results: Sequence[DataSetResult], seconds: float) -> str:
@@ -90,7 +97,7 @@ class LineReporter(Events):
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
 
-    def workers_started(self, workers: int, concurrency: int, rate: float | None) -> None:
+    def workers_started(self, workers: int, concurrency: Concurrency, rate: float | None) -> None:
         print(describe_workers(workers, concurrency, rate), file=self.stream, flush=True)
 
     def data_set_done(self, result: DataSetResult) -> None:
@@ -114,11 +121,14 @@ class JsonReporter(Events):
     def started(self, data_sets: Sequence[int]) -> None:
         self._emit("start", data_sets=list(data_sets))
 
-    def workers_started(self, workers: int, concurrency: int, rate: float | None) -> None:
+    def workers_started(self, workers: int, concurrency: Concurrency, rate: float | None) -> None:
         self._emit("workers", workers=workers, concurrency=concurrency, rate=rate)
 
     def shares_changed(self, shares: Mapping[str, int]) -> None:
         self._emit("shares", shares=dict(shares))
+
+    def limit_changed(self, limit: int) -> None:
+        self._emit("limit", limit=limit)
 
     def data_set_started(self, data_set: int, targets: int, resumed: int) -> None:
         self._emit("data_set_start", data_set=data_set, targets=targets, resumed=resumed)

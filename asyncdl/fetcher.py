@@ -1,11 +1,12 @@
-"""The HTTP engine: one ``ClientSession`` per run, a global bound on requests in flight, retries.
+"""The HTTP engine: one ``ClientSession`` per run, a bound on requests in flight, retries.
 
-Every request of a run, volume or spatial search, takes one of ``concurrency`` slots for each attempt
-and gives it back before a retry sleeps, so the server never sees more than ``concurrency`` requests
-of ours at once; an optional ``rate`` spaces their starts. Retries use full-jitter exponential
-backoff (tenacity), stretched to a server's Retry-After (capped), built afresh for each request
-because tenacity's retry state must not be shared between tasks. aiohttp's errors are mapped to
-asyncdl's here and nowhere else.
+Every request of a run, volume or spatial search, takes a slot (``limits``) for each attempt and
+gives it back before a retry sleeps, so the server never sees more of ours at once than the limit:
+``-c N``, or under ``-c auto`` what the controller learns from the server's answers. An optional
+``rate`` spaces their starts. Retries follow the run's policy (``retries``: backoff, Retry-After,
+busy answers waited out, a retry budget), with tenacity's retry loop built afresh for each request
+because its retry state must not be shared between tasks. aiohttp's errors are mapped to asyncdl's
+here and nowhere else.
 
 TLS: one ``ssl.SSLContext`` per run, always verifying. It trusts ``FetchOptions.ca_bundle`` if
 given, else OpenSSL's default paths, which honour ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` (read when
@@ -15,7 +16,6 @@ the run starts, unlike aiohttp's own default context, which is built once at imp
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import ssl
 import time
@@ -29,17 +29,10 @@ from typing import Any, TypeVar
 
 import aiohttp
 import orjson
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from yarl import URL
 
 from ._version import __version__
-from .aio import Slots
 from .config import MAX_JSON_BYTES, MAX_VOLUME_BYTES, FetchOptions
 from .errors import (
     CertificateError,
@@ -50,6 +43,8 @@ from .errors import (
     UsageError,
 )
 from .files import atomic_file_async, writing
+from .limits import Limits
+from .retries import Retries, RetryPolicy
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -74,54 +69,27 @@ class Tally:
         self.bytes += other.bytes
 
 
-class RateLimiter:
-    """Spaces request starts at least ``1 / rate`` seconds apart across all tasks (no bursts)."""
-
-    def __init__(
-        self,
-        rate: float,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
-        self.interval = 1.0 / rate
-        self._clock = clock
-        self._sleep = sleep
-        self._next = -math.inf
-
-    async def wait(self) -> None:
-        # Reserve the next start time before sleeping: no await between the read and the write.
-        now = self._clock()
-        start = max(now, self._next)
-        self._next = start + self.interval
-        if start > now:
-            await self._sleep(start - now)
-
-    async def set_rate(self, rate: float) -> None:
-        """Space later starts ``1 / rate`` apart; return once the starts reserved before have passed,
-        so that a rate given up is really free."""
-        reserved = self._next
-        self.interval = 1.0 / rate
-        if (wait := reserved - self._clock()) > 0:
-            await self._sleep(wait)
-
-
 class HttpClient:
-    """Bounded, retrying GETs over one ``aiohttp.ClientSession``; use as ``async with``."""
+    """Bounded, retrying GETs over one ``aiohttp.ClientSession``; use as ``async with``.
+
+    ``on_limit`` is told how many requests may be in flight (``Events.limit_changed``); ``sleep``
+    and ``clock`` can be replaced in tests.
+    """
 
     def __init__(
         self,
         options: FetchOptions,
         *,
+        on_limit: Callable[[int], None] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.options = options
-        self._sleep = sleep
-        self._slots = Slots(options.concurrency)
-        self._rate = RateLimiter(options.rate, sleep=sleep) if options.rate else None
+        self.limits = Limits(options, clock=clock, sleep=sleep, on_limit=on_limit)
+        self._retries = RetryPolicy(
+            options, answering=self.limits.answering, clock=self.limits.clock, sleep=sleep
+        )
         self._session: aiohttp.ClientSession | None = None
-        #: The quickest any answer's headers came back, in seconds: a floor on the server's latency.
-        self.fastest_answer = math.inf
         # Per attempt: a JSON answer must be whole in time; a download must keep flowing.
         self._json_timeout = aiohttp.ClientTimeout(total=options.timeout)
         self._download_timeout = aiohttp.ClientTimeout(
@@ -130,31 +98,33 @@ class HttpClient:
 
     async def __aenter__(self) -> HttpClient:
         connector = aiohttp.TCPConnector(
-            limit=self.options.concurrency,
+            limit=self.options.max_in_flight,
             limit_per_host=0,
             ssl=tls_context(self.options.ca_bundle),
         )
         self._session = aiohttp.ClientSession(
             connector=connector, headers={"User-Agent": _USER_AGENT}, raise_for_status=False
         )
+        self.limits.start()
         return self
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self.limits.stop()
         if self._session is not None:
             await self._session.close()
             self._session = None
 
+    @property
+    def fastest_answer(self) -> float:
+        """The quickest any answer's headers came back, in seconds: a floor on the server's latency."""
+        return self.limits.fastest_answer
+
     async def share(self, concurrency: int) -> None:
-        """Keep to ``concurrency`` of the run's ``options.concurrency`` requests at once, and to as
-        much of its ``rate``; return once no more than that is in use. ``0`` pauses requests."""
-        if not 0 <= concurrency <= self.options.concurrency:
-            raise ValueError(f"share {concurrency} is not within -c {self.options.concurrency}")
-        rate = self.options.rate_share(concurrency)
-        if self._rate is not None and rate:  # 0 slots: nothing goes out, the rate may stay
-            await self._rate.set_rate(rate)
-        await self._slots.resize(concurrency)
+        """Keep to ``concurrency`` of the run's ``options.max_in_flight`` requests at once, and to
+        as much of its ``rate``; return once no more than that is in use. ``0`` pauses requests."""
+        await self.limits.share(concurrency)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -162,43 +132,36 @@ class HttpClient:
             raise RuntimeError("HttpClient is not open; use 'async with HttpClient(...)'")
         return self._session
 
-    def _retrying(self, tally: Tally) -> AsyncRetrying:
+    def _retrying(self, tally: Tally, retries: Retries) -> AsyncRetrying:
+        """The retry loop of one request (see ``retries``), telling ``tally`` of each retry."""
+
         def count(state: RetryCallState) -> None:
             tally.retries += 1
             if tally.on_retry is not None and state.outcome is not None:
                 wait = state.next_action.sleep if state.next_action is not None else 0.0
                 tally.on_retry(state.outcome.exception() or RuntimeError("retry"), wait)
 
-        opts = self.options
-        jitter = wait_random_exponential(multiplier=opts.backoff_base, max=opts.backoff_max)
-
-        def wait(state: RetryCallState) -> float:
-            delay: float = jitter(state)
-            exc = state.outcome.exception() if state.outcome is not None else None
-            if isinstance(exc, TransientError) and exc.retry_after is not None:
-                delay = max(delay, min(exc.retry_after, opts.retry_after_max))
-            return delay
-
         return AsyncRetrying(
-            stop=stop_after_attempt(opts.retries + 1),
-            wait=wait,
+            stop=retries.stop,
+            wait=retries.wait,
             retry=retry_if_exception_type(TransientError),
             before_sleep=count,
-            sleep=self._sleep,
+            sleep=retries.sleep,
             reraise=True,
         )
 
     async def _call(self, once: Callable[[], Awaitable[T]], tally: Tally) -> T:
-        """``once()``, retried while it fails with a ``TransientError``.
+        """``once()``, retried while it fails with a ``TransientError`` (see ``retries``).
 
         Most calls succeed at once, and tenacity's machinery costs tens of microseconds to build,
         so it is built only after a first failure, which it is then handed as its first attempt.
         """
+        retries = self._retries.request()  # counted from the first attempt (cheap, unlike tenacity)
         try:
             return await once()
         except TransientError as exc:
             replay = [exc]
-        async for attempt in self._retrying(tally):
+        async for attempt in self._retrying(tally, retries):
             with attempt:
                 if replay:
                     raise replay.pop()
@@ -244,13 +207,12 @@ class HttpClient:
         ``consume`` reads the response and returns its result and the number of bytes it read.
         """
         tally.requests += 1
-        async with self._slots:
-            if self._rate is not None:
-                await self._rate.wait()
+        # The controller learns from the spatial search's answers only: downloads are long
+        # transfers whose first byte says little of the server's queue, most from another host.
+        async with self.limits.slot(sample=timeout is self._json_timeout) as slot:
             try:
-                sent = time.monotonic()
                 async with self.session.get(URL(url, encoded=True), timeout=timeout) as resp:
-                    self.fastest_answer = min(self.fastest_answer, time.monotonic() - sent)
+                    slot.answered(resp)
                     _check_status(resp, url)
                     result, size = await consume(resp, url)
             # Before the connection errors it is one of: no retry can make a certificate verify.
@@ -338,7 +300,8 @@ def _check_status(resp: aiohttp.ClientResponse, url: str) -> None:
     status = resp.status
     if status == 429 or status >= 500:
         retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-        raise TransientError(f"HTTP {status} {resp.reason or ''}".rstrip(), url, retry_after)
+        message = f"HTTP {status} {resp.reason or ''}".rstrip()
+        raise TransientError(message, url, retry_after, status=status)
     if status >= 400:
         raise HTTPStatusError(f"HTTP {status} {resp.reason or ''}".rstrip(), url, status)
 

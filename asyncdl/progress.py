@@ -21,12 +21,14 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from .config import Concurrency
 from .events import Events, describe, describe_run, describe_workers
 from .results import DataSetResult
 
 
 class RichProgress(Events):
-    """Bars for the run and each active data set: done/total, requests/s, retries, failures, ETA."""
+    """Bars for the run and each active data set: done/total, requests/s, retries, failures, ETA;
+    and on the run's bar, how many requests may be in flight (the limit of ``-c``)."""
 
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
@@ -37,6 +39,7 @@ class RichProgress(Events):
             TextColumn("{task.fields[rate]:>7} req/s"),
             TextColumn("{task.fields[retries]:>4} retries"),
             TextColumn("{task.fields[failures]:>3} failed"),
+            TextColumn("{task.fields[limit]}"),
             TimeRemainingColumn(),
             console=self.console,
             transient=True,
@@ -61,15 +64,21 @@ class RichProgress(Events):
     def started(self, data_sets: Sequence[int]) -> None:
         self._data_sets = len(data_sets)
         self._overall = self.progress.add_task(
-            f"0/{self._data_sets} sets", total=None, rate="-", retries=0, failures=0
+            f"0/{self._data_sets} sets", total=None, rate="-", retries=0, failures=0, limit=""
         )
 
-    def workers_started(self, workers: int, concurrency: int, rate: float | None) -> None:
+    def workers_started(self, workers: int, concurrency: Concurrency, rate: float | None) -> None:
         self.progress.console.print(describe_workers(workers, concurrency, rate), highlight=False)
 
     def data_set_started(self, data_set: int, targets: int, resumed: int) -> None:
         self._tasks[data_set] = self.progress.add_task(
-            str(data_set), total=targets, completed=resumed, rate="-", retries=0, failures=0
+            str(data_set),
+            total=targets,
+            completed=resumed,
+            rate="-",
+            retries=0,
+            failures=0,
+            limit="",
         )
         if self._overall is not None:
             total = self._task(self._overall).total or 0
@@ -88,6 +97,10 @@ class RichProgress(Events):
         for task_id in self._each(data_set):
             fields = self._task(task_id).fields
             fields[field] += 1  # rich reads the fields when it draws
+
+    def limit_changed(self, limit: int) -> None:
+        if self._overall is not None:
+            self.progress.update(self._overall, limit=f"{limit:>4} at once")
 
     def retry(self, data_set: int, url: str, error: str, wait: float) -> None:
         self._bump(data_set, "retries")

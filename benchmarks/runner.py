@@ -27,7 +27,7 @@ from .warm_cluster import WarmCluster
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_args(argv)
-    env = _child_env()
+    env = child_env()
     trials = plan(settings)
     with tempfile.TemporaryDirectory(prefix="asyncdl-bench-") as tmp:
         work = Path(tmp)
@@ -149,7 +149,7 @@ def _describe(run: Run) -> str:
     )
 
 
-def _child_env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
     """The environment of every child: this one, with the repository importable (for contenders)."""
     env = dict(os.environ)
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]

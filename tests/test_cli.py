@@ -15,6 +15,7 @@ from asyncdl import cli
 from .conftest import (
     SEED_ID,
     EmulatorProcess,
+    EmulatorThread,
     command,
     interruptible,
     run_cli,
@@ -91,6 +92,10 @@ def test_ids_file(emulator, tmp_path):
         (["fetch", "abc", "-o", "x"], "not a data set id: 'abc'"),
         (["fetch", "-1", "-o", "x"], "not a data set id"),
         (["fetch", "1", "-o", "x", "-c", "0"], "concurrency must be at least 1"),
+        (["fetch", "1", "-o", "x", "-c", "lots"], "expected a number or auto, got 'lots'"),
+        (["fetch", "1", "-o", "x", "--max-concurrency", "0"], "max concurrency must be at least"),
+        (["fetch", "1", "-o", "x", "--patience", "-1"], "patience must be 0 or more"),
+        (["emulate", "--shed-queue", "4"], "shedding needs a capacity"),
         (["fetch", "1", "-o", "x", "--density-range", "0.3", "0.1"], "density range is empty"),
         (["fetch", "1", "-o", "x", "--retries", "-1"], "retries"),
         (["fetch", "1"], "required: -o/--out"),
@@ -294,3 +299,27 @@ def test_fetch_help_lists_every_exit_status_from_the_one_table(capsys):
     shown = " ".join(capsys.readouterr().out.split())
     for status in Exit:
         assert f"{int(status)} {status.meaning}" in shown
+
+
+def test_a_default_run_against_a_server_that_sheds_load_answers_every_target(tmp_path):
+    # 16 handlers at 50 ms, and a 503 with Retry-After to whatever finds 8 queued: a run with
+    # every default slows down to what the server takes instead of losing targets. A fixed -c 64
+    # would be shed most of the time; its busy answers are waited out too, and it also ends well.
+    with EmulatorThread(latency_ms=50, capacity=16, shed_queue=8) as emu:
+        proc = run_cli("fetch", SEED_ID, "-o", tmp_path / "auto", *server_args(emu))
+        queue = emu.stats.queue
+        assert queue is not None
+        auto_sheds, served = queue.sheds, queue.served
+        fixed = run_cli(
+            "fetch", SEED_ID, "-o", tmp_path / "fixed", "-c", 64, "--density-range", "0.1", "0.13",
+            *server_args(emu),
+        )  # fmt: skip
+        fixed_sheds = queue.sheds - auto_sheds
+    assert proc.returncode == 0, proc.stderr
+    summary = orjson.loads((tmp_path / "auto" / str(SEED_ID) / "summary.json").read_bytes())
+    assert summary["complete"] and summary["failures"] == 0 and summary["targets"] == 1947
+    assert auto_sheds <= 0.02 * served
+    assert fixed.returncode == 0, fixed.stderr
+    done = orjson.loads((tmp_path / "fixed" / str(SEED_ID) / "summary.json").read_bytes())
+    assert done["complete"] and fixed_sheds > 0 and done["retries"] >= fixed_sheds
+    print(f"sheds: {auto_sheds} of {served} with -c auto, {fixed_sheds} with -c 64")

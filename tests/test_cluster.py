@@ -110,10 +110,44 @@ async def test_a_lone_data_set_gets_the_whole_of_c_and_never_more(cluster, tmp_p
             events=seen,
         )
         stats = emu.stats()
-    assert result.complete and result.targets > 10 * options.concurrency
+    assert result.complete and result.targets > 10 * options.max_in_flight
     # The idle worker's share went to the busy one: the server saw all of -c, and never more.
     assert seen.shares and sorted(seen.shares[-1].values()) == [0, options.concurrency]
     assert stats["peak_in_flight"] == options.concurrency
+
+
+async def test_under_c_auto_each_worker_finds_its_own_limit_and_a_shedding_server_loses_nothing(
+    cluster, single_process, tmp_path
+):
+    # 16 handlers and a 503 to whatever finds 8 queued, against two workers of -c auto (the
+    # default): nobody splits anything, each worker's controller finds its part of the server,
+    # and what the server sheds is waited out instead of failing targets.
+    seen = Recorder()
+    capacity = ("--capacity", 16, "--shed-queue", 8)
+    with EmulatorProcess("--latency-ms", 20, "--latency-spread", 0, *capacity) as emu:
+        options = FetchOptions(density_range=NARROW)
+        results = await asyncdl.fetch(
+            IDS,
+            tmp_path,
+            options=options,
+            endpoints=emu.endpoints,
+            scheduler=cluster.scheduler_address,
+            events=seen,
+        )
+        queue = emu.stats()["queue"]
+    assert all(r.complete and r.failures == 0 for r in results), [r.error for r in results]
+    for ds in IDS:
+        assert (tmp_path / str(ds) / "data.json").read_bytes() == single_process[ds]
+    (started,) = seen.of("workers_started")
+    assert started["concurrency"] == "auto" and started["rate"] is None
+    # The shares are the workers' own limits, as they reported them: each within its bounds,
+    # both workers heard from, and the run's limit their sum.
+    limits = seen.shares
+    assert limits and len(limits[-1]) == 2
+    assert all(1 <= n <= options.max_concurrency for s in limits for n in s.values())
+    assert [call["limit"] for call in seen.of("limit_changed")] == [sum(s.values()) for s in limits]
+    print(f"limits {limits}; served {queue['served']}, shed {queue['sheds']}")
+    assert queue["sheds"] <= 0.05 * queue["served"]
 
 
 async def test_a_killed_worker_is_replaced_and_the_output_stays_identical(
@@ -151,7 +185,7 @@ async def test_a_killed_worker_is_replaced_and_the_output_stays_identical(
     asked = stats["requests"]["query"]
     # Only what the dead worker had in flight is asked again: at most its share of -c (half to
     # start with; more if it was given the other's share before it died).
-    share = max([options.concurrency // 2] + [s.get(victim_address, 0) for s in seen.shares])
+    share = max([options.max_in_flight // 2] + [s.get(victim_address, 0) for s in seen.shares])
     print(f"targets {targets}, spatial searches {asked}, the dead worker's largest share {share}")
     assert targets <= asked <= targets + share
 
@@ -344,8 +378,10 @@ def test_a_batch_travels_as_plain_lists_and_reads_back_the_same():
 
     from asyncdl.cluster.messages import Batch, Done, Failed, Retry, Started
 
-    batch = Batch()
+    batch = Batch("tcp://w:1")
     assert not batch  # nothing to send
+    batch.limit = 12
+    assert batch
     batch.started.append(Started(7, 100, 40))
     for ok in (True, True, False):
         batch.count(7, ok)
@@ -390,3 +426,53 @@ async def test_the_plugin_carries_only_the_plan_and_the_run_lives_beside_it(tmp_
         assert (worker.address, plugin.name) not in _RUNS
         with pytest.raises(RuntimeError, match="not open"):
             run.http.session  # noqa: B018 (closed by teardown)
+
+
+def test_the_client_reports_the_sum_of_the_workers_limits_and_under_auto_each_one():
+    from asyncdl.cluster.client import Relay
+    from asyncdl.cluster.messages import Batch
+    from asyncdl.limits import REPORT_SECONDS
+
+    now = 100.0
+    seen = Recorder()
+    relay = Relay(seen, limits_are_shares=True, clock=lambda: now)
+
+    def limit(worker: str, n: int) -> None:
+        relay.receive((0.0, Batch(worker, n).encode()))
+
+    limit("a", 8)
+    limit("b", 8)  # within a second of the last report: kept for the next
+    assert [c["limit"] for c in seen.of("limit_changed")] == [8]
+    now += REPORT_SECONDS
+    relay.receive((0.0, Batch("a").encode()))  # any message: what was kept goes out
+    limit("a", 8)  # no change: nothing to tell
+    now += REPORT_SECONDS
+    limit("b", 8)
+    assert [c["limit"] for c in seen.of("limit_changed")] == [8, 16]
+    assert seen.shares == [{"a": 8}, {"a": 8, "b": 8}]
+
+    fixed = Recorder()  # -c N: the client's Shares are the shares; the limits only add up
+    relay = Relay(fixed, clock=lambda: now)
+    relay.receive((0.0, Batch("a", 3).encode()))
+    assert [c["limit"] for c in fixed.of("limit_changed")] == [3] and fixed.shares == []
+
+
+def test_auto_shares_nothing_unless_a_rate_is_shared_too():
+    from asyncdl.cluster.shares import first_shares, shared
+
+    assert not shared(FetchOptions())
+    assert shared(FetchOptions(concurrency=64)) and shared(FetchOptions(rate=100))
+    with pytest.raises(UsageError, match="--max-concurrency 2 is less than the 3 workers"):
+        first_shares(FetchOptions(max_concurrency=2, rate=10), ["w1", "w2", "w3"])
+
+
+def test_the_start_line_says_how_the_workers_share_the_run():
+    from asyncdl.events import describe_workers
+
+    assert describe_workers(2, "auto", None) == (
+        "asyncdl: 2 Dask workers, each with -c auto (a limit of its own, found from the "
+        "server's answers)"
+    )
+    assert describe_workers(2, 64, 5.0) == (
+        "asyncdl: 2 Dask workers, each with -c 64, --rate 5 to start (the shares follow the work)"
+    )

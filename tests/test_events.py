@@ -31,6 +31,7 @@ async def test_json_events(emulator, tmp_path):
     assert done[42]["status"] == "failed" and "404" in done[42]["error"]
     assert done[SEED_ID]["status"] == "ok"
     assert events[-1]["complete"] == 1 and events[-1]["data_sets"] == 2
+    assert [e["limit"] for e in events if e["event"] == "limit"] == [8]  # -c 8: told once
 
 
 async def test_line_reporter(emulator, tmp_path):
@@ -55,6 +56,7 @@ async def test_rich_progress_shows_bars_then_a_table(emulator, tmp_path):
         progress.finished(results, 1.5)
     text = out.getvalue()
     assert "req/s" in text and "retries" in text  # the bars were drawn
+    assert "   8 at once" in text  # how many requests may be in flight
     assert f"{SEED_ID}: ok: " in text  # a line per finished data set
     assert "data set" in text and "status" in text and "1 of 1 data sets complete" in text
 

@@ -15,7 +15,8 @@ from aiohttp import web
 import asyncdl
 from asyncdl import FetchOptions
 from asyncdl.emulator import DATA_SET_IDS, FAULT_KINDS, Emulator, FaultPlan
-from asyncdl.fetcher import HttpClient, RateLimiter, Tally, parse_retry_after
+from asyncdl.fetcher import HttpClient, Tally, parse_retry_after
+from asyncdl.limits import RateLimiter
 from asyncdl.responses import rows
 
 from .conftest import SEED_ID, Recorder, Sleeps, command, run_cli, server_args, wait_for_answers

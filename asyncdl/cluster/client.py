@@ -1,24 +1,27 @@
 """The run as the client drives it: the plugin and one task per data set out, the results and the
-workers' progress back, the shares of ``-c`` kept where the work is."""
+workers' progress back, and the shares of a fixed bound kept where the work is."""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from distributed import Client, as_completed
 from distributed.scheduler import KilledWorker
 
-from ..aio import both
+from ..aio import all_of
+from ..config import AUTO
 from ..events import Events
+from ..limits import REPORT_SECONDS
 from ..plan import RunPlan
 from ..results import DataSetResult
 from ..store import DataSetStore
 from .messages import Batch
-from .shares import Shares, first_shares
+from .shares import Shares, first_shares, shared
 from .worker import RunPlugin, fetch_data_set, task_key
 
 
@@ -32,12 +35,13 @@ async def fetch_on_cluster(
     """``api.fetch`` on the ``workers`` of a Dask cluster (``connect.ready``), once the shared
     volumes are in the cache and ``tract_ids`` known: the same results, files and guarantees."""
     options, ids = plan.options, plan.ids
-    initial = first_shares(options, workers)
-    first = min(initial.values())
-    events.workers_started(len(workers), first, options.rate_share(first))
+    initial = first_shares(options, workers) if shared(options) else None
+    first = None if initial is None else min(initial.values())
+    rate = None if first is None else options.rate_share(first)
+    events.workers_started(len(workers), AUTO if first is None or options.adaptive else first, rate)
 
     run = f"asyncdl-{secrets.token_hex(6)}"
-    relay = Relay(events)
+    relay = Relay(events, limits_are_shares=initial is None)
     client.subscribe_topic(run, relay.receive)
     await client.register_plugin(RunPlugin(run, plan, initial, tract_ids), name=run)
     futures = {
@@ -46,7 +50,7 @@ async def fetch_on_cluster(
         )
         for data_set in ids
     }
-    shares = Shares(client, run, options, initial, events)
+    shares = None if initial is None else Shares(client, run, options, initial, events)
     results: dict[int, DataSetResult] = {}
 
     async def collect() -> None:
@@ -58,12 +62,15 @@ async def fetch_on_cluster(
                 result = _killed(plan, data_set, str(exc))
             relay.done(result)
             results[data_set] = result
-            shares.wake()
-        shares.stop()
+            if shares is not None:
+                shares.wake()
+        if shares is not None:
+            shares.stop()
 
     try:
         events.started(ids)
-        await both(collect(), shares.follow({task_key(run, data_set) for data_set in ids}))
+        keys = {task_key(run, data_set) for data_set in ids}
+        await all_of(collect(), *([] if shares is None else [shares.follow(keys)]))
     except BaseException:
         await asyncio.shield(client.cancel(list(futures), force=True))
         raise
@@ -86,18 +93,36 @@ class Relay:
     """The client's end: the workers' batches handed to the run's ``Events`` as a local run would.
 
     A data set that Dask runs again (its worker died) reports its start again; its progress is
-    then counted once, never beyond its targets, and nothing is reported after it is done.
+    then counted once, never beyond its targets, and nothing is reported after it is done. The
+    run's limit is the sum of the workers' (reported at most every ``REPORT_SECONDS``); with
+    ``limits_are_shares`` (``-c auto``, nothing shared) each worker's own is reported too, as
+    the run's shares.
     """
 
-    def __init__(self, events: Events) -> None:
+    def __init__(
+        self,
+        events: Events,
+        *,
+        limits_are_shares: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.events = events
         self._targets: dict[int, int] = {}
         self._counted: Counter[int] = Counter()
         self._finished: set[int] = set()
+        self._limits: dict[str, int] = {}
+        self._limits_are_shares = limits_are_shares
+        self._clock = clock
+        self._reported: float | None = None  # when the limits were last reported
+        self._unreported = False
 
     def receive(self, event: tuple[float, Mapping[str, Any]]) -> None:
         """One worker's message, as Dask's event log hands it on: (time, message)."""
         batch = Batch.decode(event[1])
+        if batch.limit is not None and self._limits.get(batch.worker) != batch.limit:
+            self._limits[batch.worker] = batch.limit
+            self._unreported = True
+        self._report_limits()
         for s in batch.started:
             if s.data_set not in self._targets and s.data_set not in self._finished:
                 self._targets[s.data_set] = s.targets
@@ -117,6 +142,17 @@ class Relay:
                 self._counted[data_set] += n
                 for _ in range(n):
                     self.events.target_done(data_set, good)
+
+    def _report_limits(self) -> None:
+        now = self._clock()
+        if not self._unreported or (
+            self._reported is not None and now - self._reported < REPORT_SECONDS
+        ):
+            return
+        self._reported, self._unreported = now, False
+        self.events.limit_changed(sum(self._limits.values()))
+        if self._limits_are_shares:
+            self.events.shares_changed(dict(sorted(self._limits.items())))
 
     def done(self, result: DataSetResult) -> None:
         self._targets.pop(result.data_set, None)

@@ -68,6 +68,8 @@ async def ready(client: Client, out: Path) -> list[str]:
     if not getattr(client, "asynchronous", False):
         raise UsageError("fetch(client=...) needs an asynchronous Client (asynchronous=True)")
     workers = await _workers_up(client)
+    if not workers:
+        raise UsageError("the Dask cluster has no workers")
     await _check_shared(client, out)
     return workers
 

@@ -2,7 +2,8 @@
 
 A worker gathers its events in a ``Batch`` and sends ``Batch.encode()`` through Dask's event log
 every ``worker.FLUSH_SECONDS`` (plain lists, which Dask's msgpack carries); the client reads it
-back with ``Batch.decode``. One message per interval, however many answers it counts.
+back with ``Batch.decode``. One message per interval, however many answers it counts, and none
+while nothing happens.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ class Done(NamedTuple):
 class Batch:
     """A worker's events since its last message."""
 
+    #: The worker's address.
+    worker: str = ""
+    #: Its limit on requests in flight, if it changed (``Events.limit_changed``).
+    limit: int | None = None
     started: list[Started] = field(default_factory=list)
     done: dict[int, Done] = field(default_factory=dict)
     retries: list[Retry] = field(default_factory=list)
@@ -55,10 +60,14 @@ class Batch:
         self.done[data_set] = Done(was.ok + ok, was.bad + (not ok))
 
     def __bool__(self) -> bool:
-        return bool(self.started or self.done or self.retries or self.failed)
+        return bool(
+            self.limit is not None or self.started or self.done or self.retries or self.failed
+        )
 
-    def encode(self) -> dict[str, list[list[Any]]]:
+    def encode(self) -> dict[str, Any]:
         return {
+            "worker": self.worker,
+            "limit": self.limit,
             "started": [list(s) for s in self.started],
             "done": [[data_set, ok, bad] for data_set, (ok, bad) in self.done.items()],
             "retries": [list(r) for r in self.retries],
@@ -68,6 +77,8 @@ class Batch:
     @classmethod
     def decode(cls, message: Mapping[str, Any]) -> Batch:
         return cls(
+            worker=message["worker"],
+            limit=message["limit"],
             started=[Started(*s) for s in message["started"]],
             done={data_set: Done(ok, bad) for data_set, ok, bad in message["done"]},
             retries=[Retry(*r) for r in message["retries"]],

@@ -1,10 +1,13 @@
-"""A fixed ``-c`` (and ``--rate`` with it) shared among the workers that have work.
+"""A run's bound on requests in flight (and ``--rate`` with it) shared among the workers that
+have work: a fixed ``-c``, or ``--max-concurrency`` when ``-c auto`` comes with a ``--rate`` for
+the whole run. Under ``-c auto`` alone nothing is shared: each worker's controller finds its own
+limit.
 
-Each check asks the scheduler which workers are running (or hold) the run's tasks and splits
-``-c`` evenly among them; the others get nothing. Shares are taken before they are given: a
+Each check asks the scheduler which workers are running (or hold) the run's tasks and splits the
+bound evenly among them; the others get nothing. Shares are taken before they are given: a
 worker's ``HttpClient.share`` returns only once its requests in flight fit its new share, so the
-whole never exceeds ``-c``. A worker that leaves may still have requests at the server; its share
-is held back for one request timeout before it goes to the others.
+whole never exceeds the bound. A worker that leaves may still have requests at the server; its
+share is held back for one request timeout before it goes to the others.
 """
 
 from __future__ import annotations
@@ -32,20 +35,27 @@ def split(total: int, workers: Sequence[str]) -> dict[str, int]:
     return {address: each + (i < extra) for i, address in enumerate(workers)}
 
 
+def shared(options: FetchOptions) -> bool:
+    """Whether the workers share the run's bound: with a fixed ``-c``, or a ``--rate`` for the
+    whole run. Under ``-c auto`` alone each worker runs a controller of its own, up to
+    ``--max-concurrency``, which finds what the server gives it (controllers that meet at one
+    server share it as TCP flows share a link): no split, and no client in the loop."""
+    return not options.adaptive or options.rate is not None
+
+
 def first_shares(options: FetchOptions, workers: Sequence[str]) -> dict[str, int]:
-    """The shares of ``-c`` the workers start with; each needs at least one slot."""
-    if not workers:
-        raise UsageError("the Dask cluster has no workers")
-    if options.concurrency < len(workers):
+    """The shares of the bound the workers start with; each needs at least one slot."""
+    bound = options.max_in_flight
+    if bound < len(workers):
+        flag = "--max-concurrency" if options.adaptive else "-c"
         raise UsageError(
-            f"-c {options.concurrency} is less than the {len(workers)} workers: each needs at "
-            "least one"
+            f"{flag} {bound} is less than the {len(workers)} workers: each needs at least one"
         )
-    return split(options.concurrency, sorted(workers))
+    return split(bound, sorted(workers))
 
 
 class Shares:
-    """The run's ``-c``, shared among the workers that have work (see the module's doc)."""
+    """The run's bound, shared among the workers that have work (see the module's doc)."""
 
     def __init__(
         self,
@@ -93,7 +103,7 @@ class Shares:
         busy = sorted(a for a, held in processing.items() if not keys.isdisjoint(held))
         if not busy:
             return  # nothing runs (between tasks, or waiting for workers): leave things as they are
-        free = self.options.concurrency - sum(n for _, n in self._held)
+        free = self.options.max_in_flight - sum(n for _, n in self._held)
         want = dict.fromkeys(processing, 0) | split(max(free, 0), busy)
         if all(self.granted.get(a, 0) == n for a, n in want.items()):
             return

@@ -42,8 +42,9 @@ class RunPlugin(WorkerPlugin):
     #: The run's name: its plugin's, its tasks' key prefix and its event topic.
     name: str
     plan: RunPlan
-    #: Each worker's first share of -c (by address); a worker that joins later starts with none.
-    initial: Mapping[str, int]
+    #: Each worker's first share of the run's bound (by address; a worker that joins later starts
+    #: with none), or None: nothing is shared (``-c auto``), each worker finds its own limit.
+    initial: Mapping[str, int] | None
     tract_ids: frozenset[int] | None
 
     async def setup(self, worker: Worker) -> None:
@@ -59,7 +60,8 @@ class RunPlugin(WorkerPlugin):
 
 class WorkerRun:
     """What one worker holds for one run: its HTTP client, pipeline and events, open until
-    ``close``. Its slots cover the whole of -c (any share may come its way); it uses its share."""
+    ``close``. Its slots cover the run's whole bound (any share may come its way) and it uses its
+    share; or, with nothing shared, its own controller's limit, as a run in one process does."""
 
     def __init__(
         self, http: HttpClient, pipeline: Pipeline, events: WorkerEvents, stack: AsyncExitStack
@@ -69,12 +71,15 @@ class WorkerRun:
 
     @classmethod
     async def open(cls, plugin: RunPlugin, worker: Worker) -> WorkerRun:
-        plan, share = plugin.plan, plugin.initial.get(worker.address, 0)
+        plan = plugin.plan
+        share = None if plugin.initial is None else plugin.initial.get(worker.address, 0)
         async with AsyncExitStack() as stack:
             events = WorkerEvents(worker, plugin.name)
             stack.push_async_callback(events.close)
-            http = await stack.enter_async_context(HttpClient(plan.options))
-            await http.share(share)
+            http = HttpClient(plan.options, on_limit=events.limit_changed)
+            await stack.enter_async_context(http)
+            if share is not None:
+                await http.share(share)
             source = VolumeSource(
                 http, plan.endpoints, plan.cache, plan.options.volumes, tract_ids=plugin.tract_ids
             )
@@ -148,8 +153,11 @@ class WorkerEvents(Events):
 
     def __init__(self, worker: Worker, topic: str) -> None:
         self.worker, self.topic = worker, topic
-        self._batch = Batch()
+        self._batch = Batch(worker.address)
         self._flusher = asyncio.create_task(self._flush_every())
+
+    def limit_changed(self, limit: int) -> None:
+        self._batch.limit = limit
 
     def data_set_started(self, data_set: int, targets: int, resumed: int) -> None:
         self._batch.started.append(Started(data_set, targets, resumed))
@@ -165,7 +173,7 @@ class WorkerEvents(Events):
 
     def flush(self) -> None:
         if self._batch:
-            batch, self._batch = self._batch, Batch()
+            batch, self._batch = self._batch, Batch(self.worker.address)
             self.worker.log_event(self.topic, batch.encode())
 
     async def _flush_every(self) -> None:
