@@ -107,7 +107,7 @@ def _run(
         epoch, started = time.time(), time.monotonic()
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=events)
         while True:
-            polls.append(_poll(emu, started))
+            polls.append(poll(emu, started))
             if proc.poll() is not None:
                 break
             if time.monotonic() - started >= settings.seconds:
@@ -115,7 +115,7 @@ def _run(
                 proc.wait(timeout=60)
                 break
             time.sleep(max(0.0, settings.poll_s - (time.monotonic() - started - polls[-1].at)))
-        polls.append(_poll(emu, started))
+        polls.append(poll(emu, started))
         wall = time.monotonic() - started
     retries, limits = [], []
     for line in (folder / "events.ndjson").read_bytes().splitlines():
@@ -130,7 +130,7 @@ def _run(
     return Run(server, contender, repeat, polls, retries, limits, proc.returncode, wall)
 
 
-def _poll(emu: EmulatorProcess, started: float) -> Poll:
+def poll(emu: EmulatorProcess, started: float) -> Poll:
     stats = emu.stats()
     queue = stats["queue"]
     return Poll(
