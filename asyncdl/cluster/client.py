@@ -44,11 +44,10 @@ async def fetch_on_cluster(
     relay = Relay(events, limits_are_shares=initial is None)
     client.subscribe_topic(run, relay.receive)
     await client.register_plugin(RunPlugin(run, plan, initial, tract_ids), name=run)
+    keys = {data_set: task_key(run, data_set) for data_set in ids}
     futures = {
-        client.submit(fetch_data_set, run, data_set, key=task_key(run, data_set), pure=False): (
-            data_set
-        )
-        for data_set in ids
+        client.submit(fetch_data_set, run, data_set, key=key, pure=False): data_set
+        for data_set, key in keys.items()
     }
     shares = None if initial is None else Shares(client, run, options, initial, events)
     results: dict[int, DataSetResult] = {}
@@ -69,8 +68,7 @@ async def fetch_on_cluster(
 
     try:
         events.started(ids)
-        keys = {task_key(run, data_set) for data_set in ids}
-        await all_of(collect(), *([] if shares is None else [shares.follow(keys)]))
+        await all_of(collect(), *([] if shares is None else [shares.follow(set(keys.values()))]))
     except BaseException:
         await asyncio.shield(client.cancel(list(futures), force=True))
         raise

@@ -91,6 +91,9 @@ class WorkerRun:
         """Keep to ``slots`` requests at once from now on (returns once it does)."""
         self.pipeline.resize(slots)
         await self.http.share(slots)
+        # Told now: the client's sum of the limits must not wait for this worker's next request
+        # (a worker whose share went to 0 makes none).
+        self.events.limit_changed(self.http.limits.limit)
 
     async def fetch(self, data_set: int) -> DataSetResult:
         result = await self.pipeline.run(data_set)

@@ -200,6 +200,7 @@ def server_figures(run: Run, latency_ms: float, settle_s: float) -> dict[str, An
         "retries": f.retries,
         "converged_s": f.converged_s,
         "in_flight_over_k": f.in_flight / run.server.handlers,
+        "cpu_per_request_us": 1e6 * sum(run.worker_cpu_s) / max(run.answered[-1][1], 1),
         "jain_limits": jain(list(limits.values())) if limits else None,
         "jain_rates": jain(list(rates.values())) if rates else None,
         "all_busy_s": hi - lo,

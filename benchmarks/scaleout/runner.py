@@ -39,8 +39,8 @@ DATA_SETS = (
     156394513, 100141219, 112514202, 126862385, 127866392, 139520203,
     180436360, 183174303, 272697944, 307297141, 100051575, 100083392,
 )  # fmt: skip
-#: The client, the Dask schedulers and the workers run on the first core; the emulator on the
-#: second.
+#: In the machines part, the client, the Dask schedulers and the workers run on the first core,
+#: the emulator on the second; in the server part, wherever the kernel puts them.
 CLIENT_CPU, SERVER_CPU = 0, 1
 POLL_S = 0.1
 RESULTS = Path(__file__).resolve().parent / "results.json"
@@ -132,7 +132,8 @@ def _machines(
                 env=env,
             )
         )
-        cgroups.pin(emu.pid, [SERVER_CPU])
+        if quota is not None:
+            cgroups.pin(emu.pid, [SERVER_CPU])
         _say(f"{part}: emulator at {emu.base_url} {' '.join(map(str, options))}; warming up")
         emu.warm_up(settings.data_sets)
         clusters = {
@@ -145,7 +146,8 @@ def _machines(
 
 class Cluster:
     """A running Dask cluster: its scheduler, and ``workers`` worker processes (two threads each,
-    uvloop), each in a cgroup of ``quota`` of a core if given; all on the client's core."""
+    uvloop); with a ``quota``, each worker in a cgroup of that much of a core, and all of them on
+    the client's core."""
 
     def __init__(
         self, name: str, workers: int, quota: float | None, work: Path, env: dict[str, str]
@@ -175,7 +177,7 @@ class Cluster:
         file = self.work / f"{self.name}.json"
         argv = [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1"]
         argv += ["--port", "0", "--no-dashboard", "--scheduler-file", str(file)]
-        self._spawn(cgroups.pinned([CLIENT_CPU], argv), f"{self.name}-scheduler")
+        self._spawn(self.pinned(argv), f"{self.name}-scheduler")
         deadline = time.monotonic() + 120
         while not self.address:
             try:
@@ -189,7 +191,7 @@ class Cluster:
         for i in range(self.size):
             argv = [sys.executable, "-m", "distributed.cli.dask_worker", self.address]
             argv += ["--nthreads", "2", "--no-nanny", "--no-dashboard", "--name", f"w{i}"]
-            argv = cgroups.pinned([CLIENT_CPU], argv)
+            argv = self.pinned(argv)
             if self.quota is not None:
                 name = f"asyncdl-cluster-bench-{os.getpid()}-{self.name}-w{i}"
                 quota = self._stack.enter_context(cgroups.CpuQuota(name, self.quota))
@@ -215,6 +217,10 @@ class Cluster:
 
         self._stack.callback(stop)
         return proc.pid
+
+    def pinned(self, argv: list[str]) -> list[str]:
+        """``argv`` on the client's core, if this cluster's workers are small machines."""
+        return argv if self.quota is None else cgroups.pinned([CLIENT_CPU], argv)
 
     def cpu(self) -> list[float]:
         """Each worker's CPU seconds so far."""
@@ -261,7 +267,7 @@ def run_once(
     with log.open("wb") as events:
         epoch, started = time.time(), time.monotonic()
         proc = subprocess.Popen(
-            cgroups.pinned([CLIENT_CPU], argv),
+            cluster.pinned(argv),
             stdout=subprocess.DEVNULL,
             stderr=events,
             env=env,
