@@ -13,6 +13,9 @@ since)`` another process holds the CPU for ``held`` seconds of every ``period`` 
 whatever the client does. Its event loop ticks every
 ``TICK``; a tick waits for the CPU like an answer does, and how late it runs is the lag a
 ``LoopLag`` reads (given to the controller unless ``lag_corrected`` is false).
+
+With ``clients=N``, N such clients (Dask workers under ``-c auto``) share the one server, each with
+its own CPU, loop and controller, starting ``stagger`` seconds apart.
 """
 
 from __future__ import annotations
@@ -37,12 +40,17 @@ class Outcome:
     served: list[float] = field(default_factory=list)
     waits: list[float] = field(default_factory=list)
     sheds: int = 0
-    #: (time, limit) at the start and at each change.
+    #: (time, limit) at the start and at each change (of the first client).
     limits: list[tuple[float, int]] = field(default_factory=list)
+    #: Which client each answer was for.
+    clients: list[int] = field(default_factory=list)
 
-    def rate(self, start: float, end: float) -> float:
-        """Answers per second served between ``start`` and ``end``."""
-        return sum(start <= t < end for t in self.served) / (end - start)
+    def rate(self, start: float, end: float, client: int | None = None) -> float:
+        """Answers per second served between ``start`` and ``end`` (for ``client`` only)."""
+        return sum(
+            start <= t < end and client in (None, c)
+            for t, c in zip(self.served, self.clients, strict=True)
+        ) / (end - start)
 
     def mean_wait(self, start: float, end: float) -> float:
         waits = [w for t, w in zip(self.served, self.waits, strict=True) if start <= t < end]
@@ -97,79 +105,98 @@ def simulate(
     taken: tuple[float, float, float] | None = None,
     lag_corrected: bool = True,
     seed: int = 0,
+    clients: int = 1,
+    stagger: float = 0.0,
 ) -> Outcome:
-    """Run the client against the server for ``seconds`` of simulated time."""
+    """Run the clients against the server for ``seconds`` of simulated time."""
     draw = random.Random(seed)
-    events: list[tuple[float, int, str, float, float]] = []  # (time, order, kind, sent, wait)
+    # (time, order, kind, client, sent, wait)
+    events: list[tuple[float, int, str, int, float, float]] = []
     order = itertools.count()
-    cpu = _Cpu(quota, taken)
-    lag = [0.0, 0]  # the ticks run so far: seconds late in all, how many
+    each = [_Client(ceiling, quota, taken, lag_corrected) for _ in range(clients)]
 
-    def reading() -> tuple[float, int]:
-        return (lag[0], int(lag[1])) if lag_corrected else (0.0, 0)
-
-    controller = Controller(ceiling, lag=reading)
-
-    def limit() -> int:
-        return fixed if fixed is not None else controller.limit
+    def limit(client: _Client) -> int:
+        return fixed if fixed is not None else client.controller.limit
 
     now = 0.0
-    out = Outcome(limits=[(0.0, limit())])
-    busy, queue = 0, deque[tuple[float, float]]()  # queued: (sent, arrived)
-    in_flight = 0
+    out = Outcome(limits=[(0.0, limit(each[0]))])
+    busy, queue = 0, deque[tuple[int, float, float]]()  # queued: (client, sent, arrived)
 
-    def push(at: float, kind: str, sent: float = 0.0, wait: float = 0.0) -> None:
-        heapq.heappush(events, (at, next(order), kind, sent, wait))
+    def push(at: float, kind: str, c: int, sent: float = 0.0, wait: float = 0.0) -> None:
+        heapq.heappush(events, (at, next(order), kind, c, sent, wait))
 
-    def serve(sent: float, arrived: float) -> None:
+    def serve(c: int, sent: float, arrived: float) -> None:
         nonlocal busy
         busy += 1
         mean = service(now) if callable(service) else service
-        push(now + mean * draw.uniform(1 - spread, 1 + spread), "done", sent, now - arrived)
+        push(now + mean * draw.uniform(1 - spread, 1 + spread), "done", c, sent, now - arrived)
 
-    def send() -> None:
-        nonlocal in_flight
-        while in_flight < limit():
-            in_flight += 1
-            controller.sending(now)
-            push(now + network, "arrive", now)
+    def send(c: int) -> None:
+        client = each[c]
+        while client.in_flight < limit(client):
+            client.in_flight += 1
+            client.controller.sending(now)
+            push(now + network, "arrive", c, now)
 
-    push(0.0, "run send")
-    push(TICK, "tick")
+    for c in range(clients):
+        push(c * stagger, "run send", c)
+        push(c * stagger + TICK, "tick", c)
     while events and now < seconds:
-        now, _, kind, sent, wait = heapq.heappop(events)
+        now, _, kind, c, sent, wait = heapq.heappop(events)
+        client = each[c]
         if kind == "arrive":
             if busy < handlers:
-                serve(sent, now)
+                serve(c, sent, now)
             elif shed_queue is not None and len(queue) >= shed_queue:
                 out.sheds += 1
-                push(now + network, "shed", sent)
+                push(now + network, "shed", c, sent)
             else:
-                queue.append((sent, now))
+                queue.append((c, sent, now))
         elif kind == "done":
             busy -= 1
             out.served.append(now)
             out.waits.append(wait)
+            out.clients.append(c)
             if queue:
                 serve(*queue.popleft())
-            push(now + network, "answer", sent)
+            push(now + network, "answer", c, sent)
         elif kind in ("answer", "shed"):  # at the client, to be read when the CPU gets to it
-            push(cpu.run(now, cpu_per_answer), f"run {kind}", sent)
+            push(client.cpu.run(now, cpu_per_answer), f"run {kind}", c, sent)
         elif kind == "tick":  # due now; it runs when the CPU gets to it
-            push(cpu.run(now, _TICK_CPU), "run tick", now)
-            push(now + TICK, "tick")
+            push(client.cpu.run(now, _TICK_CPU), "run tick", c, now)
+            push(now + TICK, "tick", c)
         elif kind == "run tick":
-            lag[0] += now - sent
-            lag[1] += 1
+            client.lag[0] += now - sent
+            client.lag[1] += 1
         else:  # the client runs: an answer or a shed to read, then as many sends as it may
-            before = limit()
+            before = limit(client)
             if kind == "run answer":
-                controller.answered(sent, now, in_flight)
-                in_flight -= 1
+                client.controller.answered(sent, now, client.in_flight)
+                client.in_flight -= 1
             elif kind == "run shed":
-                controller.overloaded(sent, now)
-                in_flight -= 1
-            if limit() != before:
-                out.limits.append((now, limit()))
-            send()
+                client.controller.overloaded(sent, now)
+                client.in_flight -= 1
+            if c == 0 and limit(client) != before:
+                out.limits.append((now, limit(client)))
+            send(c)
     return out
+
+
+class _Client:
+    """One client's own: its CPU, its loop's lag, its controller, its requests in flight."""
+
+    def __init__(
+        self,
+        ceiling: int,
+        quota: tuple[float, float] | None,
+        taken: tuple[float, float, float] | None,
+        lag_corrected: bool,
+    ) -> None:
+        self.cpu = _Cpu(quota, taken)
+        self.lag = [0.0, 0.0]  # the ticks run so far: seconds late in all, how many
+        self.in_flight = 0
+
+        def reading() -> tuple[float, int]:
+            return (self.lag[0], int(self.lag[1])) if lag_corrected else (0.0, 0)
+
+        self.controller = Controller(ceiling, lag=reading)

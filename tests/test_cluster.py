@@ -476,3 +476,30 @@ def test_the_start_line_says_how_the_workers_share_the_run():
     assert describe_workers(2, 64, 5.0) == (
         "asyncdl: 2 Dask workers, each with -c 64, --rate 5 to start (the shares follow the work)"
     )
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+@pytest.mark.parametrize("stagger", [0.0, 2.0])
+def test_controllers_of_several_workers_fill_one_server_together_and_fairly(workers, stagger):
+    # Simulated (tests/queue_model.py): each worker its own controller, as under -c auto on Dask,
+    # against one server of 64 handlers at 50 ms; started together, or a worker every 2 s (one
+    # that comes later must not find the others' queue normal and keep it).
+    from benchmarks.scaleout.analysis import jain
+
+    from .queue_model import simulate
+
+    latency, handlers, seconds = 0.05, 64, 30.0
+    out = simulate(
+        handlers=handlers,
+        service=latency,
+        seconds=seconds,
+        clients=workers,
+        stagger=stagger,
+        cpu_per_answer=218e-6,
+    )
+    start = seconds / 3
+    rates = [out.rate(start, seconds, client) for client in range(workers)]
+    assert sum(rates) >= 0.9 * handlers / latency
+    assert out.mean_wait(start, seconds) <= 0.5 * latency
+    assert jain(rates) >= 0.9, rates
+    assert out.sheds == 0
