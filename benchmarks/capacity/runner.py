@@ -112,13 +112,13 @@ def _run(
         while True:
             polls.append(_poll(emu, started))
             if proc.poll() is not None:
+                polls.append(_poll(emu, started))  # done: what its last requests did
                 break
             if time.monotonic() - started >= settings.seconds:
-                proc.terminate()
+                proc.terminate()  # the readings end here: its shutdown is no part of the run
                 proc.wait(timeout=60)
                 break
             time.sleep(max(0.0, settings.poll_s - (time.monotonic() - started - polls[-1].at)))
-        polls.append(_poll(emu, started))
         wall = time.monotonic() - started
     retries, limits = [], []
     for line in (folder / "events.ndjson").read_bytes().splitlines():
