@@ -5,20 +5,21 @@ from __future__ import annotations
 import asyncio
 import importlib
 import math
-import os
+import time
 import warnings
 from collections.abc import Iterable
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .aio import all_of, both, run
 from .config import LEGACY_WARNING, FetchOptions, LegacyVolumesWarning
-from .dataset import RunContext, explain, refuse_mixing, run_parameters
+from .dataset import RunContext, explain, refuse_mixing
 from .errors import ENDS_THE_RUN, AsyncdlError, UsageError
-from .events import Events
+from .events import Events, LogReporter, Tee
 from .fetcher import HttpClient, Tally
-from .pipeline import Scheduler
+from .pipeline import Pipeline
+from .plan import RunPlan
 from .results import DataSetResult, Survey
 from .sources import VolumeSource
 from .urls import Endpoints, data_set_id
@@ -38,6 +39,7 @@ async def fetch(
     client: DaskClient | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
+    progress: bool = False,
 ) -> list[DataSetResult]:
     """Fetch the streamlines of ``data_sets`` into ``out_dir/<id>/``; one result per data set.
 
@@ -54,57 +56,62 @@ async def fetch(
     started for the call; or with ``scheduler``, the address of a running one (the ``dask`` extra).
     ``concurrency`` and ``rate`` are shared among the workers that have work; the results and
     files are the same. ``out_dir`` must be on a file system they all see.
+
+    What happens is told to ``events`` and logged by the ``asyncdl`` logger (INFO per finished
+    data set, WARNING per failure, DEBUG per retry). ``progress`` draws live bars, in a terminal
+    (on stderr) or in a Jupyter notebook, and a table at the end.
     """
-    options = options or FetchOptions()
-    endpoints = endpoints or Endpoints()
-    ids = list(dict.fromkeys(data_set_id(d) for d in data_sets))
-    if not ids:
-        raise UsageError("no data set ids given")
-    _warn_if_legacy(options, endpoints)
     if sum(x is not None for x in (client, workers, scheduler)) > 1:
         raise UsageError(
             "give at most one of client, workers (--workers) and scheduler (--scheduler)"
         )
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create output directory {out}: {exc.strerror}") from exc
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise UsageError(f"output directory {out} is not writable")
-    params = run_parameters(options, endpoints)
-    for data_set in ids:  # before any request: never mix old and new results
-        refuse_mixing(out, data_set, params, options.restart)
-    cache = Path(cache_dir) if cache_dir is not None else out / ".cache"
-    events = events or Events()
-    if client is not None or workers is not None or scheduler is not None:
-        return await _on_dask(
-            client, workers, scheduler, ids, out, cache, options, endpoints, params, events
-        )
-    async with HttpClient(options, on_limit=events.limit_changed) as http:
-        source = VolumeSource(http, endpoints, cache, options.volumes)
-        ctx = RunContext(http, source, endpoints, out, options, params, events)
-        events.started(ids)
-        async with Scheduler(ctx) as queue:
-            return await all_of(*(queue.run(data_set) for data_set in ids))
+    options, endpoints = options or FetchOptions(), endpoints or Endpoints()
+    _warn_if_legacy(options, endpoints)  # before anything can fail: a caller sees it in any case
+    plan = RunPlan.make(
+        data_sets, out_dir, options=options, endpoints=endpoints, cache_dir=cache_dir
+    )
+    for data_set in plan.ids:  # before any request: never mix old and new results
+        refuse_mixing(plan.out, data_set, plan.params, plan.options.restart)
+    started = time.monotonic()
+    with ExitStack() as shown:
+        listeners = [LogReporter(), *([events] if events is not None else [])]
+        if progress:
+            from .progress import RichProgress
+
+            listeners.append(shown.enter_context(RichProgress()))
+        tell = Tee(*listeners)
+        if client is not None or workers is not None or scheduler is not None:
+            results = await _on_dask(
+                plan, tell, client=client, workers=workers, scheduler=scheduler
+            )
+        else:
+            results = await _locally(plan, tell)
+        tell.finished(results, time.monotonic() - started)
+    return results
+
+
+async def _locally(plan: RunPlan, events: Events) -> list[DataSetResult]:
+    """``fetch`` in this process."""
+    async with HttpClient(plan.options, on_limit=events.limit_changed) as http:
+        source = VolumeSource(http, plan.endpoints, plan.cache, plan.options.volumes)
+        ctx = RunContext(plan, http, source, events)
+        events.started(plan.ids)
+        async with Pipeline(ctx) as pipeline:
+            return await all_of(*(pipeline.run(data_set) for data_set in plan.ids))
 
 
 async def _on_dask(
+    plan: RunPlan,
+    events: Events,
+    *,
     client: DaskClient | None,
     workers: int | None,
     scheduler: str | None,
-    ids: list[int],
-    out: Path,
-    cache: Path,
-    options: FetchOptions,
-    endpoints: Endpoints,
-    params: dict[str, Any],
-    events: Events,
 ) -> list[DataSetResult]:
     """``fetch`` on Dask. The volumes every data set needs are fetched here once, while Dask is
     imported (in a thread: it takes a CPU-bound half second) and the cluster's workers start."""
     async with AsyncExitStack() as stack:
-        shared = asyncio.create_task(_shared_volumes(ids[0], options, endpoints, cache))
+        shared = asyncio.create_task(_shared_volumes(plan))
         stack.push_async_callback(_settle, shared)  # if what follows fails, it is stopped
         await asyncio.to_thread(importlib.import_module, "asyncdl.cluster")
         from .cluster import connect, fetch_on_cluster, ready
@@ -112,10 +119,8 @@ async def _on_dask(
         dask = client
         if dask is None:  # entered here: a distributed.Client must be left in its own task
             dask = await stack.enter_async_context(connect(workers=workers, scheduler=scheduler))
-        tract_ids, addresses = await both(shared, ready(dask, out))
-        return await fetch_on_cluster(
-            dask, addresses, tract_ids, ids, out, cache, options, endpoints, params, events
-        )
+        tract_ids, addresses = await both(shared, ready(dask, plan.out))
+        return await fetch_on_cluster(dask, addresses, tract_ids, plan, events)
 
 
 async def _settle(task: asyncio.Task[Any]) -> None:
@@ -124,13 +129,11 @@ async def _settle(task: asyncio.Task[Any]) -> None:
     await asyncio.gather(task, return_exceptions=True)
 
 
-async def _shared_volumes(
-    first: int, options: FetchOptions, endpoints: Endpoints, cache: Path
-) -> frozenset[int] | None:
+async def _shared_volumes(plan: RunPlan) -> frozenset[int] | None:
     """The fiber volume and the tract mask in the cache, for the workers; the tract ids."""
-    async with HttpClient(options) as http:
-        source = VolumeSource(http, endpoints, cache, options.volumes)
-        await source.prefetch_shared(Tally(), first)
+    async with HttpClient(plan.options) as http:
+        source = VolumeSource(http, plan.endpoints, plan.cache, plan.options.volumes)
+        await source.prefetch_shared(Tally(), plan.ids[0])
         return source.tract_ids
 
 
@@ -147,7 +150,10 @@ def _warn_if_legacy(options: FetchOptions, endpoints: Endpoints) -> None:
 def fetch_sync(
     data_sets: Iterable[int | str], out_dir: str | Path, **kwargs: Any
 ) -> list[DataSetResult]:
-    """``fetch`` for scripts: runs its own event loop (in a notebook, ``await fetch(...)`` instead)."""
+    """``fetch`` for code that is not async: scripts, and notebook cells (where an event loop runs
+    already, the fetch runs on its own loop in a worker thread, where ``events`` are then called).
+    Ctrl-C, or a notebook's interrupt, stops the run and raises ``KeyboardInterrupt`` once
+    everything answered is on disk: the same call resumes."""
     return run(fetch(data_sets, out_dir, **kwargs))
 
 

@@ -1,7 +1,7 @@
 """A run spread over the processes and machines of a Dask cluster (``pip install 'asyncdl[dask]'``).
 
 One task per data set, keyed by its id and the run. Each worker holds, for the run, what a local
-run holds once: one HTTP client, one volume source and one ``Scheduler`` (a ``WorkerPlugin`` made on
+run holds once: one HTTP client, one volume source and one ``Pipeline`` (a ``WorkerPlugin`` made on
 the worker, never pickled), so the data sets it is given share its request queue and its pipe
 stays full between them. ``-c`` and ``--rate`` are shared among the workers that have data sets to
 fetch (``Shares``): evenly at first, then a worker with nothing left gives its share to the others,
@@ -31,11 +31,11 @@ from .dataset import RunContext
 from .errors import UsageError
 from .events import Events
 from .fetcher import HttpClient
-from .pipeline import Scheduler
+from .pipeline import Pipeline
+from .plan import RunPlan
 from .results import DataSetResult
 from .sources import VolumeSource
 from .store import DataSetStore
-from .urls import Endpoints
 
 try:
     import dask
@@ -130,16 +130,12 @@ async def fetch_on_cluster(
     client: Client,
     workers: Sequence[str],
     tract_ids: frozenset[int] | None,
-    ids: Sequence[int],
-    out: Path,
-    cache: Path,
-    options: FetchOptions,
-    endpoints: Endpoints,
-    params: Mapping[str, Any],
+    plan: RunPlan,
     events: Events,
 ) -> list[DataSetResult]:
     """``api.fetch`` on the ``workers`` of a Dask cluster (``ready``), once the shared volumes are
     in the cache and ``tract_ids`` known: the same results, files and guarantees."""
+    options, ids = plan.options, plan.ids
     initial = first_shares(options, workers)
     first = min(initial.values())
     events.workers_started(len(workers), first, options.rate_share(first))
@@ -147,7 +143,7 @@ async def fetch_on_cluster(
     run = f"asyncdl-{secrets.token_hex(6)}"
     relay = _Relay(events)
     client.subscribe_topic(run, relay.receive)
-    plugin = RunPlugin(run, options, initial, endpoints, out, cache, params, tract_ids)
+    plugin = RunPlugin(run, plan, initial, tract_ids)
     await client.register_plugin(plugin, name=run)
     futures = {
         client.submit(_fetch_data_set, run, data_set, key=f"{run}-{data_set}", pure=False): data_set
@@ -162,7 +158,7 @@ async def fetch_on_cluster(
             try:
                 result = await future
             except KilledWorker as exc:  # Dask gave up on it: failed here, a rerun resumes it
-                result = _killed(out, data_set, params, str(exc))
+                result = _killed(plan, data_set, str(exc))
             relay.done(result)
             results[data_set] = result
             shares.wake()
@@ -270,8 +266,8 @@ class Shares:
 async def _take_share(run: str, slots: int, dask_worker: Worker) -> None:
     """On a worker: keep to ``slots`` requests at once from now on (returns once it does)."""
     plugin = cast(RunPlugin, dask_worker.plugins[run])
-    assert plugin.http is not None and plugin.scheduler is not None, "the run is not set up here"
-    plugin.scheduler.resize(slots)
+    assert plugin.http is not None and plugin.pipeline is not None, "the run is not set up here"
+    plugin.pipeline.resize(slots)
     await plugin.http.share(slots)
 
 
@@ -289,12 +285,12 @@ async def _workers_up(client: Client) -> list[str]:
     return sorted((await client.scheduler.identity(n_workers=-1))["workers"])
 
 
-def _killed(out: Path, data_set: int, params: Mapping[str, Any], error: str) -> DataSetResult:
-    store = DataSetStore(out, data_set)
+def _killed(plan: RunPlan, data_set: int, error: str) -> DataSetResult:
+    store = DataSetStore(plan.out, data_set)
     result = DataSetResult(
         data_set, False, error=f"KilledWorker: {error}", directory=str(store.dir)
     )
-    store.record(result, params)
+    store.record(result, plan.params)
     return result
 
 
@@ -328,26 +324,21 @@ class RunPlugin(WorkerPlugin):
     def __init__(
         self,
         name: str,
-        options: FetchOptions,
+        plan: RunPlan,
         initial: Mapping[str, int],
-        endpoints: Endpoints,
-        out: Path,
-        cache: Path,
-        params: Mapping[str, Any],
         tract_ids: frozenset[int] | None,
     ) -> None:
         self.name = name
-        self.options, self.endpoints, self.out, self.cache = options, endpoints, out, cache
+        self.plan = plan
         #: Each worker's first share of -c; a worker that joins later starts with none.
         self.initial = dict(initial)
-        self.params = dict(params)
         self.tract_ids = tract_ids
         self.http: HttpClient | None = None
-        self.scheduler: Scheduler | None = None
+        self.pipeline: Pipeline | None = None
         self._stack: AsyncExitStack | None = None
         self._events: _WorkerEvents | None = None
 
-    _LIVE = ("http", "scheduler", "_stack", "_events")
+    _LIVE = ("http", "pipeline", "_stack", "_events")
 
     def __getstate__(self) -> dict[str, Any]:  # only the parameters travel, never live objects
         return {k: v for k, v in vars(self).items() if k not in self._LIVE}
@@ -361,16 +352,15 @@ class RunPlugin(WorkerPlugin):
         stack.push_async_callback(self._events.close)
         # Slots for the whole of -c (any share may come its way), but only its own share in use.
         share = self.initial.get(worker.address, 0)
-        client = await stack.enter_async_context(HttpClient(self.options))
+        plan = self.plan
+        client = await stack.enter_async_context(HttpClient(plan.options))
         await client.share(share)
         self.http = client
         source = VolumeSource(
-            client, self.endpoints, self.cache, self.options.volumes, tract_ids=self.tract_ids
+            client, plan.endpoints, plan.cache, plan.options.volumes, tract_ids=self.tract_ids
         )
-        ctx = RunContext(
-            client, source, self.endpoints, self.out, self.options, self.params, self._events
-        )
-        self.scheduler = await stack.enter_async_context(Scheduler(ctx, workers=share))
+        ctx = RunContext(plan, client, source, self._events)
+        self.pipeline = await stack.enter_async_context(Pipeline(ctx, lanes=share))
         self._stack = stack
 
     async def teardown(self, worker: Worker) -> None:
@@ -379,12 +369,12 @@ class RunPlugin(WorkerPlugin):
 
 
 async def _fetch_data_set(run: str, data_set: int) -> DataSetResult:
-    """The task: one data set, on this worker's scheduler. It stops itself (cancelled, so its
+    """The task: one data set, on this worker's pipeline. It stops itself (cancelled, so its
     files are closed) as soon as the cluster no longer wants it, e.g. after the run was cancelled:
     Dask does not stop a running task by itself."""
     worker = get_worker()
     plugin = cast(RunPlugin, worker.plugins[run])
-    assert plugin.scheduler is not None and plugin._events is not None
+    assert plugin.pipeline is not None and plugin._events is not None
     key = f"{run}-{data_set}"
     task = asyncio.current_task()
     assert task is not None
@@ -399,7 +389,7 @@ async def _fetch_data_set(run: str, data_set: int) -> DataSetResult:
 
     watchdog = asyncio.create_task(watch())
     try:
-        result = await plugin.scheduler.run(data_set)
+        result = await plugin.pipeline.run(data_set)
     finally:
         watchdog.cancel()
     plugin._events.flush()

@@ -4,7 +4,7 @@
     fetch:    one spatial search per target still to do; each answer or failure is recorded at once
     finish:   data.json in the seed's order, summary.json, the brainrender file if asked
 
-The scheduler (``pipeline``) decides when each step runs and shares one request queue among many
+The pipeline (``pipeline``) decides when each step runs and shares one request queue among many
 data sets; everything that concerns one data set is here. A data set that cannot be prepared, or
 whose targets fail, is recorded as such and the run goes on; an error in ``ENDS_THE_RUN`` (the disk,
 an untrusted server) ends the whole run instead.
@@ -23,7 +23,6 @@ import numpy as np
 import numpy.typing as npt
 
 from .brainrender import has_brainrender, write_brainrender
-from .config import FetchOptions
 from .errors import (
     ENDS_THE_RUN,
     AsyncdlError,
@@ -33,36 +32,23 @@ from .errors import (
 )
 from .events import Events
 from .fetcher import HttpClient, Tally
+from .plan import RunPlan
 from .responses import rows
 from .results import DataSetResult
 from .resume import Action, decide, manifest
 from .sources import VolumeSource
 from .store import DataSetStore, Progress, targets_digest
 from .targets import Targets
-from .urls import Endpoints
 
 
 @dataclass(frozen=True)
 class RunContext:
-    """What the data sets of a run share: how to fetch, where to write, whom to tell."""
+    """What the data sets of a run share: the plan, and the live objects that carry it out."""
 
+    plan: RunPlan
     client: HttpClient
     source: VolumeSource
-    endpoints: Endpoints
-    out: Path
-    options: FetchOptions
-    params: Mapping[str, Any]
     events: Events
-
-
-def run_parameters(options: FetchOptions, endpoints: Endpoints) -> dict[str, Any]:
-    """What a data set's results depend on; a resumed run must use the same."""
-    return {
-        "density_range": list(options.density_range),
-        "injection_threshold": options.injection_threshold,
-        "volumes": options.volumes,
-        "source": endpoints.name,
-    }
 
 
 def refuse_mixing(out: Path, data_set: int, params: Mapping[str, Any], restart: bool) -> None:
@@ -87,7 +73,7 @@ class DataSet:
 
     def __init__(self, data_set: int, ctx: RunContext) -> None:
         self.ctx = ctx
-        self.store = DataSetStore(ctx.out, data_set)
+        self.store = DataSetStore(ctx.plan.out, data_set)
         self.id = self.store.data_set
         #: Set when the data set needs no fetching (skipped, or failed to prepare), or is finished.
         self.result: DataSetResult | None = None
@@ -110,21 +96,21 @@ class DataSet:
         Returns ``[]`` with ``result`` set when there is nothing to fetch (complete already, or the
         data set cannot be prepared: unknown id, bad volume, changed targets).
         """
-        ctx = self.ctx
-        restart = ctx.options.restart
-        early = decide(self.store.read(), ctx.params, restart=restart)
+        plan = self.ctx.plan
+        restart = plan.options.restart
+        early = decide(self.store.read(), plan.params, restart=restart)
         if early.action is Action.SKIP:
             await self._skip(early.summary or {})
             return []
         try:
-            self._targets, self._injection = await ctx.source.select(
-                self.id, ctx.options, self._tally
+            self._targets, self._injection = await self.ctx.source.select(
+                self.id, plan.options, self._tally
             )
             expected = manifest(
-                self.id, ctx.params, len(self._targets), targets_digest(self._targets.index)
+                self.id, plan.params, len(self._targets), targets_digest(self._targets.index)
             )
             earlier = await asyncio.to_thread(self.store.read, scan=True)
-            decision = decide(earlier, ctx.params, restart=restart, expected=expected)
+            decision = decide(earlier, plan.params, restart=restart, expected=expected)
             if decision.action is Action.REFUSE:
                 raise VolumeError(f"{decision.reason}; rerun with --restart to start over")
             self._progress = await asyncio.to_thread(self.store.open, decision, expected)
@@ -139,13 +125,13 @@ class DataSet:
         self._pending = len(todo)
         if not todo:
             self._answered.set()
-        ctx.events.data_set_started(self.id, len(self._targets), len(done))
+        self.ctx.events.data_set_started(self.id, len(self._targets), len(done))
         return todo
 
     async def _skip(self, summary: Mapping[str, Any]) -> None:
         """Complete already: request nothing (but write the brainrender file if it is missing or
         in the old layout)."""
-        if self.ctx.options.brainrender and not has_brainrender(self.store.dir, self.id):
+        if self.ctx.plan.options.brainrender and not has_brainrender(self.store.dir, self.id):
             await asyncio.to_thread(write_brainrender, self.store.dir)
         self._report(
             DataSetResult(
@@ -167,7 +153,7 @@ class DataSet:
             return
         index = self._targets.index[rank].tolist()
         coord = self._targets.coord[rank].tolist()
-        url = self.ctx.endpoints.target_spatial(coord, self.id)
+        url = self.ctx.plan.endpoints.target_spatial(coord, self.id)
         tally = Tally(on_retry=self._retry_reporter(url))
         try:
             try:
@@ -222,7 +208,7 @@ class DataSet:
         lines = await asyncio.to_thread(self.store.finalize, len(self._targets), self._injection)
         if lines != self._lines:  # the file on disk is the truth; a mismatch is a bug
             raise RuntimeError(f"data set {self.id}: wrote {self._lines} lines, found {lines}")
-        if self.ctx.options.brainrender:
+        if self.ctx.plan.options.brainrender:
             await asyncio.to_thread(write_brainrender, self.store.dir)
         failures = self._failures
         error = f"{failures} target(s) failed; see failures.ndjson" if failures else None
@@ -257,7 +243,7 @@ class DataSet:
 
     async def _record(self, result: DataSetResult) -> None:
         """Write the data set's summary.json (off the loop: it is fsynced), then report it."""
-        await asyncio.to_thread(self.store.record, result, self.ctx.params)
+        await asyncio.to_thread(self.store.record, result, self.ctx.plan.params)
         self._report(result)
 
     def _report(self, result: DataSetResult) -> None:

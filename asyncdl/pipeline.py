@@ -1,14 +1,15 @@
-"""The scheduler: many data sets, one queue of target requests, ``max_in_flight`` workers.
+"""The pipeline: many data sets, one queue of target requests, ``lanes`` coroutines asking them.
 
     data sets: prepare (``prefetch`` ahead) --> feed their ranks, one data set after another
                                                      |
                          bounded queue of (data set, rank), shared by all data sets
                                                      |
-                       ``max_in_flight`` workers: data_set.fetch_target(rank)
+                         lanes: each asks one target at a time, data_set.fetch_target(rank)
 
 The queue is shared, so the next data set's targets are already in flight while the previous one's
 last answers come back; its bound gives back-pressure, so memory stays flat whatever the number of
-data sets. What happens to one data set is ``dataset.DataSet``'s business, not the scheduler's.
+data sets. What happens to one data set is ``dataset.DataSet``'s business, not the pipeline's.
+("Workers" and "scheduler" are Dask's words, in ``cluster``; a lane is one coroutine here.)
 """
 
 from __future__ import annotations
@@ -21,52 +22,54 @@ from .dataset import DataSet, RunContext
 from .results import DataSetResult
 
 
-class Scheduler:
+class Pipeline:
     """Runs data sets through one shared request queue; ``run`` may be called from many tasks.
 
-    Use as ``async with Scheduler(ctx) as s: await all_of(*(s.run(i) for i in ids))``.
+    Use as ``async with Pipeline(ctx) as p: await all_of(*(p.run(i) for i in ids))``.
     """
 
-    def __init__(self, ctx: RunContext, workers: int | None = None) -> None:
+    def __init__(self, ctx: RunContext, lanes: int | None = None) -> None:
         self.ctx = ctx
+        options = ctx.plan.options
         self._queue: asyncio.Queue[tuple[DataSet, int]] = asyncio.Queue(
-            maxsize=2 * ctx.options.max_in_flight
+            maxsize=2 * options.max_in_flight
         )
         #: Data sets preparing, or prepared and waiting to feed: volumes read ahead, in bounds.
-        self._ahead = asyncio.Semaphore(ctx.options.prefetch)
+        self._ahead = asyncio.Semaphore(options.prefetch)
         #: One data set feeds the queue at a time, so its ranks go out in order and together.
         self._feeding = asyncio.Lock()
         self._stack = AsyncExitStack()
         self._group: asyncio.TaskGroup | None = None
-        self._workers: set[asyncio.Task[None]] = set()
-        self._size = ctx.options.max_in_flight if workers is None else workers
+        self._lanes: set[asyncio.Task[None]] = set()
+        #: As many lanes as requests may be in flight: -c N, or --max-concurrency under -c auto.
+        self._size = options.max_in_flight if lanes is None else lanes
 
-    async def __aenter__(self) -> Scheduler:
+    async def __aenter__(self) -> Pipeline:
         self._group = await self._stack.enter_async_context(asyncio.TaskGroup())
         self.resize(self._size)
         return self
 
-    def resize(self, workers: int) -> None:
-        """Run ``workers`` workers from now on (a Dask worker's share of ``-c``, which its
-        ``HttpClient`` enforces: this only saves waiting for a slot). Extra workers stop after
+    def resize(self, lanes: int) -> None:
+        """Run ``lanes`` lanes from now on (a Dask worker's share of ``-c``, which its
+        ``HttpClient`` enforces: this only saves waiting for a slot). Extra lanes stop after
         the target they have, or the next one they get."""
         assert self._group is not None, "resize inside async with"
-        self._size = workers
-        while len(self._workers) < workers:
-            self._workers.add(self._group.create_task(self._work()))
+        self._size = lanes
+        while len(self._lanes) < lanes:
+            self._lanes.add(self._group.create_task(self._lane()))
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        # Workers wait for work forever: cancel them (a request in flight is simply asked again
+        # Lanes wait for work forever: cancel them (a request in flight is simply asked again
         # by the next run, which resumes) and let the TaskGroup collect them. It is not shown the
         # body's error, which would come out wrapped in an ExceptionGroup: that error goes on as is.
-        for worker in list(self._workers):
-            worker.cancel()
+        for lane in list(self._lanes):
+            lane.cancel()
         await self._stack.aclose()
 
     async def run(self, data_set: int) -> DataSetResult:
-        """Fetch one data set, sharing the workers with every other ``run`` in progress."""
+        """Fetch one data set, sharing the lanes with every other ``run`` in progress."""
         ds = DataSet(data_set, self.ctx)
         try:
             async with self._ahead:
@@ -86,12 +89,12 @@ class Scheduler:
         finally:
             ds.close()
 
-    async def _work(self) -> None:
+    async def _lane(self) -> None:
         me = asyncio.current_task()
         assert me is not None
         try:
-            while len(self._workers) <= self._size:
+            while len(self._lanes) <= self._size:
                 ds, rank = await self._queue.get()
                 await ds.fetch_target(rank)  # records the answer or failure; raises only to cancel
         finally:
-            self._workers.discard(me)
+            self._lanes.discard(me)

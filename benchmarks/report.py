@@ -1,8 +1,10 @@
-"""results.json (everything, raw measurements included) and results.md (the tables)."""
+"""results.json (everything, raw measurements included) and results.md (the tables, then an
+analysis written by hand, which a new run keeps)."""
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -44,18 +46,48 @@ _NOTES = (
 )
 
 
+#: The line that opens results.md's analysis, written by hand: everything from it on is kept when
+#: a new run rewrites the tables above it. It names the commit of the run the analysis discusses.
+_ANALYSIS = re.compile(r"^<!-- analysis of the run at commit (\S+):.*-->$", re.M)
+ANALYSIS_MARK = (
+    "<!-- analysis of the run at commit {commit}: written by hand; benchmarks/report.py keeps "
+    "everything from this line on when it rewrites the tables above -->"
+)
+_STALE = re.compile(r"^> \*\*This analysis discusses the run at commit .*\n\n", re.M)
+
+
 def write(settings: Settings, machine: dict[str, Any], results: Results, folder: Path) -> None:
     settings_dict = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()}
     document = {"machine": machine, "settings": settings_dict, **results.as_dict()}
     (folder / "results.json").write_text(json.dumps(document, indent=2) + "\n")
-    (folder / "results.md").write_text(markdown(settings, machine, results))
+    path = folder / "results.md"
+    earlier = path.read_text() if path.exists() else ""
+    path.write_text(
+        markdown(settings, machine, results) + kept_analysis(earlier, machine["commit"])
+    )
+
+
+def kept_analysis(earlier: str, commit: str) -> str:
+    """The hand-written analysis at the end of an ``earlier`` results.md, to follow new tables;
+    if it discusses another run than the one at ``commit``, a note at its top says so."""
+    found = _ANALYSIS.search(earlier)
+    if found is None:
+        return ""
+    body = _STALE.sub("", earlier[found.end() :].lstrip("\n"), count=1)
+    if found[1] != commit:
+        body = (
+            f"> **This analysis discusses the run at commit {found[1]}; the tables above are "
+            f"from commit {commit}.** Check its figures against them, then update the commit in "
+            "the line above.\n\n" + body
+        )
+    return f"\n{found[0]}\n\n{body}"
 
 
 def markdown(settings: Settings, machine: dict[str, Any], results: Results) -> str:
     lines = ["# asyncdl benchmark results", "", *_preamble(settings, machine, results), ""]
     lines += ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
     lines += [_table_row(row) for row in results.rows]
-    lines += ["", _NOTES]
+    lines += ["", _NOTES, "", "![throughput against concurrency](throughput.png)"]
     if results.fixed_costs:
         lines += ["", "Runs with nothing left to do (every data set already complete):", ""]
         lines += ["| contender | data sets | wall (s) | CPU (s) | peak RSS (MB) | runs |"]
@@ -76,6 +108,8 @@ def _preamble(settings: Settings, machine: dict[str, Any], results: Results) -> 
     if not str(machine["asyncdl_source"]).startswith(str(REPO)):
         commit += f" (asyncdl imported from {machine['asyncdl_source']})"
     lines = [
+        "How these figures are measured, and what each column means: [the benchmarks' README](README.md).",
+        "",
         f"{machine['date']}: {machine['nproc']} cores ({machine['cpu']}), Python "
         f"{machine['python']}, {versions}; commit {commit}; load average at start "
         f"{machine['load_average_at_start'][0]}. The emulator runs in its own process on "

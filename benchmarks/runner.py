@@ -32,8 +32,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="asyncdl-bench-") as tmp:
         work = Path(tmp)
         info = machine.describe(env, work)
+        latency = ("--latency-ms", settings.latency_ms, "--latency-spread", 0)  # fixed
         with (
-            EmulatorProcess(settings.latency_ms, work / "emulator.log", env) as server,
+            EmulatorProcess(*latency, log=work / "emulator.log", env=env) as server,
             ExitStack() as stack,
         ):
             _say(f"emulator at {server.base_url}, latency {settings.latency_ms:g} ms; warming up")

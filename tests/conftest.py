@@ -1,22 +1,32 @@
 """Shared fixtures and helpers: the emulator and hand-written servers on loopback sockets, the
-seed's reference output, a recording sleep, and subprocess helpers that never block unbounded."""
+seed's reference output, a recording sleep, a recording ``Events``, and subprocess helpers that
+never block unbounded (``run_cli``; ``EmulatorProcess``, shared with the benchmarks)."""
 
 from __future__ import annotations
 
 import asyncio
-import queue
+import copy
+import inspect
+import os
+import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+import asyncdl
 from asyncdl.emulator import Emulator
+from asyncdl.events import HOOKS
+
+# Shared with the benchmarks (which must not import tests), and imported by the tests from here.
+from benchmarks.server import EmulatorProcess as EmulatorProcess
+from benchmarks.server import interruptible as interruptible
 
 from .seed_port import SeedReference
 
@@ -29,21 +39,29 @@ def command(*args: object) -> list[str]:
     return [sys.executable, "-m", "asyncdl", *map(str, args)]
 
 
-# Resets SIGINT to its default, then becomes the command given after it.
-_SIGINT_DEFAULT = (
-    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-    "os.execv(sys.argv[1], sys.argv[1:])"
-)
+def run_cli(
+    *args: object,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | str | None = None,
+    timeout: float = 300,
+    input: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m asyncdl ARGS`` to its end, its output captured as text; killed (and the test
+    failed) after ``timeout`` seconds.
 
-
-def interruptible(argv: list[str]) -> list[str]:
-    """``argv`` started with SIGINT at its default action, for tests that send it a Ctrl-C.
-
-    A shell without job control starts a background job (``pytest &`` in a script) with SIGINT
-    ignored, and every child inherits that, so Python would not even turn a Ctrl-C into a
-    ``KeyboardInterrupt``. A terminal's foreground job has SIGINT at its default, as here.
+    Warnings are errors in it, as in the tests (``PYTHONWARNINGS=error``). ``env`` adds to or
+    replaces variables of this process's environment. Its stdin is ``input``, or empty: never the
+    terminal, so a command that reads it cannot wait for one.
     """
-    return [sys.executable, "-c", _SIGINT_DEFAULT, *argv]
+    return subprocess.run(
+        command(*args),
+        input=input if input is not None else "",
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env={**os.environ, "PYTHONWARNINGS": "error", **(env or {})},
+    )
 
 
 def server_args(emulator: Emulator) -> list[str]:
@@ -78,18 +96,55 @@ async def answers_written(
         await asyncio.sleep(0.02)
 
 
-def read_line(stream: IO[str], seconds: float) -> str:
-    """The next line of a subprocess's pipe, failing the test if none comes within ``seconds``.
+class Recorder(asyncdl.Events):
+    """Records every hook a run calls, in order: ``calls`` holds ``(hook, {argument: value})``.
 
-    ``readline`` on a pipe has no timeout of its own; it runs in a daemon thread, which the caller's
-    cleanup (killing the process, which closes the pipe) ends if the line never comes.
+    Each hook of ``Events`` is recorded, those added later too, with its arguments copied
+    (shallowly) when called, so a mapping the run changes afterwards is kept as it was.
     """
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: lines.put(stream.readline()), daemon=True).start()
-    try:
-        return lines.get(timeout=seconds)
-    except queue.Empty:
-        raise AssertionError(f"no line on the pipe within {seconds:g} s") from None
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def of(self, hook: str) -> list[dict[str, Any]]:
+        """The arguments of each call of ``hook``, in order."""
+        assert callable(getattr(asyncdl.Events, hook, None)), f"Events has no hook {hook!r}"
+        return [arguments for name, arguments in self.calls if name == hook]
+
+    @property
+    def retries(self) -> list[dict[str, Any]]:
+        """Each retry: ``data_set``, ``url``, ``error``, ``wait``."""
+        return self.of("retry")
+
+    @property
+    def failures(self) -> list[dict[str, Any]]:
+        """Each target failed for good: ``data_set``, ``rank``, ``error``."""
+        return self.of("target_failed")
+
+    @property
+    def done(self) -> list[asyncdl.DataSetResult]:
+        """The result of each finished data set, in the order they finished."""
+        return [call["result"] for call in self.of("data_set_done")]
+
+    @property
+    def shares(self) -> list[dict[str, int]]:
+        """Each new sharing of -c among Dask workers (by address)."""
+        return [call["shares"] for call in self.of("shares_changed")]
+
+
+def _recording(hook: str) -> Callable[..., None]:
+    signature = inspect.signature(getattr(asyncdl.Events, hook))
+
+    def record(self: Recorder, *args: Any, **kwargs: Any) -> None:
+        arguments = signature.bind(self, *args, **kwargs).arguments
+        del arguments["self"]
+        self.calls.append((hook, {k: copy.copy(v) for k, v in arguments.items()}))
+
+    return record
+
+
+for _hook in HOOKS:
+    setattr(Recorder, _hook, _recording(_hook))
 
 
 class Sleeps:
@@ -155,6 +210,22 @@ class EmulatorThread:
         assert self._stop is not None
         self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(30)
+
+
+#: The variables that send requests through a proxy (urllib, and so asyncdl, reads either case).
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "no_proxy", "all_proxy")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_proxy_from_outside() -> Iterator[None]:
+    """Every test talks to its servers directly unless it sets a proxy itself (with monkeypatch,
+    or in a subprocess's environment, so that it cannot leak into the next test): a proxy set
+    on the machine running the suite must not reroute it."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in PROXY_VARIABLES:
+            mp.delenv(name, raising=False)
+            mp.delenv(name.upper(), raising=False)
+        yield
 
 
 @pytest.fixture(scope="session")

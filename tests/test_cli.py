@@ -1,6 +1,8 @@
 """The command line, run as a real subprocess (``python -m asyncdl``)."""
 
 import os
+import re
+import shlex
 import signal
 import subprocess
 import time
@@ -11,26 +13,19 @@ import pandas as pd
 import pytest
 
 from asyncdl import cli
+from asyncdl.config import FetchOptions
+from asyncdl.emulator import FaultPlan
 
 from .conftest import (
     SEED_ID,
+    EmulatorProcess,
     EmulatorThread,
     command,
     interruptible,
-    read_line,
+    run_cli,
     server_args,
     wait_for_answers,
 )
-
-
-def asyncdl(*args, timeout=300):
-    return subprocess.run(
-        command(*args),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHONWARNINGS": "error"},
-    )
 
 
 def assert_clean(stderr):
@@ -41,7 +36,7 @@ def assert_clean(stderr):
 @pytest.mark.parametrize("volumes", ["nrrd", "legacy"])
 def test_fetch_with_the_bundled_emulator_matches_the_seed(seed_reference, tmp_path, volumes):
     # The README's command, in a fresh process with its own emulator.
-    proc = asyncdl("fetch", SEED_ID, "--emulator", "-o", tmp_path, "--volumes", volumes)
+    proc = run_cli("fetch", SEED_ID, "--emulator", "-o", tmp_path, "--volumes", volumes)
     assert proc.returncode == 0, proc.stderr
     assert_clean(proc.stderr)
     data = orjson.loads((tmp_path / str(SEED_ID) / "data.json").read_bytes())
@@ -52,7 +47,7 @@ def test_fetch_with_the_bundled_emulator_matches_the_seed(seed_reference, tmp_pa
 
 
 def test_partial_failure_exits_1_after_writing_the_rest(emulator, tmp_path):
-    proc = asyncdl(
+    proc = run_cli(
         "fetch",
         42,
         SEED_ID,
@@ -72,12 +67,13 @@ def test_partial_failure_exits_1_after_writing_the_rest(emulator, tmp_path):
     assert (tmp_path / str(SEED_ID) / "data.json").exists()
 
 
-def test_ids_file(emulator, tmp_path):
+@pytest.mark.parametrize("flag", ["--ids-file", "-i"])
+def test_ids_file(emulator, tmp_path, flag):
     ids = tmp_path / "ids.txt"
     ids.write_text(f"# experiments\n{SEED_ID}  # the seed's\n\n")
-    proc = asyncdl(
+    proc = run_cli(
         "fetch",
-        "--ids-file",
+        flag,
         ids,
         "-o",
         tmp_path / "out",
@@ -117,13 +113,7 @@ def test_ids_file(emulator, tmp_path):
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(tmp_path, args, message):
-    proc = subprocess.run(
-        command(*args),
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=60,
-    )
+    proc = run_cli(*args, cwd=tmp_path, timeout=60)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("asyncdl: error:"), proc.stderr
@@ -133,7 +123,7 @@ def test_usage_errors_are_one_line_and_exit_2(tmp_path, args, message):
 def test_unwritable_output_directory(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    proc = asyncdl("fetch", "1", "-o", blocker / "out")
+    proc = run_cli("fetch", "1", "-o", blocker / "out")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"asyncdl: error: cannot create output directory {blocker / 'out'}: Not a directory"
@@ -141,7 +131,7 @@ def test_unwritable_output_directory(tmp_path):
 
 
 def test_unreachable_server_is_a_clear_failure(tmp_path):
-    proc = asyncdl(
+    proc = run_cli(
         "fetch",
         SEED_ID,
         "-o",
@@ -159,36 +149,26 @@ def test_unreachable_server_is_a_clear_failure(tmp_path):
 
 
 def test_version_and_help():
-    proc = asyncdl("--version")
+    proc = run_cli("--version")
     assert proc.returncode == 0 and proc.stdout.startswith("asyncdl ")
-    proc = asyncdl("fetch", "--help")
+    proc = run_cli("fetch", "--help")
     assert proc.returncode == 0 and "--concurrency" in proc.stdout and "examples:" in proc.stdout
 
 
 def test_emulate_serves_until_interrupted():
-    proc = subprocess.Popen(
-        interruptible(command("emulate", "--port", "0")),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    try:
-        line = read_line(proc.stdout, 120)
-        assert line.startswith("asyncdl emulator listening on http://127.0.0.1:")
-        url = line.split()[4]
+    with EmulatorProcess() as emu:
+        assert emu.output().startswith("asyncdl emulator listening on http://127.0.0.1:")
         path = "/api/v2/structure_graph_download/1.json"
-        with urllib.request.urlopen(url + path, timeout=60) as resp:
+        with urllib.request.urlopen(emu.base_url + path, timeout=60) as resp:
             assert orjson.loads(resp.read())["success"] is True
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
-        assert proc.returncode == 0
-        assert_clean(stderr)
-    finally:
-        proc.kill()
-        proc.wait(60)
-        proc.stdout.close()
-        proc.stderr.close()
+        assert emu.stop() == 0  # SIGINT, as a Ctrl-C
+        assert_clean(emu.output())
+
+
+def test_an_emulator_process_that_cannot_start_says_why():
+    failed = pytest.raises(RuntimeError, match=r"(?s)exited; its output:.*unknown fault kinds")
+    with failed, EmulatorProcess("--faults", "gremlins"):
+        pass
 
 
 def test_ctrl_c_stops_promptly_and_cleanly(emulator, tmp_path):
@@ -228,7 +208,7 @@ def test_ctrl_c_stops_promptly_and_cleanly(emulator, tmp_path):
 
 
 def test_list_finds_data_sets_by_injection_structure(emulator):
-    proc = asyncdl(
+    proc = run_cli(
         "list", "--injection-structure", "VISp", "--primary-only", *server_args(emulator)
     )
     assert proc.returncode == 0, proc.stderr
@@ -236,13 +216,13 @@ def test_list_finds_data_sets_by_injection_structure(emulator):
     assert header.split()[:2] == ["id", "structure"]
     assert rows and all(row.split()[1] == "VISp" for row in rows)
     assert proc.stderr.strip() == f"{len(rows)} experiments"
-    proc = asyncdl("list", "--injection-structure", "grey", "--json", *server_args(emulator))
+    proc = run_cli("list", "--injection-structure", "grey", "--json", *server_args(emulator))
     records = [orjson.loads(line) for line in proc.stdout.splitlines()]
     assert len(records) > 2000 and len({r["id"] for r in records}) == len(records)  # two pages
 
 
 def test_dry_run_downloads_only_the_volumes(emulator, tmp_path):
-    proc = asyncdl(
+    proc = run_cli(
         "fetch",
         SEED_ID,
         100141219,
@@ -263,7 +243,7 @@ def test_dry_run_downloads_only_the_volumes(emulator, tmp_path):
 
 
 def test_fetch_by_injection_structure_searches_first(emulator, tmp_path):
-    proc = asyncdl(
+    proc = run_cli(
         "fetch",
         "--injection-structure",
         "VISp",
@@ -282,7 +262,7 @@ def test_fetch_by_injection_structure_searches_first(emulator, tmp_path):
 
 
 def test_brainrender_format_json_log_and_preview(emulator, tmp_path):
-    proc = asyncdl(
+    proc = run_cli(
         "fetch",
         SEED_ID,
         "-o",
@@ -297,19 +277,22 @@ def test_brainrender_format_json_log_and_preview(emulator, tmp_path):
         *server_args(emulator),
     )
     assert proc.returncode == 0, proc.stderr
-    events = [orjson.loads(line) for line in proc.stderr.splitlines()]
+    everything = [orjson.loads(line) for line in proc.stderr.splitlines()]
+    events = [e for e in everything if e["event"] != "limit"]
     assert [e["event"] for e in events] == ["start", "data_set_start", "data_set_done", "summary"]
     assert events[2]["status"] == "ok" and events[3]["complete"] == 1
+    limits = [e["limit"] for e in everything if e["event"] == "limit"]  # -c auto's, now and then
+    assert limits and all(1 <= limit <= 256 for limit in limits)
     streamlines = pd.read_json(tmp_path / str(SEED_ID) / f"streamlines_{SEED_ID}.json")
     assert len(streamlines["lines"][0]) == events[2]["lines"] > 0  # as brainrender reads it
-    proc = asyncdl("preview", tmp_path / str(SEED_ID))
+    proc = run_cli("preview", tmp_path / str(SEED_ID))
     assert proc.returncode == 0, proc.stderr
     png = tmp_path / str(SEED_ID) / "preview.png"
     assert proc.stdout.strip() == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_preview_of_a_folder_without_data(tmp_path):
-    proc = asyncdl("preview", tmp_path)
+    proc = run_cli("preview", tmp_path)
     assert proc.returncode == 2
     [line] = proc.stderr.strip().splitlines()
     assert line.startswith("asyncdl: error:") and "data.json" in line
@@ -331,11 +314,11 @@ def test_a_default_run_against_a_server_that_sheds_load_answers_every_target(tmp
     # every default slows down to what the server takes instead of losing targets. A fixed -c 64
     # would be shed most of the time; its busy answers are waited out too, and it also ends well.
     with EmulatorThread(latency_ms=50, capacity=16, shed_queue=8) as emu:
-        proc = asyncdl("fetch", SEED_ID, "-o", tmp_path / "auto", *server_args(emu))
+        proc = run_cli("fetch", SEED_ID, "-o", tmp_path / "auto", *server_args(emu))
         queue = emu.stats.queue
         assert queue is not None
         auto_sheds, served = queue.sheds, queue.served
-        fixed = asyncdl(
+        fixed = run_cli(
             "fetch", SEED_ID, "-o", tmp_path / "fixed", "-c", 64, "--density-range", "0.1", "0.13",
             *server_args(emu),
         )  # fmt: skip
@@ -348,3 +331,117 @@ def test_a_default_run_against_a_server_that_sheds_load_answers_every_target(tmp
     done = orjson.loads((tmp_path / "fixed" / str(SEED_ID) / "summary.json").read_bytes())
     assert done["complete"] and fixed_sheds > 0 and done["retries"] >= fixed_sheds
     print(f"sheds: {auto_sheds} of {served} with -c auto, {fixed_sheds} with -c 64")
+
+
+# -- conventions: pipes, -v, --help --------------------------------------------------------------
+
+
+def test_a_closed_pipe_ends_quietly(emulator):
+    # The reader is gone before anything is written (the end of the pipe it read is closed).
+    proc = subprocess.Popen(
+        command("list", "--injection-structure", "grey", "--json", *server_args(emulator)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()
+    _, stderr = proc.communicate(timeout=120)
+    assert (proc.returncode, stderr) == (0, "")
+
+
+def test_list_into_head_as_in_a_shell(emulator):
+    # `asyncdl list ... | head -1` with pipefail: the status is asyncdl's own.
+    line = shlex.join(command("list", "--injection-structure", "grey", *server_args(emulator)))
+    proc = subprocess.run(
+        ["bash", "-c", f"set -o pipefail; {line} | head -1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert proc.stdout.split()[:2] == ["id", "structure"] and proc.stdout.count("\n") == 1
+
+
+@pytest.fixture(scope="module")
+def faulty():
+    """An emulator whose spatial search fails a third of the time, at once (HTTP 500)."""
+    faults = FaultPlan(rate=0.3, kinds=("500",), routes=frozenset({"query"}))
+    with EmulatorThread(faults=faults) as emu:
+        yield emu
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_verbose_prints_each_retry(faulty, tmp_path, verbose):
+    args = ["--density-range", "0.1", "0.11", "--retries", "8", *server_args(faulty)]
+    proc = run_cli("fetch", SEED_ID, "-o", tmp_path, *args, *(["-v"] if verbose else []))
+    assert proc.returncode == 0, proc.stderr
+    summary = orjson.loads((tmp_path / str(SEED_ID) / "summary.json").read_bytes())
+    assert summary["retries"] > 0
+    retries = [line for line in proc.stderr.splitlines() if ": retry in " in line]
+    assert len(retries) == (summary["retries"] if verbose else 0)
+    pattern = rf"{SEED_ID}: retry in \d+\.\d s after HTTP 500 Internal Server Error \(http://"
+    assert all(re.match(pattern, line) for line in retries), retries[:3]
+
+
+def help_of(*args):
+    proc = run_cli(*args, "--help")
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def sections(text):
+    """The option lines of each titled part of a --help text, by title."""
+    parts: dict[str, list[str]] = {}
+    title = None
+    for line in text.splitlines():
+        if line and not line.startswith(" ") and line.endswith(":"):
+            title = line[:-1]
+            parts[title] = []
+        elif title is not None and line.startswith("  -"):
+            parts[title].append(line.split()[0].rstrip(","))
+    return parts
+
+
+def test_fetch_help_groups_its_options_with_readable_names():
+    text = help_of("fetch")
+    parts = sections(text)
+    assert list(parts)[:5] == ["options", "what to fetch", "speed", "output", "server"]
+    assert parts["what to fetch"][:2] == ["-i", "--injection-structure"]
+    assert parts["speed"][:6] == [
+        "-c",
+        "--max-concurrency",
+        "--rate",
+        "--retries",
+        "--patience",
+        "--timeout",
+    ]
+    assert {"-o", "-q", "-v", "--format", "--dry-run"} <= set(parts["output"])
+    assert parts["server"] == [
+        "--base-url",
+        "--archive-url",
+        "--proxy",
+        "--ca-bundle",
+        "--emulator",
+    ]
+    usage = text[: text.index("\n\n")]
+    assert re.findall(r"\b[A-Z]+_[A-Z_]+\b", usage) == []  # no INJECTION_THRESHOLD
+    assert "--injection-threshold FRACTION" in usage and "--timeout SECONDS" in usage
+    # Defaults and help texts are FetchOptions' own.
+    flat = " ".join(text.split())
+    for name in ("concurrency", "retries", "timeout", "injection_threshold", "proxy"):
+        assert FetchOptions.describe(name)[1] in flat
+
+
+def test_list_help_offers_only_what_list_uses():
+    text = help_of("list")
+    parts = sections(text)
+    assert parts["which experiments"] == [
+        "--injection-structure",
+        "--primary-only",
+        "--transgenic-line",
+    ]
+    assert parts["output"] == ["--json", "--csv"]
+    assert parts["server"] == ["--base-url", "--proxy", "--ca-bundle", "--emulator"]
+    for unused in ("--archive-url", "--concurrency", "--retries", "--out", "--verbose"):
+        assert unused not in text

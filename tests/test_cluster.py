@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,14 +18,16 @@ import orjson
 import pytest
 
 import asyncdl
-from asyncdl import Endpoints, FetchOptions, UsageError
+from asyncdl import FetchOptions, UsageError
 
 from .conftest import (
     SEED_ID,
+    EmulatorProcess,
+    Recorder,
     answers_written,
     command,
     interruptible,
-    read_line,
+    run_cli,
     wait_for_answers,
 )
 
@@ -34,42 +35,6 @@ distributed = pytest.importorskip("distributed")
 
 IDS = [SEED_ID, 100141219, 112514202]
 NARROW = (0.1, 0.2)  # fewer targets per data set: the tests stay quick on 2 busy cores
-
-
-class EmulatorProcess:
-    """``asyncdl emulate`` in its own process; its counters come from ``/__emulator__/stats``."""
-
-    def __init__(self, latency_ms: float) -> None:
-        self.proc = subprocess.Popen(
-            command("emulate", "--port", 0, "--latency-ms", latency_ms),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        try:  # "asyncdl emulator listening on http://...:PORT (...)"
-            line = read_line(self.proc.stdout, 120)
-        except AssertionError:
-            line = ""
-        if "listening on " not in line:
-            self.proc.kill()
-            raise RuntimeError(f"emulator did not start: {line!r}")
-        self.base_url = line.split("listening on ", 1)[1].split()[0]
-        self.endpoints = Endpoints(self.base_url, self.base_url, name="asyncdl-emulator")
-
-    def stats(self) -> dict[str, object]:
-        with urllib.request.urlopen(f"{self.base_url}/__emulator__/stats", timeout=30) as resp:
-            return orjson.loads(resp.read())  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(30)
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +52,8 @@ def cluster() -> Iterator[Any]:  # a distributed.LocalCluster (imported at run t
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[EmulatorProcess]:
-    emu = EmulatorProcess(latency_ms=5)
-    yield emu
-    emu.close()
+    with EmulatorProcess("--latency-ms", 5) as emu:
+        yield emu
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +86,7 @@ async def test_output_is_byte_identical_to_a_single_process_run(
 
 
 async def test_the_server_never_sees_more_than_c_from_the_whole_cluster(cluster, tmp_path):
-    emu = EmulatorProcess(latency_ms=20)
-    try:
+    with EmulatorProcess("--latency-ms", 20) as emu:
         options = FetchOptions(concurrency=6, density_range=NARROW)
         async with distributed.Client(cluster.scheduler_address, asynchronous=True) as client:
             results = await asyncdl.fetch(
@@ -131,15 +94,12 @@ async def test_the_server_never_sees_more_than_c_from_the_whole_cluster(cluster,
             )
         assert all(r.complete for r in results)
         stats = emu.stats()
-    finally:
-        emu.close()
-    assert 1 <= stats["peak_in_flight"] <= options.concurrency  # type: ignore[operator]
+    assert 1 <= stats["peak_in_flight"] <= options.concurrency
 
 
 async def test_a_lone_data_set_gets_the_whole_of_c_and_never_more(cluster, tmp_path):
-    emu = EmulatorProcess(latency_ms=20)
-    seen = SharesSeen()
-    try:
+    seen = Recorder()
+    with EmulatorProcess("--latency-ms", 20) as emu:
         options = FetchOptions(concurrency=6, density_range=NARROW)
         (result,) = await asyncdl.fetch(
             [SEED_ID],
@@ -150,8 +110,6 @@ async def test_a_lone_data_set_gets_the_whole_of_c_and_never_more(cluster, tmp_p
             events=seen,
         )
         stats = emu.stats()
-    finally:
-        emu.close()
     assert result.complete and result.targets > 10 * options.max_in_flight
     # The idle worker's share went to the busy one: the server saw all of -c, and never more.
     assert seen.shares and sorted(seen.shares[-1].values()) == [0, options.concurrency]
@@ -161,10 +119,9 @@ async def test_a_lone_data_set_gets_the_whole_of_c_and_never_more(cluster, tmp_p
 async def test_a_killed_worker_is_replaced_and_the_output_stays_identical(
     cluster, single_process, server, tmp_path
 ):
-    emu = EmulatorProcess(latency_ms=5)
     options = FetchOptions(concurrency=8, density_range=NARROW)
-    seen = SharesSeen()
-    try:
+    seen = Recorder()
+    with EmulatorProcess("--latency-ms", 5) as emu:
         async with distributed.Client(cluster.scheduler_address, asynchronous=True) as client:
             pids = await client.run(os.getpid)
             run = asyncio.create_task(
@@ -187,13 +144,11 @@ async def test_a_killed_worker_is_replaced_and_the_output_stays_identical(
             await client.wait_for_workers(2, timeout=120)
             assert victim not in (await client.run(os.getpid)).values()
         stats = emu.stats()
-    finally:
-        emu.close()
     assert all(r.complete for r in results), [r.error for r in results]
     for ds in IDS:
         assert (tmp_path / str(ds) / "data.json").read_bytes() == single_process[ds]
     targets = sum(r.targets for r in results)
-    asked = stats["requests"]["query"]  # type: ignore[index]
+    asked = stats["requests"]["query"]
     # Only what the dead worker had in flight is asked again: at most its share of -c (half to
     # start with; more if it was given the other's share before it died).
     share = max([options.max_in_flight // 2] + [s.get(victim_address, 0) for s in seen.shares])
@@ -218,7 +173,7 @@ def test_ctrl_c_then_rerun_resumes_with_local_workers(server, single_process, tm
     assert "Traceback" not in stderr and "interrupted" in stderr
     # The rerun resumes, and the workers' progress reaches the JSON log as a local run's does.
     json_args = [a for a in args if a != "-q"] + ["--log-format", "json"]
-    again = subprocess.run(command(*json_args), capture_output=True, text=True, timeout=300)
+    again = run_cli(*json_args)
     assert again.returncode == 0, again.stderr
     events = [orjson.loads(line) for line in again.stderr.splitlines() if line.startswith("{")]
     kinds = [e["event"] for e in events]
@@ -237,13 +192,9 @@ def test_without_the_extra_the_flag_is_one_clear_line(tmp_path):
     blocker = tmp_path / "blocked" / "distributed"
     blocker.mkdir(parents=True)
     (blocker / "__init__.py").write_text("raise ImportError('not installed')\n")
-    env = {**os.environ, "PYTHONPATH": str(blocker.parent)}
-    proc = subprocess.run(
-        command("fetch", SEED_ID, "-o", tmp_path / "out", "--workers", 2, "--emulator"),
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
+    env = {"PYTHONPATH": str(blocker.parent)}
+    proc = run_cli(
+        "fetch", SEED_ID, "-o", tmp_path / "out", "--workers", 2, "--emulator", env=env, timeout=120
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
@@ -286,19 +237,11 @@ class FakeCluster:
         return {address: None}
 
 
-class SharesSeen(asyncdl.Events):
-    def __init__(self) -> None:
-        self.shares: list[dict[str, int]] = []
-
-    def shares_changed(self, shares):
-        self.shares.append(dict(shares))
-
-
 async def test_shares_go_where_the_work_is_taken_before_given_and_held_when_a_worker_leaves():
     from asyncdl.cluster import Shares
 
     fake = FakeCluster({"a": ["run-1"], "b": ["run-2"], "c": []})
-    seen = SharesSeen()
+    seen = Recorder()
     options = FetchOptions(concurrency=12, timeout=3600)
     shares = Shares(fake, "run", options, {"a": 4, "b": 4, "c": 4}, seen)  # type: ignore[arg-type]
     keys = {"run-1", "run-2", "run-3"}

@@ -1,7 +1,6 @@
 """``--ids-file`` / ``read_ids_file``: one id per line, AllenSDK's CSV and JSON, and bad files."""
 
 import json
-import subprocess
 
 import pytest
 
@@ -9,7 +8,7 @@ from asyncdl import UsageError, idsfile, read_ids_file
 from asyncdl.emulator.catalog import catalogue
 
 from .allensdk_standin import experiments, raw_rows, to_dataframe
-from .conftest import SEED_ID, command, server_args
+from .conftest import SEED_ID, run_cli, server_args
 
 IDS = [SEED_ID, 100141219, 112514202]
 
@@ -111,10 +110,6 @@ def test_unreadable_binary_and_oversize_files(tmp_path, monkeypatch):
     assert read_ids_file(big) == [SEED_ID] * 100
 
 
-def run(*args, cwd=None):
-    return subprocess.run(command(*args), capture_output=True, text=True, timeout=300, cwd=cwd)
-
-
 @pytest.mark.parametrize(
     ("name", "body"),
     [
@@ -126,7 +121,7 @@ def run(*args, cwd=None):
 )
 def test_cli_bad_ids_file_exits_2_with_one_line(tmp_path, name, body):
     (tmp_path / name).write_bytes(body)
-    proc = run("fetch", "--ids-file", name, "-o", "out", cwd=tmp_path)
+    proc = run_cli("fetch", "--ids-file", name, "-o", "out", cwd=tmp_path)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     [line] = proc.stderr.strip().splitlines()
@@ -141,7 +136,7 @@ def test_cli_reads_allensdk_files(emulator, tmp_path):
     frame.to_csv(tmp_path / "experiments.csv")
     (tmp_path / "experiments.json").write_text(json.dumps(raw_rows(IDS[:2])))
     for name in ["experiments.csv", "experiments.json"]:
-        proc = run(
+        proc = run_cli(
             "fetch",
             "--ids-file",
             tmp_path / name,

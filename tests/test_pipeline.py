@@ -11,17 +11,9 @@ import pytest
 import asyncdl
 from asyncdl import FetchOptions
 from asyncdl.emulator import Emulator
-from asyncdl.pipeline import Scheduler
+from asyncdl.pipeline import Pipeline
 
-from .conftest import SEED_ID
-
-
-class Collect(asyncdl.Events):
-    def __init__(self, into):
-        self.into = into
-
-    def data_set_done(self, result):
-        self.into.append(result)
+from .conftest import SEED_ID, Recorder
 
 
 def load(path):
@@ -72,7 +64,7 @@ async def test_output_does_not_depend_on_concurrency(emulator, tmp_path):
 
 @pytest.mark.parametrize("limit", [1, 4, 32])
 async def test_server_never_sees_more_than_concurrency(tmp_path, limit):
-    # A latency of 5 ms per slot: the workers have that long per request to fill every slot, many
+    # A latency of 5 ms per slot: the lanes have that long per request to fill every slot, many
     # times what a request costs the client even on a busy machine, so reaching the bound does not
     # hang on scheduling; and the run still takes about 5 ms per request whatever the limit.
     options = FetchOptions(concurrency=limit, density_range=(0.1, 0.12))
@@ -133,19 +125,19 @@ async def test_many_data_sets_keep_the_pipe_full(tmp_path):
 
 
 async def test_unknown_data_set_fails_alone(emulator, tmp_path):
-    seen: list[asyncdl.DataSetResult] = []
+    seen = Recorder()
     options = FetchOptions(concurrency=8, density_range=(0.1, 0.2), retries=0)
     results = await asyncdl.fetch(
         [42, SEED_ID],
         tmp_path,
         options=options,
         endpoints=emulator.endpoints,
-        events=Collect(seen),
+        events=seen,
     )
     bad, good = results
     assert not bad.complete and "404" in (bad.error or "") and bad.targets == 0
     assert good.complete and good.lines > 0
-    assert {r.data_set for r in seen} == {42, SEED_ID}
+    assert {r.data_set for r in seen.done} == {42, SEED_ID}
     assert load(tmp_path / "42" / "summary.json")["complete"] is False
     assert not (tmp_path / "42" / "data.json").exists()
 
@@ -193,21 +185,21 @@ class Gate:
             self.done += 1
 
 
-async def test_a_resized_scheduler_runs_that_many_workers():
-    ctx = SimpleNamespace(options=FetchOptions(concurrency=8))
-    async with Scheduler(ctx, workers=2) as scheduler:  # type: ignore[arg-type]
+async def test_a_resized_pipeline_runs_that_many_lanes():
+    ctx = SimpleNamespace(plan=SimpleNamespace(options=FetchOptions(concurrency=8)))
+    async with Pipeline(ctx, lanes=2) as pipeline:  # type: ignore[arg-type]
         gate = Gate()
         for rank in range(12):
-            scheduler._queue.put_nowait((gate, rank))  # type: ignore[arg-type]
+            pipeline._queue.put_nowait((gate, rank))  # type: ignore[arg-type]
         await asyncio.sleep(0.05)
         assert gate.running == 2
-        scheduler.resize(5)
+        pipeline.resize(5)
         await asyncio.sleep(0.05)
         assert gate.running == 5
-        scheduler.resize(1)  # the extra workers stop once their target is done
+        pipeline.resize(1)  # the extra lanes stop once their target is done
         gate.go.set()
         for _ in range(100):
             await asyncio.sleep(0.01)
             if gate.done == 12:
                 break
-        assert gate.done == 12 and len(scheduler._workers) == 1
+        assert gate.done == 12 and len(pipeline._lanes) == 1

@@ -1,14 +1,15 @@
-"""The README's "Using the results" section, run as written, in order, in a fresh folder.
+"""The README's commands, run as written: the quick start, the test command CI runs, and the
+"Common tasks" section, in order, in a fresh folder.
 
-Its ``sh`` blocks run as real ``asyncdl`` processes, each with ``--emulator`` added (the README's
-commands are the ones for the real servers); its Python blocks run with ``exec``. brainrender
-(vtk, a GPU) and AllenSDK are not installed here: stand-ins that read data as brainrender's actor
-does and build the experiment table as AllenSDK does are put in sys.modules instead.
+The section's ``sh`` blocks run as real ``asyncdl`` processes, each with ``--emulator`` added (the
+README's commands are the ones for the real servers); its Python blocks run with ``exec``.
+brainrender (vtk, a GPU) and AllenSDK are not installed here: stand-ins that read data as
+brainrender's actor does and build the experiment table as AllenSDK does are put in sys.modules
+instead.
 """
 
 import re
 import shlex
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +18,39 @@ import orjson
 import pytest
 
 from . import allensdk_standin, brainrender_standin
-from .conftest import SEED_ID, command
+from .conftest import SEED_ID, run_cli
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-SECTION = "## Using the results"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+SECTION = "Common tasks"
 OTHER_ID = 100141219  # fetched by the AllenSDK example; the seed's data set is there already
+
+
+def section(title):
+    """The text of the README's section ``## title``, up to the next one."""
+    text = README.read_text()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else len(text)]
 
 
 def section_blocks():
     """The fenced blocks of the section: (language, code), in order."""
-    text = README.read_text()
-    start = text.index(f"\n{SECTION}\n")
-    end = text.index("\n## ", start + 1)
-    return re.findall(r"^```(\w+)\n(.*?)^```$", text[start:end], re.M | re.S)
+    return re.findall(r"^```(\w+)\n(.*?)^```$", section(SECTION), re.M | re.S)
+
+
+def quick_start():
+    """The quick start's two commands (install and fetch, then the tests), and the output shown."""
+    blocks = re.findall(r"^```(\w*)\n(.*?)^```$", section("Quick start"), re.M | re.S)
+    [fetch, tests] = [code.strip() for language, code in blocks if language == "sh"]
+    [shown] = [code for language, code in blocks if not language]
+    return fetch, tests, shown.splitlines()
+
+
+def masked(line):
+    """An output line without what changes from run to run: the port, times and rates."""
+    line = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", line)
+    return re.sub(r"\d+\.\d+ s\b", "T s", re.sub(r"\(\d+/s\)", "(R/s)", line))
 
 
 def commands(script):
@@ -52,10 +73,7 @@ def ran(tmp_path_factory):
         allensdk_standin.install(mp, [SEED_ID, OTHER_ID])
         for language, code in section_blocks():
             if language == "sh":
-                procs = [
-                    subprocess.run(command(*argv), capture_output=True, text=True, timeout=600)
-                    for argv in commands(code)
-                ]
+                procs = [run_cli(*argv, timeout=600) for argv in commands(code)]
                 results.append((language, code, procs))
             else:
                 assert language == "python"
@@ -121,3 +139,21 @@ def test_ids_from_allensdk(ran):
     assert f"{OTHER_ID}: ok: " in fetch.stderr
     assert "2 of 2 data sets complete" in fetch.stderr
     assert data_json(work, OTHER_ID)["lines"]
+
+
+def test_the_quick_start_runs_as_written_and_prints_what_it_shows(tmp_path):
+    fetch, _, shown = quick_start()
+    install, command_line = (part.strip() for part in fetch.split("&&"))
+    assert install == "pip install ."  # this suite runs from such an install
+    argv = shlex.split(command_line)
+    assert argv[0] == "asyncdl" and "--emulator" in argv
+    proc = run_cli(*argv[1:], cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert [masked(line) for line in proc.stderr.splitlines()] == [masked(s) for s in shown]
+    assert data_json(tmp_path)["lines"]
+
+
+def test_ci_runs_the_readmes_test_command():
+    _, tests, _ = quick_start()
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert tests in ci

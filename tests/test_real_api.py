@@ -2,9 +2,7 @@
 User-Agent, unknown structures on the command line, the legacy-volumes warning."""
 
 import json
-import os
 import re
-import subprocess
 import urllib.request
 from urllib.parse import quote, unquote
 
@@ -16,23 +14,13 @@ from asyncdl import Endpoints, FetchOptions, UsageError, cli
 from asyncdl.api import _warn_if_legacy
 from asyncdl.config import LEGACY_WARNING, LegacyVolumesWarning
 
-from .conftest import SEED_ID, command, server_args
+from .conftest import SEED_ID, run_cli, server_args
 
 SAFE = ";/?:@&=+$,"  # AllenSDK: quote(url, ';/?:@&=+$,') before every GET (allensdk/api/api.py)
 SPATIAL = "/api/v2/data/query.json?criteria=service::mouse_connectivity_target_spatial"
 SEED_FORM = re.compile(
     re.escape(SPATIAL) + r"\[seed_point\$eq(-?\d+),(-?\d+),(-?\d+)\]\[section_data_set\$eq(\d+)\]"
 )
-
-
-def run(*args):
-    return subprocess.run(
-        command(*args),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONWARNINGS": "error"},
-    )
 
 
 async def test_spatial_searches_go_out_encoded_with_asyncdls_user_agent(emulator, tmp_path):
@@ -75,7 +63,7 @@ def test_list_sends_primary_structure_only_only_when_asked(emulator):
     searches = []
     for extra in ([], ["--primary-only"]):
         emulator.stats.reset()
-        proc = run("list", "--injection-structure", "VISp", *extra, *server_args(emulator))
+        proc = run_cli("list", "--injection-structure", "VISp", *extra, *server_args(emulator))
         assert proc.returncode == 0, proc.stderr
         searches.append([unquote(raw) for raw, _ in emulator.stats.wire if "criteria=" in raw])
     anywhere, primary = searches
@@ -104,13 +92,7 @@ def test_list_sends_primary_structure_only_only_when_asked(emulator):
     ],
 )
 def test_unknown_structures_are_one_line_and_exit_2(emulator, tmp_path, args, message):
-    proc = subprocess.run(
-        command(*args, *server_args(emulator)),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
+    proc = run_cli(*args, *server_args(emulator), timeout=120, cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [message]
     assert proc.stdout == ""
@@ -119,7 +101,7 @@ def test_unknown_structures_are_one_line_and_exit_2(emulator, tmp_path, args, me
 
 
 def test_no_legacy_warning_against_another_server(emulator, tmp_path):
-    proc = run(
+    proc = run_cli(
         "fetch", SEED_ID, "--volumes", "legacy", "--dry-run", "-o", tmp_path, *server_args(emulator)
     )
     assert proc.returncode == 0, proc.stderr
@@ -174,7 +156,7 @@ async def test_python_callers_are_warned_of_legacy_volumes_from_the_real_host(tm
 
 
 def test_help_says_what_legacy_volumes_are():
-    proc = run("fetch", "--help")
+    proc = run_cli("fetch", "--help")
     text = " ".join(proc.stdout.split())
     assert "133x81x115, old CCF v2 frame" in text and "CCF v3 coordinates" in text
     assert "may no longer serve" in text

@@ -19,7 +19,7 @@ from asyncdl.fetcher import HttpClient, Tally, parse_retry_after
 from asyncdl.limits import RateLimiter
 from asyncdl.responses import rows
 
-from .conftest import SEED_ID, Sleeps, command, server_args, wait_for_answers
+from .conftest import SEED_ID, Recorder, Sleeps, command, run_cli, server_args, wait_for_answers
 
 SMALL = (0.1, 0.12)  # a density range with a few hundred targets, for quick runs
 # Retries fast enough for tests; the policy itself is what production uses. The 0.5 s timeout
@@ -56,16 +56,6 @@ async def fault_free(emulator, tmp_path_factory):
     return get
 
 
-class Retries(asyncdl.Events):
-    """Collects the error of every retried target request."""
-
-    def __init__(self) -> None:
-        self.errors: list[str] = []
-
-    def retry(self, data_set: int, url: str, error: str, wait: float) -> None:
-        self.errors.append(error)
-
-
 @pytest.mark.parametrize("kind", [k for k in FAULT_KINDS if k != "apierror"])
 async def test_each_fault_kind_is_survived(fault_free, tmp_path, kind):
     expected = await fault_free(SMALL)  # first: it also has the emulator build its files
@@ -73,10 +63,10 @@ async def test_each_fault_kind_is_survived(fault_free, tmp_path, kind):
     # Only a "slow" fault needs a short timeout; the others get one no healthy answer misses.
     timeout = QUICK.timeout if kind == "slow" else PATIENT
     options = replace(QUICK, concurrency=16, density_range=SMALL, timeout=timeout)
-    retries = Retries()
+    events = Recorder()
     async with Emulator(faults=plan) as emu:
         [result] = await asyncdl.fetch(
-            [SEED_ID], tmp_path, options=options, endpoints=emu.endpoints, events=retries
+            [SEED_ID], tmp_path, options=options, endpoints=emu.endpoints, events=events
         )
     assert plan.injected[kind] > 10
     assert result.complete and result.failures == 0
@@ -86,7 +76,7 @@ async def test_each_fault_kind_is_survived(fault_free, tmp_path, kind):
         # Every slow answer was given up and retried. A healthy answer that missed the short
         # timeout on a busy machine costs one more retry, so only timeouts may be retried.
         assert result.retries >= plan.injected[kind]
-        assert retries.errors and all("Timeout" in error for error in retries.errors)
+        assert events.retries and all("Timeout" in r["error"] for r in events.retries)
     else:  # every fault cost exactly one retry, volume downloads included
         assert result.retries == plan.injected[kind]
     assert data(tmp_path) == expected
@@ -231,9 +221,13 @@ async def test_rate_is_global_across_a_run(emulator, tmp_path):
 # -- resume after a crash ------------------------------------------------------------------------
 
 
-def _fetch_process(emulator, out, *extra):
+def _fetch_args(emulator, out):
+    return ["fetch", SEED_ID, "-o", out, "-c", 4, *server_args(emulator)]
+
+
+def _fetch_process(emulator, out):
     return subprocess.Popen(
-        command("fetch", SEED_ID, "-o", out, "-c", 4, *server_args(emulator), *extra),
+        command(*_fetch_args(emulator, out)),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -262,9 +256,8 @@ def test_sigkill_at_random_points_then_resume(emulator, seed_reference, tmp_path
             kills += 1
         proc.communicate(timeout=60)
     assert kills >= 4
-    proc = _fetch_process(emulator, tmp_path)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr
+    proc = run_cli(*_fetch_args(emulator, tmp_path), timeout=120)
+    assert proc.returncode == 0, proc.stderr
     result = orjson.loads((tmp_path / str(SEED_ID) / "data.json").read_bytes())
     assert result == expected
     summary = orjson.loads((tmp_path / str(SEED_ID) / "summary.json").read_bytes())
@@ -282,17 +275,16 @@ def test_sigterm_stops_cleanly_and_the_run_resumes(emulator, seed_reference, tmp
     assert proc.returncode == 143
     assert stderr.strip().splitlines()[-1].startswith("asyncdl: terminated; run the same command")
     assert "Traceback" not in stderr and "Unclosed" not in stderr
-    proc = _fetch_process(emulator, tmp_path)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0 and "resumed after" in stderr
+    proc = run_cli(*_fetch_args(emulator, tmp_path), timeout=120)
+    assert proc.returncode == 0 and "resumed after" in proc.stderr
     result = orjson.loads((tmp_path / str(SEED_ID) / "data.json").read_bytes())
     assert result == seed_reference(SEED_ID, "nrrd")
 
 
 def test_changed_parameters_are_refused_then_restart_works(emulator, tmp_path):
     def run(*extra):
-        argv = command("fetch", SEED_ID, "-o", tmp_path, "-c", 8, *server_args(emulator), *extra)
-        return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        args = ["fetch", SEED_ID, "-o", tmp_path, "-c", 8, *server_args(emulator), *extra]
+        return run_cli(*args, timeout=120)
 
     assert run("--density-range", "0.1", "0.11").returncode == 0
     refused = run("--density-range", "0.1", "0.12")
@@ -328,29 +320,15 @@ async def test_a_truncated_cached_volume_is_downloaded_again(emulator, fault_fre
 
 async def test_two_processes_sharing_a_cache(emulator, fault_free, tmp_path):
     cache = tmp_path / "cache"
-    procs = [
-        await asyncio.create_subprocess_exec(
-            *command(
-                "fetch",
-                SEED_ID,
-                "-o",
-                tmp_path / name,
-                "--cache-dir",
-                cache,
-                "--density-range",
-                *SMALL,
-                "-c",
-                8,
-                *server_args(emulator),
-            ),
-            stderr=subprocess.PIPE,
+    args = ["--cache-dir", cache, "--density-range", *SMALL, "-c", 8, *server_args(emulator)]
+    procs = await asyncio.gather(  # at the same time: threads, each waiting for its process
+        *(
+            asyncio.to_thread(run_cli, "fetch", SEED_ID, "-o", tmp_path / name, *args)
+            for name in ("one", "two")
         )
-        for name in ("one", "two")
-    ]
+    )
     for proc in procs:
-        async with asyncio.timeout(300):
-            _, stderr = await proc.communicate()
-        assert proc.returncode == 0, stderr
+        assert proc.returncode == 0, proc.stderr
     expected = await fault_free(SMALL)
     assert data(tmp_path / "one") == data(tmp_path / "two") == expected
     assert not [p for p in cache.iterdir() if p.name.endswith(".part")]
@@ -385,12 +363,7 @@ async def test_a_volume_larger_than_allowed_is_refused(serve, tmp_path, monkeypa
 
 
 def test_emulate_rejects_unknown_fault_kinds():
-    proc = subprocess.run(
-        command("emulate", "--faults", "gremlins"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_cli("emulate", "--faults", "gremlins", timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "asyncdl: error: unknown fault kinds ['gremlins']; known: " + ", ".join(FAULT_KINDS)

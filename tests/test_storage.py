@@ -21,7 +21,7 @@ import asyncdl
 from asyncdl import FetchOptions, StorageError
 from asyncdl.emulator import Emulator
 
-from .conftest import SEED_ID, command, server_args
+from .conftest import SEED_ID, run_cli, server_args
 
 #: The seed data set writes about 3.0 MB of lines.ndjson, then 2.9 MB of data.json (so a 1 MB disk
 #: fills while answers come in, a 4 MB one while data.json is written).
@@ -87,7 +87,7 @@ def test_a_full_disk_is_one_line_exit_3_and_the_rerun_completes(
     args = ["fetch", SEED_ID, "-o", disk, "-q", *server_args(emulator)]
     if stage != "cache":
         args += ["--cache-dir", tmp_path / "cache"]
-    proc = subprocess.run(command(*args), capture_output=True, text=True, timeout=300)
+    proc = run_cli(*args)
     assert proc.returncode == 3, proc.stderr
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("asyncdl: error:")]
@@ -99,7 +99,7 @@ def test_a_full_disk_is_one_line_exit_3_and_the_rerun_completes(
         assert (folder / "lines.ndjson").stat().st_size > 0  # what was answered is on disk
 
     _grow(disk)
-    again = subprocess.run(command(*args), capture_output=True, text=True, timeout=300)
+    again = run_cli(*args)
     assert again.returncode == 0, again.stderr
     assert (folder / "data.json").read_bytes() == uninterrupted
     if stage == "data":  # every answer was in: no target was asked again

@@ -2,7 +2,6 @@
 
 import io
 import json
-import subprocess
 from typing import Any
 
 import pandas as pd
@@ -13,7 +12,7 @@ from asyncdl.emulator.catalog import catalogue
 from asyncdl.emulator.ontology import BY_ACRONYM
 from asyncdl.tables import write_csv, write_json_lines
 
-from .conftest import command, server_args
+from .conftest import run_cli, server_args
 
 SERVICE_FIELDS = [
     "id",
@@ -27,17 +26,13 @@ SERVICE_FIELDS = [
 
 
 def listing(emulator, *options):
-    proc = subprocess.run(
-        command(
-            "list",
-            "--injection-structure",
-            "VISp",
-            "--primary-only",
-            *options,
-            *server_args(emulator),
-        ),
-        capture_output=True,
-        text=True,
+    proc = run_cli(
+        "list",
+        "--injection-structure",
+        "VISp",
+        "--primary-only",
+        *options,
+        *server_args(emulator),
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
@@ -83,12 +78,7 @@ def test_csv_loads_with_pandas(emulator, visp):
 
 
 def test_json_and_csv_are_exclusive(emulator):
-    proc = subprocess.run(
-        command("list", "--injection-structure", "VISp", "--json", "--csv"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_cli("list", "--injection-structure", "VISp", "--json", "--csv", timeout=60)
     assert proc.returncode == 2
     [line] = proc.stderr.strip().splitlines()
     assert "not allowed with argument" in line

@@ -1,8 +1,6 @@
 """https: the emulator serving TLS, asyncdl verifying it, and refusing what does not verify."""
 
-import os
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
@@ -18,7 +16,7 @@ from asyncdl.emulator import Emulator, make_certificates
 from asyncdl.fetcher import HttpClient, Tally, tls_context
 from asyncdl.responses import rows
 
-from .conftest import SEED_ID, EmulatorThread, command, interruptible, read_line, server_args
+from .conftest import SEED_ID, EmulatorProcess, EmulatorThread, Recorder, run_cli, server_args
 
 #: Few targets, so each run is quick; the same for every run compared here.
 RANGE = ("0.1", "0.11")
@@ -53,17 +51,6 @@ def over_http(emulator_server, tmp_path_factory):
         [SEED_ID], out, options=FetchOptions(**OPTIONS), endpoints=emulator_server.endpoints
     )
     return (out / str(SEED_ID) / "data.json").read_bytes()
-
-
-def run(*args, env=None):
-    environ = {k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
-    return subprocess.run(
-        command(*args),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**environ, "PYTHONWARNINGS": "error", **(env or {})},
-    )
 
 
 def one_error_line(stderr):
@@ -115,7 +102,7 @@ def test_cli_fetch_over_https_trusts_the_ca_it_is_given(https, over_http, tmp_pa
             pytest.skip("needs the openssl command to hash a CA directory")
         env = {"SSL_CERT_DIR": str(rehashed_directory(https.ca_file, tmp_path / "certs"))}
     out = tmp_path / "out"
-    proc = run(
+    proc = run_cli(
         "fetch", SEED_ID, "-o", out, "--density-range", *RANGE, *server_args(https), *args, env=env
     )
     assert proc.returncode == 0, proc.stderr
@@ -158,20 +145,8 @@ async def test_an_untrusted_certificate_is_one_attempt_and_no_retry(https):
     assert sum(https.stats.requests.values()) == 0
 
 
-class Retries(asyncdl.Events):
-    def __init__(self):
-        self.retries = []
-        self.done = []
-
-    def retry(self, data_set, url, error, wait):
-        self.retries.append(url)
-
-    def data_set_done(self, result):
-        self.done.append(result)
-
-
 async def test_fetch_stops_at_the_first_untrusted_certificate(https, tmp_path):
-    events = Retries()
+    events = Recorder()
     options = FetchOptions(**OPTIONS, retries=5, backoff_base=0, backoff_max=0)
     with pytest.raises(CertificateError) as err:  # itself, not an ExceptionGroup
         await asyncdl.fetch(
@@ -199,7 +174,7 @@ async def test_an_untrusted_certificate_on_the_targets_stops_the_run(https, tmp_
     )
     https.stats.reset()
     options = FetchOptions(**OPTIONS, volumes="legacy", retries=5, backoff_base=0, backoff_max=0)
-    events = Retries()
+    events = Recorder()
     with pytest.raises(CertificateError):
         await asyncdl.fetch(
             [SEED_ID],
@@ -221,7 +196,7 @@ async def test_dry_run_stops_at_an_untrusted_certificate(https, tmp_path):
 
 
 def test_cli_fetch_without_the_ca_exits_4_with_one_line(https, tmp_path):
-    proc = run("fetch", SEED_ID, 100141219, "-o", tmp_path, *server_args(https), "--retries", 5)
+    proc = run_cli("fetch", SEED_ID, 100141219, "-o", tmp_path, *server_args(https), "--retries", 5)
     assert proc.returncode == 4
     line = one_error_line(proc.stderr)
     assert f"the TLS certificate of {host_of(https)} did not verify" in line
@@ -230,7 +205,7 @@ def test_cli_fetch_without_the_ca_exits_4_with_one_line(https, tmp_path):
 
 
 def test_cli_list_without_the_ca_exits_4_with_one_line(https):
-    proc = run("list", "--injection-structure", "VISp", *server_args(https))
+    proc = run_cli("list", "--injection-structure", "VISp", *server_args(https))
     assert proc.returncode == 4 and proc.stdout == ""
     assert f"the TLS certificate of {host_of(https)} did not verify" in one_error_line(proc.stderr)
     assert https.stats.tls_handshakes == 1  # the first page, once
@@ -262,14 +237,14 @@ async def test_a_server_that_does_not_speak_tls_is_one_attempt_and_no_retry(emul
 
 def test_cli_fetch_at_https_of_a_plain_server_exits_4_with_one_line(emulator, tmp_path):
     server = ["--base-url", as_https(emulator), "--archive-url", as_https(emulator)]
-    proc = run("fetch", SEED_ID, "-o", tmp_path, *server, "--retries", 5)
+    proc = run_cli("fetch", SEED_ID, "-o", tmp_path, *server, "--retries", 5)
     assert proc.returncode == 4
     assert f"{host_of(emulator)} does not speak TLS" in one_error_line(proc.stderr)
     assert sum(emulator.stats.requests.values()) == 0
 
 
 def test_cli_list_with_the_ca(https):
-    proc = run(
+    proc = run_cli(
         "list", "--injection-structure", "VISp", *server_args(https), "--ca-bundle", https.ca_file
     )
     assert proc.returncode == 0, proc.stderr
@@ -315,57 +290,35 @@ def test_a_bad_ca_bundle_is_a_usage_error(tmp_path):
     "cmd", [["fetch", SEED_ID, "-o", "out"], ["list", "--injection-structure", "VISp"]]
 )
 def test_cli_bad_ca_bundle_is_one_line_and_exit_2(tmp_path, cmd):
-    proc = subprocess.run(
-        command(*cmd, "--ca-bundle", tmp_path / "missing.pem"),
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=60,
-    )
+    proc = run_cli(*cmd, "--ca-bundle", tmp_path / "missing.pem", cwd=tmp_path, timeout=60)
     assert proc.returncode == 2
     assert "cannot read CA bundle" in one_error_line(proc.stderr)
 
 
 def test_help_states_the_https_defaults_and_the_exit_code():
-    proc = run("fetch", "--help")
+    proc = run_cli("fetch", "--help")
     assert "https://api.brain-map.org" in proc.stdout
     assert "https://download.alleninstitute.org" in proc.stdout
     assert "--ca-bundle" in proc.stdout and "4    the server's TLS certificate" in proc.stdout
-    assert "4    the server's TLS certificate" in run("list", "--help").stdout
+    assert "4    the server's TLS certificate" in run_cli("list", "--help").stdout
 
 
 def test_emulate_tls_prints_its_ca_and_serves_https():
-    proc = subprocess.Popen(
-        interruptible(command("emulate", "--tls", "--port", "0")),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    try:
-        listening = read_line(proc.stdout, 120)
+    with EmulatorProcess("--tls") as emu:
+        listening, ca_line = emu.output().splitlines()[:2]
         assert listening.startswith("asyncdl emulator listening on https://127.0.0.1:"), listening
-        url = listening.split()[4]
-        ca_line = read_line(proc.stdout, 120)
         assert ca_line.startswith("asyncdl emulator's CA certificate: ")
-        ca_file = ca_line.split()[4]
-        context = ssl.create_default_context(cafile=ca_file)
+        assert emu.ca_file is not None and str(emu.ca_file) == ca_line.split()[4]
+        context = ssl.create_default_context(cafile=emu.ca_file)
         with urllib.request.urlopen(
-            f"{url}/api/v2/structure_graph_download/1.json", context=context, timeout=60
+            f"{emu.base_url}/api/v2/structure_graph_download/1.json", context=context, timeout=60
         ) as resp:
             assert orjson.loads(resp.read())["success"] is True
         with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
-            urllib.request.urlopen(url, context=ssl.create_default_context(), timeout=60)
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=30)
-        assert proc.returncode == 0
-        assert "Traceback" not in stderr
-        assert not os.path.exists(ca_file)  # made for this run, removed with it
-    finally:
-        proc.kill()
-        proc.wait(60)
-        proc.stdout.close()
-        proc.stderr.close()
+            urllib.request.urlopen(emu.base_url, context=ssl.create_default_context(), timeout=60)
+        assert emu.stop() == 0  # SIGINT, as a Ctrl-C
+        assert "Traceback" not in emu.output()
+        assert not emu.ca_file.exists()  # made for this run, removed with it
 
 
 def test_emulate_tls_without_trustme_names_the_extra(tmp_path):

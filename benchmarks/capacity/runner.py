@@ -50,13 +50,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _server_runs(server: Server, settings: Settings, work: Path, env: dict[str, str]) -> list[Run]:
     log = work / f"emulator-{server.handlers}-{server.shed_queue}.log"
+    shedding = ["--shed-queue", server.shed_queue] if server.shed_queue is not None else []
     with EmulatorProcess(
-        settings.latency_ms,
-        log,
-        env,
-        spread=settings.latency_spread,
-        capacity=server.handlers,
-        shed_queue=server.shed_queue,
+        *("--latency-ms", settings.latency_ms, "--latency-spread", settings.latency_spread),
+        *("--capacity", server.handlers, *shedding),
+        log=log,
+        env=env,
     ) as emu:
         _say(f"{server.label}: emulator at {emu.base_url}; warming up")
         emu.warm_up(settings.data_sets)
