@@ -142,14 +142,18 @@ log = logging.getLogger("asyncdl")
 
 class LogReporter(Events):
     """Events as records of the ``asyncdl`` logger: INFO per finished data set and for the run,
-    WARNING per failure (a target that failed for good, a data set not complete), DEBUG per retry
-    and per data set started. Records about one data set carry it as ``record.data_set``."""
+    WARNING per failure (a target that failed for good, a data set not complete), DEBUG per retry,
+    per data set started and per change of the limit of requests in flight. Records about one data
+    set carry it as ``record.data_set``."""
 
     def workers_started(self, workers: int, concurrency: int, rate: float | None) -> None:
         log.info(describe_workers(workers, concurrency, rate))
 
     def shares_changed(self, shares: Mapping[str, int]) -> None:
         log.debug("shares of -c: %s", ", ".join(f"{w} {n}" for w, n in shares.items()))
+
+    def limit_changed(self, limit: int) -> None:
+        log.debug("up to %d requests in flight", limit)
 
     def data_set_started(self, data_set: int, targets: int, resumed: int) -> None:
         log.debug(
