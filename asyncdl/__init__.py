@@ -1,5 +1,7 @@
 """asyncdl: fast, reliable, asynchronous bulk downloads of Allen Mouse Connectivity streamlines."""
 
+import logging
+
 from ._version import __version__
 from .api import fetch, fetch_sync, survey
 from .catalog import Experiment, find_experiments
@@ -21,6 +23,10 @@ from .events import Events
 from .idsfile import read_ids_file
 from .results import DataSetResult, Survey
 from .urls import Endpoints
+
+# A library leaves its log's handling to the application (the logging HOWTO): records of the
+# "asyncdl" logger go where the application's logging sends them, and nowhere if it has none.
+logging.getLogger("asyncdl").addHandler(logging.NullHandler())
 
 __all__ = [
     "ApiError",

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -125,6 +127,48 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run`` on uvloop when it is installed."""
-    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        return runner.run(main)
+    """``asyncio.run`` on uvloop when it is installed, callable where an event loop already runs.
+
+    There (a Jupyter cell, whose kernel runs one) ``main`` runs on a loop of its own in a worker
+    thread while this one waits. Ctrl-C means what it means to ``asyncio.run`` either way:
+    ``main`` is cancelled, its cleanup runs to the end, then ``KeyboardInterrupt`` is raised here.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            return runner.run(main)
+    return _run_in_thread(main)
+
+
+def _run_in_thread(main: Coroutine[Any, Any, T]) -> T:
+    # A KeyboardInterrupt comes to this thread (the main one, where signals are handled) while
+    # it waits; the worker's task is then cancelled from here, as asyncio.run's handler would.
+    started: Future[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]] = Future()
+    outcome: Future[T] = Future()
+
+    async def tracked() -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        started.set_result((asyncio.get_running_loop(), task))
+        return await main
+
+    def work() -> None:
+        try:
+            outcome.set_result(run(tracked()))
+        except BaseException as exc:  # handed to the waiting thread, which raises it
+            outcome.set_exception(exc)
+
+    # Not a daemon: an interpreter that exits waits for the run's files to be closed.
+    threading.Thread(target=work, name="asyncdl-run").start()
+    try:
+        return outcome.result()
+    except KeyboardInterrupt:
+        either: list[Future[Any]] = [started, outcome]
+        wait(either, return_when=FIRST_COMPLETED)
+        if started.done():
+            loop, task = started.result()
+            with contextlib.suppress(RuntimeError):  # the loop closed: the run is over anyway
+                loop.call_soon_threadsafe(task.cancel)
+        wait([outcome])  # the cleanup of a cancelled run: files closed, resumable
+        raise

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import importlib
 import math
+import time
 import warnings
 from collections.abc import Iterable
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,7 @@ from .aio import all_of, both, run
 from .config import LEGACY_WARNING, FetchOptions, LegacyVolumesWarning
 from .dataset import RunContext, explain, refuse_mixing
 from .errors import ENDS_THE_RUN, AsyncdlError, UsageError
-from .events import Events
+from .events import Events, LogReporter, Tee
 from .fetcher import HttpClient, Tally
 from .pipeline import Pipeline
 from .plan import RunPlan
@@ -38,6 +39,7 @@ async def fetch(
     client: DaskClient | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
+    progress: bool = False,
 ) -> list[DataSetResult]:
     """Fetch the streamlines of ``data_sets`` into ``out_dir/<id>/``; one result per data set.
 
@@ -54,6 +56,10 @@ async def fetch(
     started for the call; or with ``scheduler``, the address of a running one (the ``dask`` extra).
     ``concurrency`` and ``rate`` are shared among the workers that have work; the results and
     files are the same. ``out_dir`` must be on a file system they all see.
+
+    What happens is told to ``events`` and logged by the ``asyncdl`` logger (INFO per finished
+    data set, WARNING per failure, DEBUG per retry). ``progress`` draws live bars, in a terminal
+    (on stderr) or in a Jupyter notebook, and a table at the end.
     """
     if sum(x is not None for x in (client, workers, scheduler)) > 1:
         raise UsageError(
@@ -66,9 +72,26 @@ async def fetch(
     )
     for data_set in plan.ids:  # before any request: never mix old and new results
         refuse_mixing(plan.out, data_set, plan.params, plan.options.restart)
-    events = events or Events()
-    if client is not None or workers is not None or scheduler is not None:
-        return await _on_dask(plan, events, client=client, workers=workers, scheduler=scheduler)
+    started = time.monotonic()
+    with ExitStack() as shown:
+        listeners = [LogReporter(), *([events] if events is not None else [])]
+        if progress:
+            from .progress import RichProgress
+
+            listeners.append(shown.enter_context(RichProgress()))
+        tell = Tee(*listeners)
+        if client is not None or workers is not None or scheduler is not None:
+            results = await _on_dask(
+                plan, tell, client=client, workers=workers, scheduler=scheduler
+            )
+        else:
+            results = await _locally(plan, tell)
+        tell.finished(results, time.monotonic() - started)
+    return results
+
+
+async def _locally(plan: RunPlan, events: Events) -> list[DataSetResult]:
+    """``fetch`` in this process."""
     async with HttpClient(plan.options, on_limit=events.limit_changed) as http:
         source = VolumeSource(http, plan.endpoints, plan.cache, plan.options.volumes)
         ctx = RunContext(plan, http, source, events)
@@ -127,7 +150,10 @@ def _warn_if_legacy(options: FetchOptions, endpoints: Endpoints) -> None:
 def fetch_sync(
     data_sets: Iterable[int | str], out_dir: str | Path, **kwargs: Any
 ) -> list[DataSetResult]:
-    """``fetch`` for scripts: runs its own event loop (in a notebook, ``await fetch(...)`` instead)."""
+    """``fetch`` for code that is not async: scripts, and notebook cells (where an event loop runs
+    already, the fetch runs on its own loop in a worker thread, where ``events`` are then called).
+    Ctrl-C, or a notebook's interrupt, stops the run and raises ``KeyboardInterrupt`` once
+    everything answered is on disk: the same call resumes."""
     return run(fetch(data_sets, out_dir, **kwargs))
 
 

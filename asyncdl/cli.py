@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import select
 import signal
 import sys
-import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import orjson
 
@@ -35,6 +36,9 @@ from .exits import Exit, help_text
 from .idsfile import read_ids_file
 from .tables import write_csv, write_json_lines
 from .urls import Endpoints, data_set_id
+
+if TYPE_CHECKING:
+    from argparse import _ArgumentGroup as Group  # what add_argument_group returns
 
 FETCH_EXAMPLES = f"""\
 examples:
@@ -60,136 +64,60 @@ class _Parser(argparse.ArgumentParser):
         self.exit(Exit.USAGE, f"asyncdl: error: {message} (see '{self.prog} --help')\n")
 
 
-def _server_options() -> _Parser:
-    """Where the data comes from: shared by the commands that talk to a server."""
-    p = _Parser(add_help=False)
-    p.add_argument("--base-url", help=f"API server (default {DEFAULT_BASE_URL})")
-    p.add_argument(
-        "--archive-url", help=f"archive holding the CCF annotation (default {DEFAULT_ARCHIVE_URL})"
-    )
-    p.add_argument(
-        "--ca-bundle",
-        type=Path,
-        metavar="FILE",
-        help="trust the CAs in this PEM file instead of the system's (for a proxy or private CA; "
-        "SSL_CERT_FILE and SSL_CERT_DIR are honoured without it); certificates are always checked",
-    )
-    p.add_argument(
-        "--emulator",
-        action="store_true",
-        help="start the bundled Allen API emulator on loopback (plain http) and use it",
-    )
-    # For demos and tests of the emulator: its latency and fault rate.
-    p.add_argument("--latency-ms", type=float, default=0.0, help=argparse.SUPPRESS)
-    p.add_argument("--fault-rate", type=float, default=0.0, help=argparse.SUPPRESS)
-    p.add_argument("--fault-seed", type=int, default=0, help=argparse.SUPPRESS)
-    return p
+def _option(group: Group, name: str, *flags: str, **kwargs: Any) -> None:
+    """An option whose default and help text are ``FetchOptions``' field ``name``."""
+    default, text = FetchOptions.describe(name)
+    flags = flags or (f"--{name.replace('_', '-')}",)
+    group.add_argument(*flags, default=default, help=text, **kwargs)
 
 
-def _search_options(required: bool) -> _Parser:
+def _add_search(group: Group, *, required: bool) -> None:
     """Which experiments: the injection-structure search."""
-    p = _Parser(add_help=False)
-    p.add_argument(
+    group.add_argument(
         "--injection-structure",
         required=required,
         metavar="ACRONYM",
         help="experiments injected in this structure or below it (acronym or id, e.g. VISp)",
     )
-    p.add_argument(
+    group.add_argument(
         "--primary-only",
         action="store_true",
         help="match the primary injection structure only (default: primary or secondary)",
     )
-    p.add_argument(
+    group.add_argument(
         "--transgenic-line",
         action="append",
         metavar="LINE",
         help="keep only this transgenic line (repeatable; 0 = wild type)",
     )
-    return p
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="asyncdl",
-        description="Fast, reliable, asynchronous bulk downloads of Allen Mouse Brain "
-        "Connectivity streamlines.",
-        epilog=help_text(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"asyncdl {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    server = _server_options()
-
-    f = sub.add_parser(
-        "fetch",
-        parents=[server, _search_options(required=False)],
-        help="download the streamlines of one or more data sets",
-        description="For each data set, select target voxels from its projection density and "
-        "download the spatial-search streamlines to each, into OUT/<id>/data.json. "
-        "Running the same command again resumes it.",
-        epilog=FETCH_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    f.add_argument("ids", nargs="*", metavar="ID", help="data set (experiment) ids")
-    f.add_argument("-o", "--out", required=True, type=Path, help="output directory")
-    f.add_argument(
+def _add_what_to_fetch(parser: _Parser) -> None:
+    group = parser.add_argument_group("what to fetch")
+    group.add_argument("ids", nargs="*", metavar="ID", help="data set (experiment) ids")
+    group.add_argument(
+        "-i",
         "--ids-file",
         type=Path,
+        metavar="FILE",
         help="file with more ids: one per line (# comments), a CSV with an 'id' column (e.g. "
         "AllenSDK's get_experiments(dataframe=True).to_csv()), or JSON records with 'id'",
     )
-    option = FetchOptions.describe
-    default, text = option("concurrency")
-    f.add_argument(
-        "-c", "--concurrency", type=_concurrency, default=default, metavar="N|auto", help=text
-    )
-    default, text = option("max_concurrency")
-    f.add_argument("--max-concurrency", type=int, default=default, metavar="N", help=text)
-    f.add_argument("--rate", type=float, help=option("rate")[1])
-    for name, kind in (
-        ("retries", int),
-        ("patience", float),
-        ("timeout", float),
-        ("injection_threshold", float),
-    ):
-        default, text = option(name)
-        f.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, help=text)
-    default, text = option("density_range")
-    f.add_argument(
-        "--density-range",
-        nargs=2,
-        type=float,
-        metavar=("LO", "HI"),
-        default=default,
-        help=text,
-    )
-    default, text = option("volumes")
-    f.add_argument("--volumes", choices=VOLUME_KINDS, default=default, help=text)
-    f.add_argument(
-        "--format",
-        choices=("seed", "brainrender"),
-        default="seed",
-        help="brainrender: also write OUT/<id>/streamlines_<id>.json, which brainrender loads "
-        "with Streamlines(pandas.read_json(path)) (data.json is always written)",
-    )
-    f.add_argument("--cache-dir", type=Path, help="where volumes are cached (default OUT/.cache)")
-    f.add_argument("--restart", action="store_true", help=option("restart")[1])
-    f.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="download only the volumes; say how many requests a real run would make",
-    )
-    f.add_argument(
-        "-q", "--quiet", action="store_true", help="no progress bars: a line per data set"
-    )
-    f.add_argument(
-        "--log-format",
-        choices=("text", "json"),
-        default="text",
-        help="json: one JSON event per line on stderr, for batch systems",
-    )
-    spread = f.add_mutually_exclusive_group()
+    _add_search(group, required=False)
+    _option(group, "density_range", nargs=2, type=float, metavar=("LO", "HI"))
+    _option(group, "injection_threshold", type=float, metavar="FRACTION")
+    _option(group, "volumes", choices=VOLUME_KINDS)
+
+
+def _add_speed(parser: _Parser) -> None:
+    group = parser.add_argument_group("speed")
+    _option(group, "concurrency", "-c", "--concurrency", type=_concurrency, metavar="N|auto")
+    _option(group, "max_concurrency", type=int, metavar="N")
+    _option(group, "rate", type=float, metavar="N")
+    _option(group, "retries", type=int, metavar="N")
+    _option(group, "patience", type=float, metavar="SECONDS")
+    _option(group, "timeout", type=float, metavar="SECONDS")
+    spread = group.add_mutually_exclusive_group()
     spread.add_argument(
         "--workers",
         type=int,
@@ -204,15 +132,112 @@ def build_parser() -> argparse.ArgumentParser:
         "file system all its workers see",
     )
 
+
+def _add_fetch_output(parser: _Parser) -> None:
+    group = parser.add_argument_group("output")
+    group.add_argument("-o", "--out", required=True, type=Path, metavar="DIR", help="output folder")
+    group.add_argument(
+        "--format",
+        choices=("seed", "brainrender"),
+        default="seed",
+        help="brainrender: also write OUT/<id>/streamlines_<id>.json, which brainrender loads "
+        "with Streamlines(pandas.read_json(path)) (data.json is always written)",
+    )
+    group.add_argument(
+        "--cache-dir",
+        type=Path,
+        metavar="DIR",
+        help="where volumes are cached (default OUT/.cache)",
+    )
+    _option(group, "restart", action="store_true")
+    group.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="download only the volumes; say how many requests a real run would make",
+    )
+    group.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bars: a line per data set"
+    )
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also a line per retry and per target that failed for good",
+    )
+    group.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="json: one JSON event per line on stderr, for batch systems",
+    )
+
+
+def _add_server(parser: _Parser, *, archive: bool) -> None:
+    """Where the data comes from, and how to get there; ``archive``: the command downloads
+    volumes (from the archive)."""
+    group = parser.add_argument_group("server")
+    group.add_argument("--base-url", metavar="URL", help=f"API server (default {DEFAULT_BASE_URL})")
+    # Accepted but not offered where unused: a script may give both commands the same servers.
+    group.add_argument(
+        "--archive-url",
+        metavar="URL",
+        help=f"archive holding the CCF annotation (default {DEFAULT_ARCHIVE_URL})"
+        if archive
+        else argparse.SUPPRESS,
+    )
+    _option(group, "proxy", metavar="URL")
+    group.add_argument(
+        "--ca-bundle",
+        type=Path,
+        metavar="FILE",
+        help="trust the CAs in this PEM file instead of the system's (for a proxy or private CA; "
+        "SSL_CERT_FILE and SSL_CERT_DIR are honoured without it); certificates are always checked",
+    )
+    group.add_argument(
+        "--emulator",
+        action="store_true",
+        help="start the bundled Allen API emulator on loopback (plain http) and use it",
+    )
+    # For demos and tests of the emulator: its latency and fault rate.
+    group.add_argument("--latency-ms", type=float, default=0.0, help=argparse.SUPPRESS)
+    group.add_argument("--fault-rate", type=float, default=0.0, help=argparse.SUPPRESS)
+    group.add_argument("--fault-seed", type=int, default=0, help=argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="asyncdl",
+        description="Fast, reliable, asynchronous bulk downloads of Allen Mouse Brain "
+        "Connectivity streamlines.",
+        epilog=help_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"asyncdl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    f = sub.add_parser(
+        "fetch",
+        help="download the streamlines of one or more data sets",
+        description="For each data set, select target voxels from its projection density and "
+        "download the spatial-search streamlines to each, into OUT/<id>/data.json. "
+        "Running the same command again resumes it.",
+        epilog=FETCH_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_what_to_fetch(f)
+    _add_speed(f)
+    _add_fetch_output(f)
+    _add_server(f, archive=True)
+
     ls = sub.add_parser(
         "list",
-        parents=[server, _search_options(required=True)],
         help="find data sets by injection structure",
         description="List the experiments injected in a structure (all pages of the search).",
         epilog=LIST_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    output = ls.add_mutually_exclusive_group()
+    _add_search(ls.add_argument_group("which experiments"), required=True)
+    output = ls.add_argument_group("output").add_mutually_exclusive_group()
     output.add_argument(
         "--json",
         action="store_true",
@@ -223,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the same fields as CSV, nested values as JSON text (pandas.read_csv(f))",
     )
+    _add_server(ls, archive=False)
 
     pv = sub.add_parser(
         "preview",
@@ -240,21 +266,29 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     e.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     e.add_argument(
-        "--latency-ms", type=float, default=0.0, help="mean added latency per request (default 0)"
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="mean added latency per request (default 0)",
     )
     e.add_argument(
         "--latency-spread",
         type=float,
         default=0.2,
+        metavar="FRACTION",
         help="latency varies uniformly by this fraction either way (default 0.2; 0 = fixed)",
     )
     e.add_argument(
         "--fault-rate",
         type=float,
         default=0.0,
+        metavar="FRACTION",
         help="fraction of responses that go wrong, reproducibly (default 0)",
     )
-    e.add_argument("--fault-seed", type=int, default=0, help="seed of the faults (default 0)")
+    e.add_argument(
+        "--fault-seed", type=int, default=0, metavar="SEED", help="seed of the faults (default 0)"
+    )
     e.add_argument(
         "--tls",
         action="store_true",
@@ -264,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument(
         "--faults",
+        metavar="KINDS",
         help="comma-separated fault kinds, of: 503,429,500,502,drop,truncate,badjson,slow,apierror "
         "(default: all but apierror)",
     )
@@ -349,10 +384,10 @@ def reporter(args: argparse.Namespace, stack: AsyncExitStack) -> Events:
     if args.log_format == "json":
         return JsonReporter()
     if args.quiet or not sys.stderr.isatty():
-        return LineReporter()
+        return LineReporter(verbose=args.verbose)
     from .progress import RichProgress
 
-    return stack.enter_context(RichProgress())
+    return stack.enter_context(RichProgress(verbose=args.verbose))
 
 
 async def run_fetch(args: argparse.Namespace) -> int:
@@ -370,6 +405,7 @@ async def run_fetch(args: argparse.Namespace) -> int:
         restart=args.restart,
         brainrender=args.format == "brainrender",
         ca_bundle=args.ca_bundle,
+        proxy=args.proxy,
     )
     async with serving(args) as endpoints, AsyncExitStack() as stack:
         if (legacy := legacy_warning(options, endpoints)) is not None:
@@ -381,19 +417,16 @@ async def run_fetch(args: argparse.Namespace) -> int:
             raise UsageError("no data set ids given (as arguments, --ids-file or a search)")
         if args.dry_run:
             return await dry_run(ids, args, options, endpoints)
-        events = reporter(args, stack)
-        started = time.monotonic()
         results = await fetch(
             ids,
             args.out,
             options=options,
             endpoints=endpoints,
             cache_dir=args.cache_dir,
-            events=events,
+            events=reporter(args, stack),
             workers=args.workers,
             scheduler=args.scheduler,
         )
-        events.finished(results, time.monotonic() - started)
     return Exit.OK if all(r.complete for r in results) else Exit.FAILED
 
 
@@ -422,7 +455,8 @@ async def dry_run(
 
 async def run_list(args: argparse.Namespace) -> int:
     async with serving(args) as endpoints:
-        experiments = await search(args, endpoints, FetchOptions(ca_bundle=args.ca_bundle))
+        options = FetchOptions(ca_bundle=args.ca_bundle, proxy=args.proxy)
+        experiments = await search(args, endpoints, options)
     if args.json or args.csv:
         (write_json_lines if args.json else write_csv)(experiments, sys.stdout)
         return Exit.OK
@@ -483,10 +517,31 @@ async def _stoppable(
         loop.remove_signal_handler(signal.SIGTERM)
 
 
+def _reader_gone(stream: TextIO) -> bool:
+    """Whether ``stream`` is a pipe whose reader has closed it (``| head``): poll says POLLERR."""
+    try:
+        poller = select.poll()
+        poller.register(stream.fileno(), select.POLLOUT)
+        return any(mask & select.POLLERR for _, mask in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll, no file descriptor
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return run(_stoppable(COMMANDS[args.command], args))
+        status = run(_stoppable(COMMANDS[args.command], args))
+        sys.stdout.flush()  # here, not at exit: a reader that has gone is seen below
+        return status
+    except BrokenPipeError as exc:
+        if not _reader_gone(sys.stdout):
+            print(f"asyncdl: error: {exc}", file=sys.stderr)
+            return Exit.FAILED
+        # `asyncdl list ... | head`: the reader has what it wanted. As Python's documentation
+        # advises for SIGPIPE, what is left for stdout goes to /dev/null, so that the flush at
+        # exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return Exit.OK
     except (KeyboardInterrupt, asyncio.CancelledError) as exc:
         if args.command == "emulate":  # a signal is how an emulator is meant to stop
             return Exit.OK

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Final, Literal, get_args
 
 from .errors import UsageError
+from .proxies import proxy_url
 
 #: Both hosts serve https; plain http would let anyone on the path change the data.
 DEFAULT_BASE_URL = "https://api.brain-map.org"
@@ -56,7 +57,7 @@ class FetchOptions:
         default=AUTO,
         metadata=_help(
             "requests in flight at once, across all data sets: a number, or auto to follow the "
-            "server (as many as it answers without a queue forming, within --max-concurrency)"
+            "server (as many as it answers without a queue forming)"
         ),
     )
     max_concurrency: int = field(
@@ -115,6 +116,13 @@ class FetchOptions:
     #: PEM file of the CAs to trust instead of the system's (SSL_CERT_FILE/SSL_CERT_DIR otherwise).
     #: Certificates are always verified; there is no way to turn that off.
     ca_bundle: Path | None = None
+    proxy: str | None = field(
+        default=None,
+        metadata=_help(
+            "send every request through this http proxy (default: HTTPS_PROXY and HTTP_PROXY; "
+            "hosts in NO_PROXY are reached directly; '' for none)"
+        ),
+    )
 
     def __post_init__(self) -> None:
         if self.concurrency != AUTO and (
@@ -146,6 +154,8 @@ class FetchOptions:
             raise UsageError(f"volumes must be one of {VOLUME_KINDS}, got {self.volumes!r}")
         if self.prefetch < 1:
             raise UsageError(f"prefetch must be at least 1, got {self.prefetch}")
+        if self.proxy:
+            proxy_url(self.proxy, "--proxy")
 
     @property
     def adaptive(self) -> bool:

@@ -133,6 +133,8 @@ class _Window:
 
     start: float
     lag: tuple[float, int]
+    #: A window sent under a lowered limit, to measure the no-load round trip.
+    probe: bool = False
     end: float = math.inf
     #: When its first request was sent: the span is a round trip of sends from there.
     first: float = math.inf
@@ -182,7 +184,7 @@ class Controller:
         self._window = _Window(now, lag())
         self._cut = -math.inf  # when the limit was last cut: older requests cannot cut it again
         self._probe_at = math.inf  # when the no-load round trip is next measured
-        self._probing: float | None = None  # the limit to go back to after it
+        self._probing: float | None = None  # the limit to go back to once the probe is sent
         self._measured_at = 0.0  # the limit when the no-load round trip was measured, or it was cut
 
     @property
@@ -206,6 +208,8 @@ class Controller:
         span = max(self.noload or 0.0, MIN_WINDOW)
         if window.end == math.inf and window.sent >= MIN_SAMPLES and now - window.first >= span:
             window.end = now
+            if self._probing is not None:  # the probe is sent: what follows may go out again
+                self._limit, self._probing = self._probing, None
 
     def answered(self, sent: float, done: float, in_flight: int, *, fresh: bool = False) -> int:
         """A request sent at ``sent`` was answered at ``done``, with ``in_flight`` requests out
@@ -222,13 +226,14 @@ class Controller:
         if window.holds(sent):
             (window.fresh if fresh else window.rtts).append(rtt)
             window.peak = max(window.peak, in_flight)
-            self._back(window, done)
+        self._back(sent, done)
         return self.limit
 
     def overloaded(self, sent: float, done: float) -> int:
         """The server shed a request sent at ``sent`` (429, 503), or it timed out. Returns the
         limit."""
         if sent <= self._cut or done - self._cut < (self.noload or 0.0):
+            self._back(sent, done)
             return self.limit  # the last cut, less than a round trip ago, was made for it
         if self._probing is not None:
             self._limit, self._probing = self._probing, None
@@ -242,16 +247,18 @@ class Controller:
     def ignored(self, sent: float, done: float) -> None:
         """A request sent at ``sent`` came to nothing that says how the server is (a refused
         connection, a cancelled request): no sample, but no longer awaited."""
+        self._back(sent, done)
+
+    def _back(self, sent: float, done: float) -> None:
+        """A request is back, or done with: the window closes once all of its are, or once its
+        last are far too late."""
         window = self._window
         if window.holds(sent):
-            self._back(window, done)
-
-    def _back(self, window: _Window, done: float) -> None:
-        window.back += 1
+            window.back += 1
         if window.end == math.inf:
             return
-        rtt = window.round_trip()
-        if window.back >= window.sent or (rtt is not None and done - window.end > STRAGGLERS * rtt):
+        late = STRAGGLERS * max(window.round_trip() or self.noload or 0.0, MIN_WINDOW)
+        if window.back >= window.sent or done - window.end > late:
             self._close(window, done)
 
     def _lag_since(self, reading: tuple[float, int]) -> float:
@@ -287,17 +294,17 @@ class Controller:
         rtt = window.round_trip()
         reading = self._lag()
         if rtt is not None:
-            if self._probing is not None:  # a drained window: the no-load round trip, afresh
+            if window.probe:  # a drained window: the no-load round trip, afresh
                 self.noload = rtt
-                self._limit, self._probing = self._probing, None
                 self._measured_at = self._limit
             elif not self.slow_start:
                 self._apply(rtt, self._lag_since(window.lag), window.peak)
             elif self.noload is not None:
                 self.noload = min(self.noload, rtt)
-        self._window = _Window(now, reading)
-        if self._probing is None and now >= self._probe_at:
-            self._probe(now)
+        if now >= self._probe_at:
+            self._probe(now, reading)
+        else:
+            self._window = _Window(now, reading)
 
     def _apply(self, rtt: float, lag: float, peak: int) -> None:
         """``limit * clamp(noload / rtt, 0.5, 1) + sqrt(limit)``, not grown while half unused.
@@ -327,10 +334,11 @@ class Controller:
             # the minimum).
             self._probe_at = -math.inf
 
-    def _probe(self, now: float) -> None:
-        """Lower the limit for one window, whose round trip becomes the no-load one: a queue of
-        ours drains, so what is left is the server's own latency (or the client's own lag), which
-        the law should take as given."""
+    def _probe(self, now: float, reading: tuple[float, int]) -> None:
+        """Lower the limit for the sends of one window, whose round trip becomes the no-load one:
+        a queue of ours drains first, so what is left is the server's own latency (or the client's
+        own lag), which the law should take as given. The limit is back once they are sent."""
+        self._window = _Window(now, reading, probe=True)
         self._probing = self._limit
         self._limit = max(1.0, self._limit / PROBE_DEPTH)
         self._probe_at = now + max(PROBE_SECONDS, PROBE_ROUNDS * (self.noload or 0.0))

@@ -1,16 +1,19 @@
-"""What a run tells the outside world while it works: the ``Events`` hooks, and two plain reporters.
+"""What a run tells the outside world while it works: the ``Events`` hooks, and the reporters.
 
 The pipeline calls these hooks; it never prints. ``Events`` does nothing, so a caller overrides only
-what it wants. ``LineReporter`` writes one line per finished data set (for logs and pipes),
-``JsonReporter`` one JSON object per event (for batch systems); the live terminal display is in
-``progress``.
+what it wants. ``LogReporter`` turns them into records of the ``asyncdl`` logger (every run has
+one), ``LineReporter`` into a line per finished data set (for logs and pipes), ``JsonReporter``
+into one JSON object per event (for batch systems); the live display is in ``progress``. ``Tee``
+hands each event to several of them. The words of a line are the ``describe`` functions', whoever
+shows it.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
 import orjson
@@ -72,6 +75,16 @@ def describe(result: DataSetResult) -> str:
     )
 
 
+def describe_retry(data_set: int, url: str, error: str, wait: float) -> str:
+    """One line for a request that failed and will be tried again."""
+    return f"{data_set}: retry in {wait:.1f} s after {error} ({url})"
+
+
+def describe_failure(data_set: int, rank: int, error: str) -> str:
+    """One line for a target that failed for good."""
+    return f"{data_set}: target {rank} failed: {error}"
+
+
 def describe_workers(workers: int, concurrency: Concurrency, rate: float | None) -> str:
     """One line saying how a run is spread over a Dask cluster."""
     head = f"asyncdl: {workers} Dask workers, each with"
@@ -91,20 +104,114 @@ def describe_run(results: Sequence[DataSetResult], seconds: float) -> str:
     )
 
 
-class LineReporter(Events):
-    """A line per finished data set and one for the run, on ``stream`` (stderr by default)."""
+#: The names of the ``Events`` hooks.
+HOOKS = tuple(name for name, value in vars(Events).items() if callable(value) and name[0] != "_")
 
-    def __init__(self, stream: TextIO | None = None) -> None:
-        self.stream = stream or sys.stderr
+
+class Tee(Events):
+    """Each event handed to every one of ``listeners``, in order."""
+
+    def __init__(self, *listeners: Events) -> None:
+        self.listeners = listeners
+        # Per hook, only the listeners that do something with it: the hooks of every target
+        # are called millions of times in a whole-atlas run.
+        self._calls = {
+            name: [
+                getattr(listener, name)
+                for listener in listeners
+                if getattr(type(listener), name) is not getattr(Events, name)
+            ]
+            for name in HOOKS
+        }
+
+
+def _forward(name: str) -> Callable[..., None]:
+    def hook(self: Tee, *args: Any, **kwargs: Any) -> None:
+        for call in self._calls[name]:
+            call(*args, **kwargs)
+
+    hook.__name__ = hook.__qualname__ = name
+    hook.__doc__ = getattr(Events, name).__doc__
+    return hook
+
+
+for _name in HOOKS:
+    setattr(Tee, _name, _forward(_name))
+
+
+#: The package's logger; the library adds no handler to it but a ``NullHandler`` (``__init__``).
+log = logging.getLogger("asyncdl")
+
+
+class LogReporter(Events):
+    """Events as records of the ``asyncdl`` logger: INFO per finished data set and for the run,
+    WARNING per failure (a target that failed for good, a data set not complete), DEBUG per retry,
+    per data set started and per change of the limit of requests in flight. Records about one data
+    set carry it as ``record.data_set``."""
 
     def workers_started(self, workers: int, concurrency: Concurrency, rate: float | None) -> None:
-        print(describe_workers(workers, concurrency, rate), file=self.stream, flush=True)
+        log.info(describe_workers(workers, concurrency, rate))
+
+    def shares_changed(self, shares: Mapping[str, int]) -> None:
+        log.debug(
+            "requests in flight by Dask worker: %s",
+            ", ".join(f"{w} {n}" for w, n in shares.items()),
+        )
+
+    def limit_changed(self, limit: int) -> None:
+        log.debug("up to %d requests in flight", limit)
+
+    def data_set_started(self, data_set: int, targets: int, resumed: int) -> None:
+        log.debug(
+            "%s: %d targets, %d answered before",
+            data_set,
+            targets,
+            resumed,
+            extra={"data_set": data_set},
+        )
+
+    def retry(self, data_set: int, url: str, error: str, wait: float) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(describe_retry(data_set, url, error, wait), extra={"data_set": data_set})
+
+    def target_failed(self, data_set: int, rank: int, error: str) -> None:
+        log.warning(describe_failure(data_set, rank, error), extra={"data_set": data_set})
 
     def data_set_done(self, result: DataSetResult) -> None:
-        print(describe(result), file=self.stream, flush=True)
+        level = logging.INFO if result.complete else logging.WARNING
+        log.log(level, describe(result), extra={"data_set": result.data_set})
 
     def finished(self, results: Sequence[DataSetResult], seconds: float) -> None:
-        print(f"asyncdl: {describe_run(results, seconds)}", file=self.stream, flush=True)
+        log.info(describe_run(results, seconds))
+
+
+class LineReporter(Events):
+    """A line per finished data set and one for the run, on ``stream`` (stderr by default);
+    ``verbose`` adds one per retry and per target that failed for good."""
+
+    def __init__(self, stream: TextIO | None = None, *, verbose: bool = False) -> None:
+        self.stream = stream or sys.stderr
+        self.verbose = verbose
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.stream, flush=True)
+
+    def workers_started(self, workers: int, concurrency: Concurrency, rate: float | None) -> None:
+        self._print(describe_workers(workers, concurrency, rate))
+
+    def retry(self, data_set: int, url: str, error: str, wait: float) -> None:
+        if self.verbose:
+            self._print(describe_retry(data_set, url, error, wait))
+
+    def target_failed(self, data_set: int, rank: int, error: str) -> None:
+        if self.verbose:
+            self._print(describe_failure(data_set, rank, error))
+
+    def data_set_done(self, result: DataSetResult) -> None:
+        self._print(describe(result))
+
+    def finished(self, results: Sequence[DataSetResult], seconds: float) -> None:
+        self._print(f"asyncdl: {describe_run(results, seconds)}")
 
 
 class JsonReporter(Events):

@@ -11,6 +11,9 @@ here and nowhere else.
 TLS: one ``ssl.SSLContext`` per run, always verifying. It trusts ``FetchOptions.ca_bundle`` if
 given, else OpenSSL's default paths, which honour ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` (read when
 the run starts, unlike aiohttp's own default context, which is built once at import).
+
+Proxies (``proxies``): chosen once per run and per host, not by aiohttp's ``trust_env``, which
+reads the environment and ``~/.netrc`` again in a thread for every request.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
+from urllib.request import getproxies_environment
 
 import aiohttp
 import orjson
@@ -44,6 +48,7 @@ from .errors import (
 )
 from .files import atomic_file_async, writing
 from .limits import Limits
+from .proxies import Proxies
 from .retries import Retries, RetryPolicy
 
 T = TypeVar("T")
@@ -90,6 +95,8 @@ class HttpClient:
             options, answering=self.limits.answering, clock=self.limits.clock, sleep=sleep
         )
         self._session: aiohttp.ClientSession | None = None
+        self._proxies = Proxies()
+        self._proxy_of: dict[tuple[str, str | None, int | None], URL | None] = {}
         # Per attempt: a JSON answer must be whole in time; a download must keep flowing.
         self._json_timeout = aiohttp.ClientTimeout(total=options.timeout)
         self._download_timeout = aiohttp.ClientTimeout(
@@ -97,6 +104,7 @@ class HttpClient:
         )
 
     async def __aenter__(self) -> HttpClient:
+        self._proxies = Proxies.choose(self.options.proxy, getproxies_environment())
         connector = aiohttp.TCPConnector(
             limit=self.options.max_in_flight,
             limit_per_host=0,
@@ -211,7 +219,9 @@ class HttpClient:
         # transfers whose first byte says little of the server's queue, most from another host.
         async with self.limits.slot(sample=timeout is self._json_timeout) as slot:
             try:
-                async with self.session.get(URL(url, encoded=True), timeout=timeout) as resp:
+                target = URL(url, encoded=True)
+                proxy = self._proxy(target)
+                async with self.session.get(target, timeout=timeout, proxy=proxy) as resp:
                     slot.answered(resp)
                     _check_status(resp, url)
                     result, size = await consume(resp, url)
@@ -228,6 +238,13 @@ class HttpClient:
                 raise FetchError(_describe(exc), url) from exc
         tally.bytes += size
         return result
+
+    def _proxy(self, url: URL) -> URL | None:
+        """The proxy for ``url``'s host (a run asks for a few hosts, millions of times)."""
+        key = (url.scheme, url.host, url.port)
+        if key not in self._proxy_of:
+            self._proxy_of[key] = self._proxies.for_url(url)
+        return self._proxy_of[key]
 
     @staticmethod
     async def _read_body(resp: aiohttp.ClientResponse, url: str) -> tuple[bytes, int]:

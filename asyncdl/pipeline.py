@@ -41,6 +41,7 @@ class Pipeline:
         self._stack = AsyncExitStack()
         self._group: asyncio.TaskGroup | None = None
         self._lanes: set[asyncio.Task[None]] = set()
+        #: As many lanes as requests may be in flight: -c N, or --max-concurrency under -c auto.
         self._size = options.max_in_flight if lanes is None else lanes
 
     async def __aenter__(self) -> Pipeline:

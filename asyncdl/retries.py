@@ -107,7 +107,8 @@ class RetryPolicy:
         self.answering = answering
         self.clock = clock
         self.sleep = sleep
-        self._jitter = wait_random_exponential(
+        #: Full-jitter exponential backoff (tenacity), by attempt.
+        self.backoff = wait_random_exponential(
             multiplier=options.backoff_base, max=options.backoff_max
         )
 
@@ -152,7 +153,7 @@ class Retries:
     def wait(self, state: RetryCallState) -> float:
         """Full-jitter exponential backoff, stretched to the server's Retry-After (capped)."""
         options = self.policy.options
-        delay: float = self.policy._jitter(state)
+        delay: float = self.policy.backoff(state)
         error = state.outcome.exception() if state.outcome is not None else None
         if isinstance(error, TransientError) and error.retry_after is not None:
             delay = max(delay, min(error.retry_after, options.retry_after_max))

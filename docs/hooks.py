@@ -31,7 +31,15 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Width of the rendered ``--help``: a classic terminal's, which fits the page's code blocks.
 HELP_WIDTH = 80
 #: Files of benchmarks/ that become pages (and files) of the site, at the same place.
-BENCHMARK_FILES = ("README.md", "results.md", "throughput.png", "results.json")
+BENCHMARK_FILES = (
+    "README.md",
+    "results.md",
+    "throughput.png",
+    "results.json",
+    "capacity/results.md",
+    "capacity/capacity.png",
+    "capacity/results.json",
+)
 _DIRECTIVE = re.compile(r"^<!-- generated: ([\w-]+) -->$", re.M)
 
 

@@ -22,6 +22,7 @@ from aiohttp.test_utils import TestServer
 
 import asyncdl
 from asyncdl.emulator import Emulator
+from asyncdl.events import HOOKS
 
 # Shared with the benchmarks (which must not import tests), and imported by the tests from here.
 from benchmarks.server import EmulatorProcess as EmulatorProcess
@@ -142,9 +143,8 @@ def _recording(hook: str) -> Callable[..., None]:
     return record
 
 
-for _hook, _method in vars(asyncdl.Events).items():
-    if callable(_method) and not _hook.startswith("_"):
-        setattr(Recorder, _hook, _recording(_hook))
+for _hook in HOOKS:
+    setattr(Recorder, _hook, _recording(_hook))
 
 
 class Sleeps:
@@ -210,6 +210,22 @@ class EmulatorThread:
         assert self._stop is not None
         self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(30)
+
+
+#: The variables that send requests through a proxy (urllib, and so asyncdl, reads either case).
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "no_proxy", "all_proxy")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_proxy_from_outside() -> Iterator[None]:
+    """Every test talks to its servers directly unless it sets a proxy itself (with monkeypatch,
+    or in a subprocess's environment, so that it cannot leak into the next test): a proxy set
+    on the machine running the suite must not reroute it."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in PROXY_VARIABLES:
+            mp.delenv(name, raising=False)
+            mp.delenv(name.upper(), raising=False)
+        yield
 
 
 @pytest.fixture(scope="session")

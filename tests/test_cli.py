@@ -1,6 +1,8 @@
 """The command line, run as a real subprocess (``python -m asyncdl``)."""
 
 import os
+import re
+import shlex
 import signal
 import subprocess
 import time
@@ -11,6 +13,8 @@ import pandas as pd
 import pytest
 
 from asyncdl import cli
+from asyncdl.config import FetchOptions
+from asyncdl.emulator import FaultPlan
 
 from .conftest import (
     SEED_ID,
@@ -63,12 +67,13 @@ def test_partial_failure_exits_1_after_writing_the_rest(emulator, tmp_path):
     assert (tmp_path / str(SEED_ID) / "data.json").exists()
 
 
-def test_ids_file(emulator, tmp_path):
+@pytest.mark.parametrize("flag", ["--ids-file", "-i"])
+def test_ids_file(emulator, tmp_path, flag):
     ids = tmp_path / "ids.txt"
     ids.write_text(f"# experiments\n{SEED_ID}  # the seed's\n\n")
     proc = run_cli(
         "fetch",
-        "--ids-file",
+        flag,
         ids,
         "-o",
         tmp_path / "out",
@@ -272,9 +277,12 @@ def test_brainrender_format_json_log_and_preview(emulator, tmp_path):
         *server_args(emulator),
     )
     assert proc.returncode == 0, proc.stderr
-    events = [orjson.loads(line) for line in proc.stderr.splitlines()]
+    everything = [orjson.loads(line) for line in proc.stderr.splitlines()]
+    events = [e for e in everything if e["event"] != "limit"]
     assert [e["event"] for e in events] == ["start", "data_set_start", "data_set_done", "summary"]
     assert events[2]["status"] == "ok" and events[3]["complete"] == 1
+    limits = [e["limit"] for e in everything if e["event"] == "limit"]  # -c auto's, now and then
+    assert limits and all(1 <= limit <= 256 for limit in limits)
     streamlines = pd.read_json(tmp_path / str(SEED_ID) / f"streamlines_{SEED_ID}.json")
     assert len(streamlines["lines"][0]) == events[2]["lines"] > 0  # as brainrender reads it
     proc = run_cli("preview", tmp_path / str(SEED_ID))
@@ -323,3 +331,117 @@ def test_a_default_run_against_a_server_that_sheds_load_answers_every_target(tmp
     done = orjson.loads((tmp_path / "fixed" / str(SEED_ID) / "summary.json").read_bytes())
     assert done["complete"] and fixed_sheds > 0 and done["retries"] >= fixed_sheds
     print(f"sheds: {auto_sheds} of {served} with -c auto, {fixed_sheds} with -c 64")
+
+
+# -- conventions: pipes, -v, --help --------------------------------------------------------------
+
+
+def test_a_closed_pipe_ends_quietly(emulator):
+    # The reader is gone before anything is written (the end of the pipe it read is closed).
+    proc = subprocess.Popen(
+        command("list", "--injection-structure", "grey", "--json", *server_args(emulator)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()
+    _, stderr = proc.communicate(timeout=120)
+    assert (proc.returncode, stderr) == (0, "")
+
+
+def test_list_into_head_as_in_a_shell(emulator):
+    # `asyncdl list ... | head -1` with pipefail: the status is asyncdl's own.
+    line = shlex.join(command("list", "--injection-structure", "grey", *server_args(emulator)))
+    proc = subprocess.run(
+        ["bash", "-c", f"set -o pipefail; {line} | head -1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert proc.stdout.split()[:2] == ["id", "structure"] and proc.stdout.count("\n") == 1
+
+
+@pytest.fixture(scope="module")
+def faulty():
+    """An emulator whose spatial search fails a third of the time, at once (HTTP 500)."""
+    faults = FaultPlan(rate=0.3, kinds=("500",), routes=frozenset({"query"}))
+    with EmulatorThread(faults=faults) as emu:
+        yield emu
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_verbose_prints_each_retry(faulty, tmp_path, verbose):
+    args = ["--density-range", "0.1", "0.11", "--retries", "8", *server_args(faulty)]
+    proc = run_cli("fetch", SEED_ID, "-o", tmp_path, *args, *(["-v"] if verbose else []))
+    assert proc.returncode == 0, proc.stderr
+    summary = orjson.loads((tmp_path / str(SEED_ID) / "summary.json").read_bytes())
+    assert summary["retries"] > 0
+    retries = [line for line in proc.stderr.splitlines() if ": retry in " in line]
+    assert len(retries) == (summary["retries"] if verbose else 0)
+    pattern = rf"{SEED_ID}: retry in \d+\.\d s after HTTP 500 Internal Server Error \(http://"
+    assert all(re.match(pattern, line) for line in retries), retries[:3]
+
+
+def help_of(*args):
+    proc = run_cli(*args, "--help")
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def sections(text):
+    """The option lines of each titled part of a --help text, by title."""
+    parts: dict[str, list[str]] = {}
+    title = None
+    for line in text.splitlines():
+        if line and not line.startswith(" ") and line.endswith(":"):
+            title = line[:-1]
+            parts[title] = []
+        elif title is not None and line.startswith("  -"):
+            parts[title].append(line.split()[0].rstrip(","))
+    return parts
+
+
+def test_fetch_help_groups_its_options_with_readable_names():
+    text = help_of("fetch")
+    parts = sections(text)
+    assert list(parts)[:5] == ["options", "what to fetch", "speed", "output", "server"]
+    assert parts["what to fetch"][:2] == ["-i", "--injection-structure"]
+    assert parts["speed"][:6] == [
+        "-c",
+        "--max-concurrency",
+        "--rate",
+        "--retries",
+        "--patience",
+        "--timeout",
+    ]
+    assert {"-o", "-q", "-v", "--format", "--dry-run"} <= set(parts["output"])
+    assert parts["server"] == [
+        "--base-url",
+        "--archive-url",
+        "--proxy",
+        "--ca-bundle",
+        "--emulator",
+    ]
+    usage = text[: text.index("\n\n")]
+    assert re.findall(r"\b[A-Z]+_[A-Z_]+\b", usage) == []  # no INJECTION_THRESHOLD
+    assert "--injection-threshold FRACTION" in usage and "--timeout SECONDS" in usage
+    # Defaults and help texts are FetchOptions' own.
+    flat = " ".join(text.split())
+    for name in ("concurrency", "retries", "timeout", "injection_threshold", "proxy"):
+        assert FetchOptions.describe(name)[1] in flat
+
+
+def test_list_help_offers_only_what_list_uses():
+    text = help_of("list")
+    parts = sections(text)
+    assert parts["which experiments"] == [
+        "--injection-structure",
+        "--primary-only",
+        "--transgenic-line",
+    ]
+    assert parts["output"] == ["--json", "--csv"]
+    assert parts["server"] == ["--base-url", "--proxy", "--ca-bundle", "--emulator"]
+    for unused in ("--archive-url", "--concurrency", "--retries", "--out", "--verbose"):
+        assert unused not in text

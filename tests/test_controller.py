@@ -267,3 +267,22 @@ def test_a_client_whose_own_cpu_is_the_bottleneck_gets_as_much_as_a_fixed_limit(
     auto = simulate(**common, quota=quota, ceiling=512)  # type: ignore[arg-type]
     fixed = simulate(**common, quota=quota, fixed=512)  # type: ignore[arg-type]
     assert auto.rate(2, seconds) >= 0.95 * fixed.rate(2, seconds)
+
+
+def test_a_window_closes_when_requests_of_it_are_shed_soon_after_a_cut():
+    controller = Controller(1000, initial=32, now=0.0)
+    controller.overloaded(sent=0.5, done=1.0)
+    now = window(controller, 1.0, 0.05, 16)  # the law: 16 -> 20, then the probe at 10
+    now = window(controller, now, 0.05, 10)
+    controller.sending(now + 0.001)
+    cut = now + 0.002
+    assert controller.overloaded(sent=now + 0.001, done=cut) == 10  # a new window from here
+    sends = [cut + 0.006 * n for n in range(1, 11)]  # over a round trip
+    for sent in sends:
+        controller.sending(sent)
+    for sent in sends[:3]:  # shed less than a round trip after the cut: no second cut...
+        controller.overloaded(sent=sent, done=sent + 0.001)
+    for sent in sends[3:]:
+        controller.answered(sent, sent + 0.05, 10)
+    # ... but back all the same: the window closed and its law was applied.
+    assert controller.limit == int(10 + math.sqrt(10))

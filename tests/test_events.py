@@ -1,14 +1,20 @@
-"""What a run reports: the JSON event stream, the plain lines and the live display."""
+"""What a run reports: the JSON event stream, the plain lines, the log and the live display."""
 
 import inspect
 import io
+import logging
+import subprocess
+import sys
+import threading
 
 import orjson
+import pytest
 from rich.console import Console
 
 import asyncdl
-from asyncdl import FetchOptions
-from asyncdl.events import JsonReporter, LineReporter
+from asyncdl import Events, FetchOptions, UsageError
+from asyncdl.emulator import Emulator, FaultPlan
+from asyncdl.events import HOOKS, JsonReporter, LineReporter, Tee
 from asyncdl.progress import RichProgress
 
 from .conftest import SEED_ID, Recorder
@@ -19,10 +25,9 @@ OPTIONS = FetchOptions(concurrency=8, density_range=(0.1, 0.11))
 async def test_json_events(emulator, tmp_path):
     stream = io.StringIO()
     reporter = JsonReporter(stream)
-    results = await asyncdl.fetch(
+    await asyncdl.fetch(
         [SEED_ID, 42], tmp_path, options=OPTIONS, endpoints=emulator.endpoints, events=reporter
     )
-    reporter.finished(results, 1.0)
     events = [orjson.loads(line) for line in stream.getvalue().splitlines()]
     kinds = [e["event"] for e in events]
     assert kinds[0] == "start" and kinds[-1] == "summary"
@@ -40,8 +45,7 @@ async def test_line_reporter(emulator, tmp_path):
     results = await asyncdl.fetch(
         [SEED_ID], tmp_path, options=OPTIONS, endpoints=emulator.endpoints, events=reporter
     )
-    reporter.finished(results, 2.0)
-    first, last = stream.getvalue().splitlines()
+    first, last = stream.getvalue().splitlines()  # the run's line: fetch says it is finished
     assert first.startswith(f"{SEED_ID}: ok: {results[0].targets} targets")
     assert last.startswith("asyncdl: 1 of 1 data sets complete")
 
@@ -50,10 +54,9 @@ async def test_rich_progress_shows_bars_then_a_table(emulator, tmp_path):
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=140, color_system=None)
     with RichProgress(console) as progress:
-        results = await asyncdl.fetch(
+        await asyncdl.fetch(
             [SEED_ID], tmp_path, options=OPTIONS, endpoints=emulator.endpoints, events=progress
         )
-        progress.finished(results, 1.5)
     text = out.getvalue()
     assert "req/s" in text and "retries" in text  # the bars were drawn
     assert "   8 at once" in text  # how many requests may be in flight
@@ -76,3 +79,92 @@ def test_the_recorder_records_every_hook_with_its_arguments():
     recorder.shares_changed(shares)
     shares["tcp://a:1"] = 0  # what the run changes afterwards is recorded as it was
     assert recorder.shares[-1] == {"tcp://a:1": 3}
+
+
+def test_tee_hands_every_hook_to_each_listener_in_order():
+    first, second = Recorder(), Recorder()
+    tee = Tee(first, Events(), second)
+    arguments = {
+        name: list(inspect.signature(getattr(Events, name)).parameters)[1:] for name in HOOKS
+    }
+    for name in HOOKS:
+        getattr(tee, name)(*arguments[name])  # each argument's value is its own name
+    for listener in (first, second):
+        assert [(hook, list(args.values())) for hook, args in listener.calls] == list(
+            arguments.items()
+        )
+    assert {"started", "retry", "target_done", "data_set_done", "finished"} <= set(HOOKS)
+
+
+async def test_the_log_says_what_the_lines_say(tmp_path, caplog):
+    # Half the spatial searches fail at first, and a retry may fail again: retries, targets
+    # failed for good, and a data set that does not exist (42).
+    faults = FaultPlan(rate=0.5, kinds=("500",), routes=frozenset({"query"}))
+    options = FetchOptions(
+        concurrency=8, density_range=(0.1, 0.11), retries=1, backoff_base=0, backoff_max=0
+    )
+    lines = io.StringIO()
+    async with Emulator(faults=faults) as emu:
+        with caplog.at_level(logging.DEBUG, logger="asyncdl"):
+            results = await asyncdl.fetch(
+                [SEED_ID, 42],
+                tmp_path,
+                options=options,
+                endpoints=emu.endpoints,
+                events=LineReporter(lines, verbose=True),
+            )
+    seed, missing = results
+    assert missing.status == "failed"
+    assert seed.retries > 0 and seed.failures > 0 and seed.lines > 0
+    records = [r for r in caplog.records if r.name == "asyncdl"]
+    by_level = {
+        level: [r.getMessage() for r in records if r.levelno == level]
+        for level in (logging.DEBUG, logging.INFO, logging.WARNING)
+    }
+    retries = [m for m in by_level[logging.DEBUG] if ": retry in " in m]
+    assert len(retries) == seed.retries
+    failed = [m for m in by_level[logging.WARNING] if ": target " in m]
+    assert len(failed) == seed.failures
+    assert any(m.startswith(f"{SEED_ID}: INCOMPLETE: ") for m in by_level[logging.WARNING])
+    assert any(m.startswith("42: FAILED: HTTP 404") for m in by_level[logging.WARNING])
+    assert by_level[logging.INFO] == [by_level[logging.INFO][-1]]  # only the run: none complete
+    assert by_level[logging.INFO][-1].startswith("0 of 2 data sets complete")
+    assert all(r.data_set == SEED_ID for r in records if ": retry in " in r.getMessage())
+    # One text, two places: each line printed is the message of a record, and the other way round
+    # but for the per-data-set start (DEBUG) records the lines leave out.
+    *printed, run = lines.getvalue().splitlines()
+    logged = [m for m in (r.getMessage() for r in records) if "answered before" not in m]
+    assert sorted(printed) == sorted(logged[:-1]) and run == f"asyncdl: {logged[-1]}"
+
+
+def test_the_library_adds_no_handler_but_a_null_one(emulator, tmp_path):
+    assert [type(h) for h in logging.getLogger("asyncdl").handlers] == [logging.NullHandler]
+    # A script that configures no logging sees nothing, even of failures (no lastResort output).
+    script = (
+        "import asyncdl, sys; "
+        "[r] = asyncdl.fetch_sync([42], sys.argv[1], endpoints=asyncdl.Endpoints(sys.argv[2], "
+        "sys.argv[2])); print(r.status)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path), emulator.base_url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "failed\n", "")
+
+
+async def test_fetch_sync_runs_in_a_thread_of_its_own_where_a_loop_runs(emulator, tmp_path):
+    # This test is a coroutine: its event loop runs, as a notebook kernel's does.
+    threads = []
+
+    class Where(Events):
+        def data_set_done(self, result):
+            threads.append(threading.current_thread().name)
+
+    [result] = asyncdl.fetch_sync(
+        [SEED_ID], tmp_path, options=OPTIONS, endpoints=emulator.endpoints, events=Where()
+    )
+    assert result.complete and threads == ["asyncdl-run"]
+    with pytest.raises(UsageError, match="no data set ids"):  # errors come out as themselves
+        asyncdl.fetch_sync([], tmp_path)

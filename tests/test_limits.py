@@ -122,9 +122,12 @@ async def test_auto_keeps_to_max_concurrency_against_a_server_that_never_queues(
 
     url = await serve(handle) + "/q"
     async with HttpClient(FetchOptions(max_concurrency=24)) as http:
-        await asyncio.gather(*(http.get_json(url, Tally(), rows) for _ in range(600)))
-        assert http.limits.limit == 24  # grown to it, with nothing to stop it
-    assert peak <= 24
+        highest = 0
+        for _ in range(10):
+            await asyncio.gather(*(http.get_json(url, Tally(), rows) for _ in range(100)))
+            highest = max(highest, http.limits.limit)
+    assert highest == 24  # grown to it, with nothing to stop it...
+    assert peak <= 24  # ... and never past it
 
 
 @pytest.mark.parametrize("share", [0, 3])

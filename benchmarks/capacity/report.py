@@ -1,4 +1,5 @@
-"""results.json (settings, machine, medians, each run's figures and series) and results.md."""
+"""results.json (settings, machine, medians, each run's figures and series) and results.md (the
+tables, then an analysis written by hand, which a new run keeps, as benchmarks/report.py does)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ..report import kept_analysis
 from . import analysis
 from .analysis import Row, Run
 from .settings import Settings
@@ -37,7 +39,9 @@ def write(
         ],
     }
     (out / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
-    (out / "results.md").write_text(markdown(settings, info, rows))
+    path = out / "results.md"
+    earlier = path.read_text() if path.exists() else ""
+    path.write_text(markdown(settings, info, rows) + kept_analysis(earlier, info["commit"]))
 
 
 def markdown(settings: Settings, info: dict[str, Any], rows: list[Row]) -> str:
@@ -80,6 +84,8 @@ def markdown(settings: Settings, info: dict[str, Any], rows: list[Row]) -> str:
         "(in quarter-second steps) served at least 0.9 K/L with a mean queue wait of at most "
         "0.5 L (-: never for good); settled: the same against 0.9 of the run's own steady "
         "throughput, for when the machine rather than the server is the limit.",
+        "",
+        "![throughput, queue wait and requests at the server over time](capacity.png)",
         "",
     ]
     return "\n".join(lines)

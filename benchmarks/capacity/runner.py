@@ -50,11 +50,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _server_runs(server: Server, settings: Settings, work: Path, env: dict[str, str]) -> list[Run]:
     log = work / f"emulator-{server.handlers}-{server.shed_queue}.log"
-    options: list[object] = ["--latency-ms", settings.latency_ms]
-    options += ["--latency-spread", settings.latency_spread, "--capacity", server.handlers]
-    if server.shed_queue is not None:
-        options += ["--shed-queue", server.shed_queue]
-    with EmulatorProcess(*options, log=log, env=env) as emu:
+    shedding = ["--shed-queue", server.shed_queue] if server.shed_queue is not None else []
+    with EmulatorProcess(
+        *("--latency-ms", settings.latency_ms, "--latency-spread", settings.latency_spread),
+        *("--capacity", server.handlers, *shedding),
+        log=log,
+        env=env,
+    ) as emu:
         _say(f"{server.label}: emulator at {emu.base_url}; warming up")
         emu.warm_up(settings.data_sets)
         cache = work / f"cache-{server.handlers}-{server.shed_queue}"
@@ -109,13 +111,13 @@ def _run(
         while True:
             polls.append(poll(emu, started))
             if proc.poll() is not None:
+                polls.append(poll(emu, started))  # done: what its last requests did
                 break
             if time.monotonic() - started >= settings.seconds:
-                proc.terminate()
+                proc.terminate()  # the readings end here: its shutdown is no part of the run
                 proc.wait(timeout=60)
                 break
             time.sleep(max(0.0, settings.poll_s - (time.monotonic() - started - polls[-1].at)))
-        polls.append(poll(emu, started))
         wall = time.monotonic() - started
     retries, limits = [], []
     for line in (folder / "events.ndjson").read_bytes().splitlines():
