@@ -75,6 +75,11 @@ def describe(result: DataSetResult) -> str:
     )
 
 
+def describe_limit(limit: int) -> str:
+    """One line saying how many requests may be in flight."""
+    return f"up to {limit} requests in flight"
+
+
 def describe_retry(data_set: int, url: str, error: str, wait: float) -> str:
     """One line for a request that failed and will be tried again."""
     return f"{data_set}: retry in {wait:.1f} s after {error} ({url})"
@@ -159,7 +164,7 @@ class LogReporter(Events):
         )
 
     def limit_changed(self, limit: int) -> None:
-        log.debug("up to %d requests in flight", limit)
+        log.debug(describe_limit(limit))
 
     def data_set_started(self, data_set: int, targets: int, resumed: int) -> None:
         log.debug(
@@ -187,7 +192,8 @@ class LogReporter(Events):
 
 class LineReporter(Events):
     """A line per finished data set and one for the run, on ``stream`` (stderr by default);
-    ``verbose`` adds one per retry and per target that failed for good."""
+    ``verbose`` adds one per retry, per target that failed for good and per change of the limit of
+    requests in flight."""
 
     def __init__(self, stream: TextIO | None = None, *, verbose: bool = False) -> None:
         self.stream = stream or sys.stderr
@@ -198,6 +204,10 @@ class LineReporter(Events):
 
     def workers_started(self, workers: int, concurrency: Concurrency, rate: float | None) -> None:
         self._print(describe_workers(workers, concurrency, rate))
+
+    def limit_changed(self, limit: int) -> None:
+        if self.verbose:
+            self._print(describe_limit(limit))
 
     def retry(self, data_set: int, url: str, error: str, wait: float) -> None:
         if self.verbose:
