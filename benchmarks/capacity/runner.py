@@ -4,7 +4,8 @@ One emulator process per server, warmed up (it builds each data set's files and 
 use), and one volume cache per server, filled by an unmeasured ``--dry-run``: the runs measure
 the target phase. Each run is ``asyncdl fetch`` in a process of its own with a fresh output
 folder and the JSON log, stopped (SIGTERM, as a batch system would) ``seconds`` after it started;
-meanwhile the server's counters are read every ``poll_s``.
+meanwhile the server's counters are read every ``poll_s``. A run starts once the server has
+answered everything the one before left in its queue.
 """
 
 from __future__ import annotations
@@ -92,6 +93,15 @@ def _argv(settings: Settings, url: str, out: Path, cache: Path, contender: str |
     ]
 
 
+def _drained(emu: EmulatorProcess, timeout: float = 120.0) -> None:
+    """Until the server has nothing in service or queued (what a stopped run left behind)."""
+    deadline = time.monotonic() + timeout
+    while emu.stats()["in_flight"] > 1:  # this reading is one
+        if time.monotonic() > deadline:
+            raise RuntimeError("the emulator did not drain its queue")
+        time.sleep(0.1)
+
+
 def _run(
     server: Server,
     contender: str,
@@ -103,6 +113,7 @@ def _run(
     env: dict[str, str],
 ) -> Run:
     folder.mkdir()
+    _drained(emu)
     argv = _argv(settings, emu.base_url, folder / "out", cache, contender)
     polls: list[Poll] = []
     with (folder / "events.ndjson").open("wb") as events:
