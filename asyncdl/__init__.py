@@ -3,7 +3,7 @@
 import logging
 
 from ._version import __version__
-from .api import fetch, fetch_sync, survey
+from .api import fetch, fetch_sync, survey, verify
 from .catalog import Experiment, find_experiments
 from .config import FetchOptions, LegacyVolumesWarning
 from .datafile import Streamlines, read_streamlines
@@ -21,7 +21,7 @@ from .errors import (
 )
 from .events import Events
 from .idsfile import read_ids_file
-from .results import DataSetResult, Survey
+from .results import DataSetResult, Survey, Verdict
 from .urls import Endpoints
 
 # A library leaves its log's handling to the application (the logging HOWTO): records of the
@@ -46,6 +46,7 @@ __all__ = [
     "TLSError",
     "TransientError",
     "UsageError",
+    "Verdict",
     "VolumeError",
     "__version__",
     "fetch",
@@ -54,4 +55,5 @@ __all__ = [
     "read_ids_file",
     "read_streamlines",
     "survey",
+    "verify",
 ]

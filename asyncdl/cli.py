@@ -10,6 +10,7 @@ import select
 import signal
 import sys
 import warnings
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -19,7 +20,7 @@ import orjson
 
 from . import __version__
 from .aio import run
-from .api import fetch, legacy_warning, survey
+from .api import fetch, legacy_warning, survey, verify
 from .catalog import Experiment, find_experiments
 from .config import (
     AUTO,
@@ -34,6 +35,7 @@ from .errors import AsyncdlError, StorageError, TLSError, UsageError
 from .events import Events, JsonReporter, LineReporter
 from .exits import Exit, help_text
 from .idsfile import read_ids_file
+from .results import Verdict
 from .tables import write_csv, write_json_lines
 from .urls import Endpoints, data_set_id
 
@@ -150,6 +152,7 @@ def _add_fetch_output(parser: _Parser) -> None:
         help="where volumes are cached (default OUT/.cache)",
     )
     _option(group, "restart", action="store_true")
+    _option(group, "keep_journal", action="store_true")
     group.add_argument(
         "--dry-run",
         action="store_true",
@@ -249,6 +252,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="the same fields as CSV, nested values as JSON text (pandas.read_csv(f))",
     )
     _add_server(ls, archive=False)
+
+    v = sub.add_parser(
+        "verify",
+        help="check fetched data sets against the SHA-256 of their files",
+        description="Read every final file of each data set in OUT (data.json, and the "
+        "brainrender file if written) and compare it with the size and SHA-256 its summary.json "
+        "recorded when it was written. Prints a line per damaged or unfinished data set; a "
+        "damaged one is marked so in its summary.json, and the next fetch repairs it.",
+        epilog=help_text((Exit.OK, Exit.FAILED, Exit.USAGE, Exit.DAMAGED)),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    v.add_argument("out", type=Path, metavar="OUT", help="the output folder of fetch (-o)")
+    v.add_argument("ids", nargs="*", metavar="ID", help="data set ids (default: every OUT/<id>)")
 
     pv = sub.add_parser(
         "preview",
@@ -403,6 +419,7 @@ async def run_fetch(args: argparse.Namespace) -> int:
         volumes=args.volumes,
         rate=args.rate,
         restart=args.restart,
+        keep_journal=args.keep_journal,
         brainrender=args.format == "brainrender",
         ca_bundle=args.ca_bundle,
         proxy=args.proxy,
@@ -468,6 +485,25 @@ async def run_list(args: argparse.Namespace) -> int:
     return Exit.OK
 
 
+async def run_verify(args: argparse.Namespace) -> int:
+    def show(v: Verdict) -> None:
+        if v.status != "verified":
+            print(f"{v.data_set}: {v.status.upper()}: {v.problem}", flush=True)
+
+    ids = [data_set_id(value) for value in args.ids] or None
+    verdicts = await asyncio.to_thread(verify, args.out, ids, each=show)
+    counts = Counter(v.status for v in verdicts)
+    print(
+        f"verify: {len(verdicts)} data sets, {counts['verified']} verified, "
+        f"{counts['damaged']} damaged, {counts['unfinished']} unfinished"
+        + ("; run the same fetch again to repair them" if counts["damaged"] else ""),
+        file=sys.stderr,
+    )
+    if counts["damaged"]:
+        return Exit.DAMAGED
+    return Exit.FAILED if counts["unfinished"] else Exit.OK
+
+
 async def run_preview(args: argparse.Namespace) -> int:
     from .preview import render_preview
 
@@ -498,6 +534,7 @@ async def run_emulate(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
     "fetch": run_fetch,
     "list": run_list,
+    "verify": run_verify,
     "preview": run_preview,
     "emulate": run_emulate,
 }

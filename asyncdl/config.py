@@ -113,6 +113,13 @@ class FetchOptions:
     )
     #: Also write ``streamlines_<id>.json``, the layout brainrender reads (``asyncdl.brainrender``).
     brainrender: bool = False
+    keep_journal: bool = field(
+        default=False,
+        metadata=_help(
+            "keep OUT/<id>/lines.ndjson, the answers as they came, once data.json is written and "
+            "verified (it is a second copy of them; by default it goes)"
+        ),
+    )
     #: PEM file of the CAs to trust instead of the system's (SSL_CERT_FILE/SSL_CERT_DIR otherwise).
     #: Certificates are always verified; there is no way to turn that off.
     ca_bundle: Path | None = None

@@ -2,7 +2,12 @@
 
     prepare:  decide (skip? refuse?) -> volumes -> targets -> decide (fresh or resume) -> open files
     fetch:    one spatial search per target still to do; each answer or failure is recorded at once
-    finish:   data.json in the seed's order, summary.json, the brainrender file if asked
+    finish:   data.json in the seed's order, the brainrender file if asked, summary.json with the
+              size and SHA-256 of each; then the journal goes (unless --keep-journal)
+
+A data set found damaged (data.json missing or of the wrong size, run.json or summary.json
+unreadable) is repaired: rebuilt from the journal if it is there, else fetched again, with a note
+(``Events.repairing``); a file made from data.json (brainrender's) is made again.
 
 The pipeline (``pipeline``) decides when each step runs and shares one request queue among many
 data sets; everything that concerns one data set is here. A data set that cannot be prepared, or
@@ -14,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +27,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .brainrender import has_brainrender, write_brainrender
+from .brainrender import has_brainrender, streamlines_file, write_brainrender
+from .config import FetchOptions
 from .errors import (
     ENDS_THE_RUN,
     AsyncdlError,
@@ -35,9 +41,9 @@ from .fetcher import HttpClient, Tally
 from .plan import RunPlan
 from .responses import rows
 from .results import DataSetResult
-from .resume import Action, decide, manifest
+from .resume import Action, Decision, Journal, decide, manifest
 from .sources import VolumeSource
-from .store import DataSetStore, Progress, targets_digest
+from .store import DATA, LINES, DataSetStore, targets_digest
 from .targets import Targets
 
 
@@ -51,13 +57,38 @@ class RunContext:
     events: Events
 
 
-def refuse_mixing(out: Path, data_set: int, params: Mapping[str, Any], restart: bool) -> None:
-    """``UsageError`` if ``OUT/<id>`` holds results of other parameters (checked before any
-    request of a run, so old and new results are never mixed)."""
-    store = DataSetStore(out, data_set)
-    decision = decide(store.read(), params, restart=restart)
-    if decision.action is Action.REFUSE:
-        raise UsageError(f"{store.dir}: {decision.reason}; rerun with --restart to start it over")
+def final_files(data_set: int, options: FetchOptions) -> list[str]:
+    """The files a finished data set has in ``OUT/<id>/``: what summary.json records the size
+    and SHA-256 of, and reruns and ``verify`` check. A new output file is added here."""
+    return [DATA] + ([streamlines_file(Path(), data_set).name] if options.brainrender else [])
+
+
+def refuse_mixing(
+    out: Path, data_sets: Iterable[int], params: Mapping[str, Any], restart: bool
+) -> None:
+    """``UsageError`` if an ``OUT/<id>`` holds results of other parameters (checked before any
+    request of a run, so old and new results are never mixed). Only a readable run.json can say
+    so: a damaged folder is no refusal, its data set is repaired."""
+    if restart:
+        return
+    ids = list(data_sets)
+    refused = [  # run.json alone says that (each data set reads the rest when its turn comes)
+        (store, decision.reason)
+        for store in (DataSetStore(out, data_set) for data_set in ids)
+        if (decision := decide(store.read_manifest(), params, restart=False)).action
+        is Action.REFUSE
+    ]
+    if not refused:
+        return
+    (store, reason), more = refused[0], len(refused) - 1
+    them = "them" if more else "it"
+    if len(refused) == len(ids):
+        advice = f"rerun with --restart to start {them} over"
+    else:  # --restart starts every data set of the command over: name those that need it
+        names = " ".join(str(s.data_set) for s, _ in refused)
+        advice = f"to start {them} over, rerun with --restart and only {names}"
+    also = f" (and {more} more data set{'s' if more > 1 else ''})" if more else ""
+    raise UsageError(f"{store.dir}: {reason}{also}; {advice}")
 
 
 def explain(exc: BaseException) -> str:
@@ -81,7 +112,7 @@ class DataSet:
         self._started = time.monotonic()
         self._targets = Targets(np.empty((0, 3), np.int64), np.empty((0, 3)))
         self._injection: npt.NDArray[np.float64] = np.empty((0, 3))
-        self._progress = Progress(frozenset(), 0)
+        self._kept = Journal()  # the answers an earlier run left that this one keeps
         self._pending = 0
         self._lines = 0
         self._failures = 0
@@ -99,8 +130,7 @@ class DataSet:
         plan = self.ctx.plan
         restart = plan.options.restart
         early = decide(self.store.read(), plan.params, restart=restart)
-        if early.action is Action.SKIP:
-            await self._skip(early.summary or {})
+        if early.action is Action.SKIP and await self._skip(early.summary or {}):
             return []
         try:
             self._targets, self._injection = await self.ctx.source.select(
@@ -109,30 +139,58 @@ class DataSet:
             expected = manifest(
                 self.id, plan.params, len(self._targets), targets_digest(self._targets.index)
             )
-            earlier = await asyncio.to_thread(self.store.read, scan=True)
+            earlier = await asyncio.to_thread(self.store.read, self._targets)
             decision = decide(earlier, plan.params, restart=restart, expected=expected)
             if decision.action is Action.REFUSE:
                 raise VolumeError(f"{decision.reason}; rerun with --restart to start over")
-            self._progress = await asyncio.to_thread(self.store.open, decision, expected)
+            await asyncio.to_thread(self.store.open, decision, expected)
         except ENDS_THE_RUN:
             raise
         except (AsyncdlError, OSError) as exc:
             await self._record(self._result(complete=False, targets=0, error=explain(exc)))
             return []
-        done = self._progress.done
-        self._lines = self._progress.lines
-        todo = [rank for rank in range(len(self._targets)) if rank not in done]
+        if decision.reason:
+            self.ctx.events.repairing(self.id, decision.reason, self._remedy(decision))
+        self._kept = decision.keep
+        self._lines = self._kept.records
+        todo = [rank for rank in range(len(self._targets)) if rank not in self._kept.lines]
         self._pending = len(todo)
         if not todo:
             self._answered.set()
-        self.ctx.events.data_set_started(self.id, len(self._targets), len(done))
+        self.ctx.events.data_set_started(self.id, len(self._targets), len(self._kept.lines))
         return todo
 
-    async def _skip(self, summary: Mapping[str, Any]) -> None:
-        """Complete already: request nothing (but write the brainrender file if it is missing or
-        in the old layout)."""
-        if self.ctx.plan.options.brainrender and not has_brainrender(self.store.dir, self.id):
-            await asyncio.to_thread(write_brainrender, self.store.dir)
+    def _remedy(self, decision: Decision) -> str:
+        """What a repair does, in a phrase."""
+        targets, kept = len(self._targets), len(decision.keep.lines)
+        if kept == targets:
+            action = f"rebuilding {DATA} from the {kept} answers in {LINES}"
+        elif kept:
+            action = f"keeping the {kept} answers in {LINES}, fetching the other {targets - kept}"
+        else:
+            action = f"fetching its {targets} targets"
+        return f"dropped them, {action}" if decision.keep.dropped else action
+
+    async def _skip(self, summary: Mapping[str, Any]) -> bool:
+        """Complete already: request nothing, but write the brainrender file again from data.json
+        if it is missing, of another size than recorded or in the old layout, and let a journal
+        left behind go. Both check data.json byte for byte first: False if it is damaged (marked so
+        in summary.json, for ``prepare`` to repair)."""
+        store, options = self.store, self.ctx.plan.options
+        render = options.brainrender and (
+            not has_brainrender(store.dir, self.id)
+            or store.resized(streamlines_file(Path(), self.id).name)
+        )
+        drop = not options.keep_journal and store.has_journal()
+        if render or drop:
+            verdict = await asyncio.to_thread(store.verify, [DATA])  # what the rest comes from
+            if verdict.status != "verified":
+                return False
+        if render:
+            await asyncio.to_thread(write_brainrender, store.dir)
+            await asyncio.to_thread(store.add_files, [streamlines_file(Path(), self.id).name])
+        if drop:
+            await asyncio.to_thread(store.drop_journal)
         self._report(
             DataSetResult(
                 self.id,
@@ -144,6 +202,7 @@ class DataSet:
                 skipped=True,
             )
         )
+        return True
 
     # -- fetch -------------------------------------------------------------------------------------
 
@@ -203,19 +262,23 @@ class DataSet:
     # -- finish ------------------------------------------------------------------------------------
 
     async def finish(self) -> DataSetResult:
-        """data.json from the answers on disk, then the summary (and the brainrender file)."""
+        """data.json from the answers on disk, the brainrender file, then the summary that
+        vouches for them; then the journal goes, data.json holding the same answers."""
+        options = self.ctx.plan.options
         self.store.close()
         lines = await asyncio.to_thread(self.store.finalize, len(self._targets), self._injection)
         if lines != self._lines:  # the file on disk is the truth; a mismatch is a bug
             raise RuntimeError(f"data set {self.id}: wrote {self._lines} lines, found {lines}")
-        if self.ctx.plan.options.brainrender:
+        if options.brainrender:
             await asyncio.to_thread(write_brainrender, self.store.dir)
         failures = self._failures
         error = f"{failures} target(s) failed; see failures.ndjson" if failures else None
         result = self._result(
             complete=failures == 0, targets=len(self._targets), error=error, lines=lines
         )
-        await self._record(result)
+        await self._record(result, final_files(self.id, options))
+        if result.complete and not options.keep_journal:  # recorded: data.json read back whole
+            await asyncio.to_thread(self.store.drop_journal)
         return result
 
     def close(self) -> None:
@@ -238,12 +301,13 @@ class DataSet:
             seconds=time.monotonic() - self._started,
             error=error,
             directory=str(self.store.dir),
-            resumed=len(self._progress.done),
+            resumed=len(self._kept.lines),
         )
 
-    async def _record(self, result: DataSetResult) -> None:
-        """Write the data set's summary.json (off the loop: it is fsynced), then report it."""
-        await asyncio.to_thread(self.store.record, result, self.ctx.plan.params)
+    async def _record(self, result: DataSetResult, files: Iterable[str] = ()) -> None:
+        """Write the data set's summary.json (off the loop: it is fsynced, and ``files`` are read
+        back to record their SHA-256), then report it."""
+        await asyncio.to_thread(self.store.record, result, self.ctx.plan.params, files)
         self._report(result)
 
     def _report(self, result: DataSetResult) -> None:

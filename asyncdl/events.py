@@ -40,6 +40,11 @@ class Events:
         """Up to ``limit`` requests may be in flight now: ``-c N`` (told once), or what ``-c auto``
         has learnt of the server (told when it changes, at most every second)."""
 
+    def repairing(self, data_set: int, damage: str, remedy: str) -> None:
+        """A data set's folder was found damaged (``damage``: a final file missing or of the wrong
+        size, run.json or summary.json unreadable, answers that do not belong to its targets);
+        ``remedy`` says how it is repaired (rebuilt from the journal, or fetched again)."""
+
     def data_set_started(self, data_set: int, targets: int, resumed: int) -> None:
         """A data set's volumes are in: ``targets`` requests to make, ``resumed`` already done."""
 
@@ -88,6 +93,11 @@ def describe_retry(data_set: int, url: str, error: str, wait: float) -> str:
 def describe_failure(data_set: int, rank: int, error: str) -> str:
     """One line for a target that failed for good."""
     return f"{data_set}: target {rank} failed: {error}"
+
+
+def describe_repair(data_set: int, damage: str, remedy: str) -> str:
+    """One line saying what was damaged in a data set's folder and how it is repaired."""
+    return f"{data_set}: repairing ({damage}): {remedy}"
 
 
 def describe_workers(workers: int, concurrency: Concurrency, rate: float | None) -> str:
@@ -182,6 +192,9 @@ class LogReporter(Events):
     def target_failed(self, data_set: int, rank: int, error: str) -> None:
         log.warning(describe_failure(data_set, rank, error), extra={"data_set": data_set})
 
+    def repairing(self, data_set: int, damage: str, remedy: str) -> None:
+        log.warning(describe_repair(data_set, damage, remedy), extra={"data_set": data_set})
+
     def data_set_done(self, result: DataSetResult) -> None:
         level = logging.INFO if result.complete else logging.WARNING
         log.log(level, describe(result), extra={"data_set": result.data_set})
@@ -217,6 +230,9 @@ class LineReporter(Events):
         if self.verbose:
             self._print(describe_failure(data_set, rank, error))
 
+    def repairing(self, data_set: int, damage: str, remedy: str) -> None:
+        self._print(describe_repair(data_set, damage, remedy))
+
     def data_set_done(self, result: DataSetResult) -> None:
         self._print(describe(result))
 
@@ -246,6 +262,9 @@ class JsonReporter(Events):
 
     def limit_changed(self, limit: int) -> None:
         self._emit("limit", limit=limit)
+
+    def repairing(self, data_set: int, damage: str, remedy: str) -> None:
+        self._emit("repair", data_set=data_set, damage=damage, remedy=remedy)
 
     def data_set_started(self, data_set: int, targets: int, resumed: int) -> None:
         self._emit("data_set_start", data_set=data_set, targets=targets, resumed=resumed)

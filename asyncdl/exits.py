@@ -13,6 +13,7 @@ class Exit(IntEnum):
     USAGE = 2
     STORAGE = 3
     TLS = 4
+    DAMAGED = 5
     INTERRUPTED = 130
     TERMINATED = 143
 
@@ -34,6 +35,7 @@ _MEANINGS = {
     "the file",
     Exit.TLS: "the server's TLS certificate did not verify (see --ca-bundle), or it does not "
     "speak TLS",
+    Exit.DAMAGED: "verify found damaged data sets (a line each); the next fetch repairs them",
     Exit.INTERRUPTED: "interrupted (Ctrl-C)",
     Exit.TERMINATED: "terminated (SIGTERM)",
 }

@@ -29,6 +29,7 @@ from .events import (
     Events,
     describe,
     describe_failure,
+    describe_repair,
     describe_retry,
     describe_run,
     describe_workers,
@@ -110,6 +111,9 @@ class RichProgress(Events):
 
     def workers_started(self, workers: int, concurrency: Concurrency, rate: float | None) -> None:
         self._print(describe_workers(workers, concurrency, rate))
+
+    def repairing(self, data_set: int, damage: str, remedy: str) -> None:
+        self._print(describe_repair(data_set, damage, remedy))
 
     def data_set_started(self, data_set: int, targets: int, resumed: int) -> None:
         self._tasks[data_set] = self.progress.add_task(

@@ -1,11 +1,11 @@
 """What a run reports: one ``DataSetResult`` per data set fetched, one ``Survey`` per data set
-counted by a dry run. Plain data at the bottom of the package: everything imports it, it imports
-nothing of asyncdl's."""
+counted by a dry run, one ``Verdict`` per data set verified. Plain data at the bottom of the
+package: everything imports it, it imports nothing of asyncdl's."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass
@@ -51,3 +51,14 @@ class Survey:
     #: ``targets`` x the fastest answer seen / concurrency: a floor, not a promise.
     estimate_seconds: float | None = None
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What ``verify`` found in one data set's folder: its final files ``verified`` against their
+    SHA-256, ``damaged`` (marked so that the next fetch repairs it), or ``unfinished`` (its fetch
+    has not completed: nothing to verify yet). ``problem`` says what, in a phrase."""
+
+    data_set: int
+    status: Literal["verified", "damaged", "unfinished"]
+    problem: str = ""

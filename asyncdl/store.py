@@ -1,21 +1,26 @@
 """Output files of one data set, under ``OUT/<id>/``: reading what is there, writing what comes.
 
-``run.json`` records the parameters and the targets of the data set's run; ``lines.ndjson`` gets one
-JSON object per target as its answer arrives (any order), written unbuffered so that a killed
-process loses at most the requests it had in flight; ``failures.ndjson`` lists targets that failed for
-good. ``data.json`` is then assembled from ``lines.ndjson`` in the seed's order without holding all
-lines in memory: one pass records where each target's line starts, a second copies the records out in
-rank order. Final files are written atomically (``files.atomic_write``).
+``run.json`` records the parameters and the targets of the data set's run; ``lines.ndjson`` (the
+journal) gets one JSON object per target as its answer arrives (any order), written unbuffered so
+that a killed process loses at most the requests it had in flight; ``failures.ndjson`` lists
+targets that failed for good. ``data.json`` is then assembled from the journal in the seed's order
+without holding all lines in memory: one pass records where each target's line starts, a second
+copies the records out in rank order. Final files are written atomically (``files.atomic_write``).
+
+``summary.json`` records how the data set went and the size and SHA-256 of each final file: a
+rerun checks the sizes (``read``), ``verify`` every byte. Once data.json is written and verified,
+the journal, a second copy of the same answers, can go (``drop_journal``).
 
 Whether to resume is ``resume.decide``'s call; the store only reads (``read``) and carries it out
-(``open``): a resumed run drops a line cut by a crash and the failures (they are asked again).
-Every write that fails raises ``StorageError`` naming the file.
+(``open``). Every write that fails raises ``StorageError`` naming the file.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping, Sequence
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -24,9 +29,11 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from .errors import StorageError
 from .files import TEMP_GLOB, AtomicFile, append, atomic_write, writing
-from .results import DataSetResult
-from .resume import Action, Decision, Earlier
+from .results import DataSetResult, Verdict
+from .resume import Action, Decision, Earlier, Journal
+from .targets import Targets
 from .urls import data_set_id
 
 MANIFEST = "run.json"
@@ -34,6 +41,12 @@ LINES = "lines.ndjson"
 FAILURES = "failures.ndjson"
 DATA = "data.json"
 SUMMARY = "summary.json"
+#: summary.json's status once ``verify`` found a final file damaged (the next fetch repairs it).
+DAMAGED = "damaged"
+
+#: What a recorded final file may be called: a plain name in the data set's folder, never a path.
+_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_COPY_CHUNK = 1 << 20
 
 
 def targets_digest(index: npt.NDArray[np.int64]) -> str:
@@ -42,19 +55,53 @@ def targets_digest(index: npt.NDArray[np.int64]) -> str:
 
 
 @dataclass(frozen=True)
-class Progress:
-    """What is already on disk for a data set when its run begins."""
+class FileRecord:
+    """A final file as summary.json records it when it is written: what reruns and verify check."""
 
-    done: frozenset[int]
-    lines: int
-    repaired_bytes: int = 0
+    name: str
+    size: int
+    sha256: str
 
 
 @dataclass(frozen=True)
-class _Scan:
-    offsets: dict[int, tuple[int, int]]
+class Summary:
+    """``OUT/<id>/summary.json``, read back and typed (``read_summary``)."""
+
+    #: ok, incomplete, failed; damaged (found so by ``verify``); unreadable (the file does not read).
+    status: str
+    complete: bool
+    targets: int
     lines: int
-    valid_end: int
+    error: str | None
+    #: The parameters the results were made with (what a rerun must match).
+    parameters: Mapping[str, Any]
+    #: The final files by name (none if nothing was written, or before asyncdl recorded them).
+    files: Mapping[str, FileRecord]
+
+
+def read_summary(directory: Path) -> Summary | None:
+    """A data set folder's summary.json, typed; None if there is none."""
+    raw = _read_object(Path(directory) / SUMMARY, missing=None, broken={})
+    if raw is None:
+        return None
+    if not raw:
+        return Summary("unreadable", False, 0, 0, f"{SUMMARY} cannot be read", {}, {})
+
+    def count(key: str) -> int:
+        value = raw.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    parameters, error, status = raw.get("parameters"), raw.get("error"), raw.get("status")
+    complete = raw.get("complete") is True
+    return Summary(
+        status=status if isinstance(status, str) else "ok" if complete else "incomplete",
+        complete=complete,
+        targets=count("targets"),
+        lines=count("lines"),
+        error=error if isinstance(error, str) else None,
+        parameters=parameters if isinstance(parameters, Mapping) else {},
+        files=_records(raw),
+    )
 
 
 class DataSetStore:
@@ -62,65 +109,95 @@ class DataSetStore:
 
     def __init__(self, out_dir: Path, data_set: int) -> None:
         self.data_set = data_set_id(data_set)
-        self.dir = Path(out_dir) / str(self.data_set)
+        self.dir = Path(out_dir, str(self.data_set))
+        # A rerun reads thousands of folders: plain strings spare it pathlib's cost per file.
+        self._prefix = f"{self.dir}{os.sep}"
         self._lines: BinaryIO | None = None
         self._failures: BinaryIO | None = None
-        self._scan: _Scan | None = None  # the last scan of lines.ndjson, reused when resuming
+        self._written: FileRecord | None = None  # data.json as finalize wrote it
 
-    def read(self, *, scan: bool = False) -> Earlier:
-        """What an earlier run left here; with ``scan``, also which targets it answered."""
-        manifest = _read_object(self.dir / MANIFEST, missing=None, broken={})
-        answered: frozenset[int] = frozenset()
-        self._scan = None
-        if scan and manifest and isinstance(manifest.get("targets"), int):
-            self._scan = _scan_lines(self.dir / LINES, manifest["targets"])
-            answered = frozenset(self._scan.offsets)
+    @property
+    def journal(self) -> Path:
+        """``lines.ndjson``: the answers as they came, from which data.json is assembled."""
+        return self.dir / LINES
+
+    def read(self, targets: Targets | None = None) -> Earlier:
+        """What an earlier run left here, data.json checked against the size summary.json
+        records; with ``targets``, the journal too, keeping the answers whose rank, index and
+        coordinates are those of a target."""
+        summary = _read_object(self._prefix + SUMMARY, missing=None, broken={})
+        journal = Journal() if targets is None else _scan(self.journal, len(targets), targets)
         return Earlier(
-            manifest=manifest,
-            summary=_read_object(self.dir / SUMMARY, missing=None, broken=None),
-            has_data=(self.dir / DATA).is_file(),
-            answered=answered,
+            manifest=_read_object(self._prefix + MANIFEST, missing=None, broken={}),
+            summary=summary,
+            damage=self._damage(summary),
+            journal=journal,
         )
 
-    def open(self, decision: Decision, manifest: Mapping[str, Any]) -> Progress:
-        """Open the data set for writing, as ``decision`` (FRESH or RESUME) says."""
+    def read_manifest(self) -> Earlier:
+        """What an earlier run left here, as far as run.json says (its parameters, its targets)."""
+        return Earlier(manifest=_read_object(self._prefix + MANIFEST, missing=None, broken={}))
+
+    def _damage(self, summary: Mapping[str, Any] | None) -> str:
+        """What is wrong with the data.json a summary vouches for, by its size ("" if nothing).
+        (The other final files are made from data.json: ``resized`` finds those to make again.)"""
+        if not summary:
+            return ""
+        if summary.get("status") == DAMAGED:
+            return str(summary.get("error") or f"{SUMMARY} says a final file is damaged")
+        if summary.get("complete") is not True:
+            return ""
+        return _problem(self._prefix, _records(summary), [DATA], whole=False)
+
+    def resized(self, name: str) -> bool:
+        """Whether a final file summary.json records is missing or of another size."""
+        summary = _read_object(self._prefix + SUMMARY, missing={}, broken={}) or {}
+        return bool(_problem(self._prefix, _records(summary), [name], whole=False))
+
+    def open(self, decision: Decision, manifest: Mapping[str, Any]) -> None:
+        """Open the data set for writing, as ``decision`` (FRESH or RESUME) says.
+
+        ``run.json`` is (re)written, ``lines.ndjson`` holds the answers the decision keeps and
+        nothing else, the failures (they are asked again) and the summary (no longer true) go;
+        FRESH drops data.json too.
+        """
         assert decision.action in (Action.FRESH, Action.RESUME), decision
+        doomed = (FAILURES, SUMMARY) + ((LINES, DATA) if decision.action is Action.FRESH else ())
         with writing(self.dir):
             self.dir.mkdir(parents=True, exist_ok=True)
             for stale in self.dir.glob(TEMP_GLOB):  # temp files of a run killed while writing
                 stale.unlink(missing_ok=True)
-            if decision.action is Action.RESUME:
-                return self._resume(manifest["targets"])
-            for name in (MANIFEST, LINES, FAILURES, DATA, SUMMARY):
+            for name in doomed:
                 (self.dir / name).unlink(missing_ok=True)
         atomic_write(self.dir / MANIFEST, [orjson.dumps(manifest, option=orjson.OPT_INDENT_2)])
-        with writing(self.dir / LINES):
-            self._lines = (self.dir / LINES).open("wb", buffering=0)
-        return Progress(frozenset(), 0)
+        self._lines = self._carry(decision.keep)
 
-    def _resume(self, targets: int) -> Progress:
-        """Carry the answers of earlier attempts forward into a file of this attempt's own.
+    def _carry(self, keep: Journal) -> BinaryIO:
+        """A journal of this attempt's own, holding the answers of earlier attempts that it keeps.
 
-        The valid lines (up to a line cut by a crash) are copied to a new file that replaces
-        ``lines.ndjson``; this attempt appends to that file only. An earlier attempt that is somehow
-        still running (a zombie worker) keeps writing into the old, replaced file, so two attempts
-        can never interleave their lines in one file, on any file system.
+        They are copied to a new file that replaces ``lines.ndjson``; this attempt appends to that
+        file only. An earlier attempt that is somehow still running (a zombie worker) keeps writing
+        into the old, replaced file, so two attempts can never interleave their lines in one file,
+        on any file system.
         """
-        path = self.dir / LINES
-        scan = self._scan or _scan_lines(path, targets)
-        size = path.stat().st_size if path.exists() else 0
+        path = self.journal
         mine = AtomicFile(path, buffering=0)
         try:
-            if scan.valid_end:
+            if keep.lines:
                 with path.open("rb") as old:
-                    append(mine.fh, old.read(scan.valid_end), path)
+                    for start, length in _runs(keep.lines.values()):
+                        old.seek(start)
+                        while length > 0:
+                            chunk = old.read(min(length, _COPY_CHUNK))
+                            if not chunk:
+                                raise OSError(f"{path} is shorter than when it was read")
+                            append(mine.fh, chunk, path)
+                            length -= len(chunk)
             mine.publish(keep_open=True)
         except BaseException:
             mine.discard()
             raise
-        (self.dir / FAILURES).unlink(missing_ok=True)  # failed targets are asked again
-        self._lines = mine.fh
-        return Progress(frozenset(scan.offsets), scan.lines, size - scan.valid_end)
+        return mine.fh
 
     def close(self) -> None:
         for fh in (self._lines, self._failures):
@@ -134,7 +211,7 @@ class DataSetStore:
         """Append one target's answer (unbuffered: a line is on disk once this returns)."""
         assert self._lines is not None, "store is not open"
         line = {"rank": rank, "index": index, "coord": coord, "msg": records}
-        append(self._lines, orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE), self.dir / LINES)
+        append(self._lines, orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE), self.journal)
 
     def add_failure(
         self, rank: int, index: Sequence[int], coord: Sequence[float], error: str, attempts: int
@@ -152,11 +229,12 @@ class DataSetStore:
 
         Targets without an answer (failures) are left out; the caller says whether it is complete.
         """
-        path = self.dir / LINES
-        offsets = _scan_lines(path, targets).offsets
-        count = 0
+        path = self.journal
+        offsets = _scan(path, targets).lines
+        count = size = 0
+        digest = hashlib.sha256()
 
-        def chunks() -> Iterator[bytes]:
+        def records() -> Iterator[bytes]:
             nonlocal count
             yield b'{"lines":['
             with path.open("rb") as fh:
@@ -172,26 +250,94 @@ class DataSetStore:
             yield orjson.dumps(injection.tolist())
             yield b"}"
 
+        def hashed() -> Iterator[bytes]:  # what is written, to check what reads back against
+            nonlocal size
+            for chunk in records():
+                digest.update(chunk)
+                size += len(chunk)
+                yield chunk
+
         with writing(self.dir / DATA):  # reading lines.ndjson back is part of writing data.json
-            atomic_write(self.dir / DATA, chunks())
+            atomic_write(self.dir / DATA, hashed())
+        self._written = FileRecord(DATA, size, digest.hexdigest())
         return count
 
-    def record(self, result: DataSetResult, params: Mapping[str, Any]) -> None:
-        """summary.json: the result, and the parameters it was made with (what resume checks)."""
-        self.write_summary({**result.as_dict(), "parameters": dict(params)})
+    def record(
+        self, result: DataSetResult, params: Mapping[str, Any], files: Iterable[str] = ()
+    ) -> None:
+        """summary.json: the result, the parameters it was made with (what resume checks), and the
+        size and SHA-256 of each final file of ``files`` as it reads back from disk. data.json must
+        read back as ``finalize`` wrote it: that is what lets its journal go."""
+        records = [self._check(name) for name in files]
+        self.write_summary(
+            {**result.as_dict(), "parameters": dict(params), "files": _as_json(records)}
+        )
 
-    def write_summary(self, summary: dict[str, Any]) -> None:
+    def add_files(self, files: Iterable[str]) -> None:
+        """Record the size and SHA-256 of final files written since summary.json was."""
+        summary = _read_object(self.dir / SUMMARY, missing={}, broken={}) or {}
+        recorded = dict(_as_json(_records(summary).values()))
+        self.write_summary({**summary, "files": recorded | _as_json(map(self._check, files))})
+
+    def _check(self, name: str) -> FileRecord:
+        """A final file's size and SHA-256 as it reads back (data.json: as it was written)."""
+        path = self.dir / name
+        with writing(path):
+            size, sha256 = _sha256(path)
+        found = FileRecord(name, size, sha256)
+        if name == DATA and self._written is not None and found != self._written:
+            raise StorageError(f"cannot write {path}: it reads back other than written", str(path))
+        return found
+
+    def verify(self, only: Iterable[str] | None = None) -> Verdict:
+        """Every final file summary.json records (or those of them named in ``only``), checked
+        byte for byte against its size and SHA-256. A damaged data set is marked so in
+        summary.json: the next fetch repairs it."""
+        summary = read_summary(self.dir)
+        if summary is None:
+            exists = self.dir.is_dir()
+            why = f"no {SUMMARY}: its fetch has not finished" if exists else "not fetched"
+            return Verdict(self.data_set, "unfinished", why)
+        if summary.status in ("unreadable", DAMAGED):
+            return Verdict(self.data_set, "damaged", summary.error or "")
+        if not summary.complete:
+            why = f"{summary.status}: {summary.error}" if summary.error else summary.status
+            return Verdict(self.data_set, "unfinished", why)
+        names = summary.files if only is None else only
+        problem = _problem(self._prefix, summary.files, names, whole=True)
+        if not problem:
+            return Verdict(self.data_set, "verified")
+        self.write_summary(
+            {
+                **(_read_object(self.dir / SUMMARY, missing={}, broken={}) or {}),
+                "complete": False,
+                "status": DAMAGED,
+                "error": problem,
+            }
+        )
+        return Verdict(self.data_set, "damaged", problem)
+
+    def has_journal(self) -> bool:
+        return os.path.exists(self._prefix + LINES)
+
+    def drop_journal(self) -> None:
+        """Remove ``lines.ndjson`` (data.json, verified, holds the same answers)."""
+        with writing(self.journal):
+            self.journal.unlink(missing_ok=True)
+
+    def write_summary(self, summary: Mapping[str, Any]) -> None:
         with writing(self.dir):
             self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.dir / SUMMARY, [orjson.dumps(summary, option=orjson.OPT_INDENT_2)])
 
 
 def _read_object(
-    path: Path, *, missing: dict[str, Any] | None, broken: dict[str, Any] | None
+    path: str | Path, *, missing: dict[str, Any] | None, broken: dict[str, Any] | None
 ) -> dict[str, Any] | None:
     """A JSON object from ``path``: ``missing`` if there is no file, ``broken`` if it does not read."""
     try:
-        value = orjson.loads(path.read_bytes())
+        with open(path, "rb", buffering=0) as fh:
+            value = orjson.loads(fh.readall())
     except FileNotFoundError:
         return missing
     except (OSError, orjson.JSONDecodeError):
@@ -199,27 +345,94 @@ def _read_object(
     return value if isinstance(value, dict) else broken
 
 
-def _scan_lines(path: Path, targets: int) -> _Scan:
-    """Where each rank's first line starts in ``lines.ndjson``, up to the first damaged line."""
-    offsets: dict[int, tuple[int, int]] = {}
-    lines = pos = 0
+def _records(summary: Mapping[str, Any]) -> dict[str, FileRecord]:
+    """The final files a summary records; an entry that is not a plain name, a size and a
+    SHA-256 is left out (a hand-edited or hostile summary never names a path to read)."""
+    files = summary.get("files")
+    found: dict[str, FileRecord] = {}
+    for name, entry in files.items() if isinstance(files, Mapping) else ():
+        if not (isinstance(name, str) and _FILE_NAME.fullmatch(name) and isinstance(entry, dict)):
+            continue
+        size, sha256 = entry.get("size"), entry.get("sha256")
+        if isinstance(size, int) and size >= 0 and isinstance(sha256, str) and len(sha256) == 64:
+            found[name] = FileRecord(name, size, sha256)
+    return found
+
+
+def _as_json(records: Iterable[FileRecord]) -> dict[str, dict[str, Any]]:
+    return {r.name: {"size": r.size, "sha256": r.sha256} for r in records}
+
+
+def _sha256(path: str | Path) -> tuple[int, str]:
+    with open(path, "rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256")
+        return fh.tell(), digest.hexdigest()
+
+
+def _problem(
+    prefix: str, files: Mapping[str, FileRecord], names: Iterable[str], *, whole: bool
+) -> str:
+    """What is wrong with the recorded final files of ``names`` ("" if nothing): by their sizes,
+    or with ``whole``, by every byte. A record must vouch for data.json at least."""
+    if DATA not in files:
+        return f"{SUMMARY} records no size and SHA-256 of {DATA} (an older asyncdl wrote it)"
+    for name in names:
+        if (record := files.get(name)) is None:
+            continue  # not written by the run that finished the data set: nothing to check
+        try:
+            size, sha256 = _sha256(prefix + name) if whole else (os.stat(prefix + name).st_size, "")
+        except FileNotFoundError:
+            return f"{name} is missing"
+        except OSError as exc:
+            return f"{name} cannot be read ({exc.strerror or exc})"
+        if size != record.size:
+            return f"{name} is {size:,} bytes, not the {record.size:,} {SUMMARY} records"
+        if whole and sha256 != record.sha256:
+            return f"{name} does not match the SHA-256 {SUMMARY} records"
+    return ""
+
+
+def _runs(spans: Iterable[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+    """``(offset, length)`` spans of a file, in file order, adjacent ones joined into one."""
+    start = end = -1
+    for offset, length in sorted(spans):
+        if offset != end:
+            if end > start:
+                yield start, end - start
+            start = offset
+        end = offset + length
+    if end > start:
+        yield start, end - start
+
+
+def _scan(path: Path, targets: int, expect: Targets | None = None) -> Journal:
+    """Where each rank's first line is in ``lines.ndjson``. With ``expect``, a line counts only if
+    its index and coordinates are those of the target at its rank: it provably answers that
+    target's query. Other lines, and lines that do not read, are counted as dropped."""
+    index = expect.index.tolist() if expect is not None else None
+    coord = expect.coord.tolist() if expect is not None else None
+    lines: dict[int, tuple[int, int]] = {}
+    records = dropped = pos = 0
     try:
         fh = path.open("rb")
     except FileNotFoundError:
-        return _Scan(offsets, 0, 0)
+        return Journal()
     with fh:
         for line in fh:
+            start, pos = pos, pos + len(line)
+            if not line.endswith(b"\n"):
+                break  # the last line, cut by a crash
             try:
-                if not line.endswith(b"\n"):
-                    raise ValueError("cut line")
                 entry = orjson.loads(line)
                 rank, msg = entry["rank"], entry["msg"]
-                if not (isinstance(rank, int) and 0 <= rank < targets and isinstance(msg, list)):
-                    raise ValueError("not a line of this data set")
-            except (ValueError, KeyError, TypeError):
-                break  # orjson.JSONDecodeError is a ValueError
-            if rank not in offsets:
-                offsets[rank] = (pos, len(line))
-                lines += len(msg)
-            pos += len(line)
-    return _Scan(offsets, lines, pos)
+                ours = isinstance(rank, int) and 0 <= rank < targets and isinstance(msg, list)
+                if ours and index is not None and coord is not None:
+                    ours = entry["index"] == index[rank] and entry["coord"] == coord[rank]
+            except (ValueError, KeyError, TypeError):  # orjson.JSONDecodeError is a ValueError
+                ours = False
+            if not ours:
+                dropped += 1
+            elif rank not in lines:
+                lines[rank] = (start, len(line))
+                records += len(msg)
+    return Journal(lines, records, dropped)

@@ -83,6 +83,18 @@ async def test_output_is_byte_identical_to_a_single_process_run(
             IDS, tmp_path, options=options, endpoints=server.endpoints, client=client
         )
     assert [r.status for r in again] == ["skipped"] * 3
+    # A damaged data.json is repaired on a worker, and its note reaches the client.
+    data = tmp_path / str(IDS[1]) / "data.json"
+    data.write_bytes(data.read_bytes()[:1000])
+    notes = Recorder()
+    async with distributed.Client(cluster.scheduler_address, asynchronous=True) as client:
+        repaired = await asyncdl.fetch(
+            IDS, tmp_path, options=options, endpoints=server.endpoints, client=client, events=notes
+        )
+    assert [r.status for r in repaired] == ["skipped", "ok", "skipped"]
+    assert data.read_bytes() == single_process[IDS[1]]
+    [note] = notes.of("repairing")
+    assert note["data_set"] == IDS[1] and note["damage"].startswith("data.json is 1,000 bytes")
 
 
 async def test_the_server_never_sees_more_than_c_from_the_whole_cluster(cluster, tmp_path):
@@ -376,12 +388,13 @@ async def test_when_dask_gives_up_the_data_set_is_failed_and_a_rerun_completes_i
 def test_a_batch_travels_as_plain_lists_and_reads_back_the_same():
     from distributed.protocol.core import dumps, loads
 
-    from asyncdl.cluster.messages import Batch, Done, Failed, Retry, Started
+    from asyncdl.cluster.messages import Batch, Done, Failed, Repair, Retry, Started
 
     batch = Batch("tcp://w:1")
     assert not batch  # nothing to send
     batch.limit = 12
     assert batch
+    batch.repairs.append(Repair(7, "data.json is 1,000 bytes", "rebuilt from the journal"))
     batch.started.append(Started(7, 100, 40))
     for ok in (True, True, False):
         batch.count(7, ok)

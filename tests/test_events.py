@@ -1,5 +1,6 @@
 """What a run reports: the JSON event stream, the plain lines, the log and the live display."""
 
+import dataclasses
 import inspect
 import io
 import logging
@@ -168,3 +169,25 @@ async def test_fetch_sync_runs_in_a_thread_of_its_own_where_a_loop_runs(emulator
     assert result.complete and threads == ["asyncdl-run"]
     with pytest.raises(UsageError, match="no data set ids"):  # errors come out as themselves
         asyncdl.fetch_sync([], tmp_path)
+
+
+async def test_a_repair_is_one_line_one_json_event_and_one_line_in_the_live_display(
+    emulator, tmp_path
+):
+    options = dataclasses.replace(OPTIONS, keep_journal=True)  # repairs rebuild: no request
+    fetch = {"options": options, "endpoints": emulator.endpoints}
+    await asyncdl.fetch([SEED_ID], tmp_path, **fetch)
+    data = tmp_path / str(SEED_ID) / "data.json"
+    line = f"{SEED_ID}: repairing (data.json is 0 bytes, not the {data.stat().st_size:,} "
+    plain, json = io.StringIO(), io.StringIO()
+    terminal = Console(file=io.StringIO(), force_terminal=True, width=200, color_system=None)
+    with RichProgress(terminal) as live:
+        for reporter in (LineReporter(plain), JsonReporter(json), live):
+            data.write_bytes(b"")
+            await asyncdl.fetch([SEED_ID], tmp_path, events=reporter, **fetch)
+    assert plain.getvalue().startswith(line) and "rebuilding data.json from" in plain.getvalue()
+    event = orjson.loads(json.getvalue().splitlines()[1])
+    assert event["event"] == "repair" and event["data_set"] == SEED_ID
+    assert event["damage"].startswith("data.json is 0 bytes, not the ")
+    assert event["remedy"].startswith("rebuilding data.json from")
+    assert line in terminal.file.getvalue()  # type: ignore[attr-defined]

@@ -21,6 +21,7 @@ def test_public_api_is_exactly_what_is_meant():
             "TLSError",
             "TransientError",
             "UsageError",
+            "Verdict",
             "VolumeError",
             "__version__",
             "fetch",
@@ -29,6 +30,7 @@ def test_public_api_is_exactly_what_is_meant():
             "read_ids_file",
             "read_streamlines",
             "survey",
+            "verify",
         ]
     )
     for name in asyncdl.__all__:

@@ -27,7 +27,7 @@ async def test_spatial_searches_go_out_encoded_with_asyncdls_user_agent(emulator
     [result] = await asyncdl.fetch(
         [SEED_ID],
         tmp_path,
-        options=FetchOptions(density_range=(0.1, 0.11)),
+        options=FetchOptions(density_range=(0.1, 0.11), keep_journal=True),  # it has the coords
         endpoints=emulator.endpoints,
     )
     assert result.complete and result.targets > 50

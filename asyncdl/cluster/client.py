@@ -121,6 +121,9 @@ class Relay:
             self._limits[batch.worker] = batch.limit
             self._unreported = True
         self._report_limits()
+        for repair in batch.repairs:
+            if repair.data_set not in self._finished:
+                self.events.repairing(*repair)
         for s in batch.started:
             if s.data_set not in self._targets and s.data_set not in self._finished:
                 self._targets[s.data_set] = s.targets

@@ -13,6 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 
+class Repair(NamedTuple):
+    """A data set's folder was found damaged (``Events.repairing``): what, and what is done."""
+
+    data_set: int
+    damage: str
+    remedy: str
+
+
 class Started(NamedTuple):
     """A data set's volumes are in: ``targets`` to ask, ``resumed`` of them done already."""
 
@@ -49,6 +57,7 @@ class Batch:
     worker: str = ""
     #: Its limit on requests in flight, if it changed (``Events.limit_changed``).
     limit: int | None = None
+    repairs: list[Repair] = field(default_factory=list)
     started: list[Started] = field(default_factory=list)
     done: dict[int, Done] = field(default_factory=dict)
     retries: list[Retry] = field(default_factory=list)
@@ -61,13 +70,19 @@ class Batch:
 
     def __bool__(self) -> bool:
         return bool(
-            self.limit is not None or self.started or self.done or self.retries or self.failed
+            self.limit is not None
+            or self.repairs
+            or self.started
+            or self.done
+            or self.retries
+            or self.failed
         )
 
     def encode(self) -> dict[str, Any]:
         return {
             "worker": self.worker,
             "limit": self.limit,
+            "repairs": [list(r) for r in self.repairs],
             "started": [list(s) for s in self.started],
             "done": [[data_set, ok, bad] for data_set, (ok, bad) in self.done.items()],
             "retries": [list(r) for r in self.retries],
@@ -79,6 +94,7 @@ class Batch:
         return cls(
             worker=message["worker"],
             limit=message["limit"],
+            repairs=[Repair(*r) for r in message["repairs"]],
             started=[Started(*s) for s in message["started"]],
             done={data_set: Done(ok, bad) for data_set, ok, bad in message["done"]},
             retries=[Retry(*r) for r in message["retries"]],

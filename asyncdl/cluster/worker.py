@@ -24,7 +24,7 @@ from ..pipeline import Pipeline
 from ..plan import RunPlan
 from ..results import DataSetResult
 from ..sources import VolumeSource
-from .messages import Batch, Failed, Retry, Started
+from .messages import Batch, Failed, Repair, Retry, Started
 
 if TYPE_CHECKING:
     from distributed import Worker
@@ -161,6 +161,9 @@ class WorkerEvents(Events):
 
     def limit_changed(self, limit: int) -> None:
         self._batch.limit = limit
+
+    def repairing(self, data_set: int, damage: str, remedy: str) -> None:
+        self._batch.repairs.append(Repair(data_set, damage, remedy))
 
     def data_set_started(self, data_set: int, targets: int, resumed: int) -> None:
         self._batch.started.append(Started(data_set, targets, resumed))
