@@ -21,6 +21,7 @@ from .errors import (
 )
 from .events import Events
 from .idsfile import read_ids_file
+from .parquet import read_parquet
 from .results import DataSetResult, Survey, Verdict
 from .urls import Endpoints
 
@@ -53,6 +54,7 @@ __all__ = [
     "fetch_sync",
     "find_experiments",
     "read_ids_file",
+    "read_parquet",
     "read_streamlines",
     "survey",
     "verify",

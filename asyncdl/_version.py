@@ -1,6 +1,9 @@
-"""The package version, in a module of its own so that any module can import it without a cycle.
+"""The package version, read from the installed package's metadata (pyproject.toml holds the one
+copy), in a module of its own so that any module can import it without a cycle."""
 
-pyproject.toml reads it from here (``[tool.setuptools.dynamic]``): one place to change.
-"""
+from importlib.metadata import PackageNotFoundError, version
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("asyncdl")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"

@@ -15,7 +15,9 @@ from contextlib import AsyncExitStack, ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import outputs
 from .aio import all_of, both, run
+from .allensdk_cache import AllenSdkCache
 from .config import LEGACY_WARNING, FetchOptions, LegacyVolumesWarning
 from .dataset import RunContext, explain, refuse_mixing
 from .errors import ENDS_THE_RUN, AsyncdlError, UsageError
@@ -25,7 +27,7 @@ from .pipeline import Pipeline
 from .plan import RunPlan
 from .results import DataSetResult, Survey, Verdict
 from .sources import VolumeSource
-from .store import DataSetStore
+from .store import DataSetStore, chosen_data_sets
 from .urls import Endpoints, data_set_id
 
 if TYPE_CHECKING:
@@ -72,6 +74,9 @@ async def fetch(
         )
     options, endpoints = options or FetchOptions(), endpoints or Endpoints()
     _warn_if_legacy(options, endpoints)  # before anything can fail: a caller sees it in any case
+    outputs.require(options.formats)
+    if options.allensdk_cache is not None:  # a bad manifest is a usage error before any request
+        AllenSdkCache.open(options.allensdk_cache)
     plan = RunPlan.make(
         data_sets, out_dir, options=options, endpoints=endpoints, cache_dir=cache_dir
     )
@@ -98,7 +103,13 @@ async def fetch(
 async def _locally(plan: RunPlan, events: Events) -> list[DataSetResult]:
     """``fetch`` in this process."""
     async with HttpClient(plan.options, on_limit=events.limit_changed) as http:
-        source = VolumeSource(http, plan.endpoints, plan.cache, plan.options.volumes)
+        source = VolumeSource(
+            http,
+            plan.endpoints,
+            plan.cache,
+            plan.options.volumes,
+            allensdk=plan.options.allensdk_cache,
+        )
         ctx = RunContext(plan, http, source, events)
         events.started(plan.ids)
         async with Pipeline(ctx) as pipeline:
@@ -137,7 +148,13 @@ async def _settle(task: asyncio.Task[Any]) -> None:
 async def _shared_volumes(plan: RunPlan) -> frozenset[int] | None:
     """The fiber volume and the tract mask in the cache, for the workers; the tract ids."""
     async with HttpClient(plan.options) as http:
-        source = VolumeSource(http, plan.endpoints, plan.cache, plan.options.volumes)
+        source = VolumeSource(
+            http,
+            plan.endpoints,
+            plan.cache,
+            plan.options.volumes,
+            allensdk=plan.options.allensdk_cache,
+        )
         await source.prefetch_shared(Tally(), plan.ids[0])
         return source.tract_ids
 
@@ -175,7 +192,9 @@ async def survey(
     _warn_if_legacy(options, endpoints)
     ids = list(dict.fromkeys(data_set_id(d) for d in data_sets))
     async with HttpClient(options) as client:
-        source = VolumeSource(client, endpoints, Path(cache_dir), options.volumes)
+        source = VolumeSource(
+            client, endpoints, Path(cache_dir), options.volumes, allensdk=options.allensdk_cache
+        )
         slots = asyncio.Semaphore(options.prefetch)
 
         async def one(data_set: int) -> Survey:
@@ -215,14 +234,7 @@ def verify(
     set is marked so in its summary.json, and the next ``fetch`` of it repairs it.
     """
     out = Path(out_dir)
-    if not out.is_dir():
-        raise UsageError(f"{out} is not a folder")
-    if data_sets is None:
-        ids = sorted(int(d.name) for d in out.iterdir() if d.name.isdigit() and d.is_dir())
-        if not ids:
-            raise UsageError(f"{out} holds no data set folders (OUT/<id>/)")
-    else:
-        ids = list(dict.fromkeys(data_set_id(d) for d in data_sets))
+    ids = chosen_data_sets(out, data_sets)
     verdicts = []
     # Hashing releases the GIL: a thread per core reads and hashes files side by side.
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import orjson
 
-from . import __version__
+from . import __version__, outputs
 from .aio import run
 from .api import fetch, legacy_warning, survey, verify
 from .catalog import Experiment, find_experiments
@@ -26,16 +26,19 @@ from .config import (
     AUTO,
     DEFAULT_ARCHIVE_URL,
     DEFAULT_BASE_URL,
+    OUTPUT_FORMATS,
     VOLUME_KINDS,
     Concurrency,
     FetchOptions,
     LegacyVolumesWarning,
+    OutputFormat,
 )
 from .errors import AsyncdlError, StorageError, TLSError, UsageError
 from .events import Events, JsonReporter, LineReporter
 from .exits import Exit, help_text
 from .idsfile import read_ids_file
 from .results import Verdict
+from .store import chosen_data_sets
 from .tables import write_csv, write_json_lines
 from .urls import Endpoints, data_set_id
 
@@ -48,10 +51,29 @@ examples:
   asyncdl fetch 156394513 100141219 -c 64 -o data     # against api.brain-map.org
   asyncdl fetch --injection-structure VISp --primary-only --dry-run -o data
   asyncdl fetch --ids-file ids.txt --volumes legacy --format brainrender -o data
+  asyncdl fetch --ids-file ids.txt --format parquet -o data   # + points/lines.parquet
   asyncdl fetch --ids-file ids.txt --workers 8 -c 512 -o /shared/data   # a local Dask cluster
   asyncdl fetch --ids-file experiments.csv -o data    # AllenSDK's get_experiments(...).to_csv()
 
 {help_text()}"""
+#: What ``asyncdl export`` can end with: DAMAGED when a data.json does not check out.
+EXPORT_EXITS = (
+    Exit.OK,
+    Exit.FAILED,
+    Exit.USAGE,
+    Exit.STORAGE,
+    Exit.DAMAGED,
+    Exit.INTERRUPTED,
+    Exit.TERMINATED,
+)
+EXPORT_EXAMPLES = f"""\
+examples:
+  asyncdl export data --format parquet                 # every data set in data/
+  asyncdl export data 156394513 --format parquet,brainrender
+
+{help_text(EXPORT_EXITS)}"""
+#: What --format takes: "seed" is data.json alone, which is always written.
+FORMAT_CHOICES = ("seed", *OUTPUT_FORMATS)
 LIST_EXAMPLES = f"""\
 examples:
   asyncdl list --injection-structure VISp --primary-only
@@ -71,6 +93,37 @@ def _option(group: Group, name: str, *flags: str, **kwargs: Any) -> None:
     default, text = FetchOptions.describe(name)
     flags = flags or (f"--{name.replace('_', '-')}",)
     group.add_argument(*flags, default=default, help=text, **kwargs)
+
+
+def _format_names(text: str) -> list[str]:
+    """``--format``'s value: names, comma-separated."""
+    names = [name.strip() for name in text.split(",")]
+    for name in names:
+        if name not in FORMAT_CHOICES:
+            raise argparse.ArgumentTypeError(
+                f"unknown format {name!r} (choose from {', '.join(FORMAT_CHOICES)})"
+            )
+    return names
+
+
+def _add_format(group: Group, *, required: bool) -> None:
+    """``--format``, with several values: repeated, or comma-separated."""
+    group.add_argument(
+        "--format",
+        type=_format_names,
+        action="extend",
+        required=required,
+        default=[],
+        metavar="FORMAT[,FORMAT]",
+        help=FetchOptions.describe("formats")[1]
+        + ("" if required else "; seed: data.json alone (the default)")
+        + "; repeat the option or separate names with commas to write several",
+    )
+
+
+def chosen_formats(args: argparse.Namespace) -> tuple[OutputFormat, ...]:
+    """The formats asked for with ``--format``, each once (``seed`` is data.json, always written)."""
+    return tuple(dict.fromkeys(name for name in args.format if name != "seed"))
 
 
 def _add_search(group: Group, *, required: bool) -> None:
@@ -138,19 +191,14 @@ def _add_speed(parser: _Parser) -> None:
 def _add_fetch_output(parser: _Parser) -> None:
     group = parser.add_argument_group("output")
     group.add_argument("-o", "--out", required=True, type=Path, metavar="DIR", help="output folder")
-    group.add_argument(
-        "--format",
-        choices=("seed", "brainrender"),
-        default="seed",
-        help="brainrender: also write OUT/<id>/streamlines_<id>.json, which brainrender loads "
-        "with Streamlines(pandas.read_json(path)) (data.json is always written)",
-    )
+    _add_format(group, required=False)
     group.add_argument(
         "--cache-dir",
         type=Path,
         metavar="DIR",
         help="where volumes are cached (default OUT/.cache)",
     )
+    _option(group, "allensdk_cache", type=Path, metavar="DIR")
     _option(group, "restart", action="store_true")
     _option(group, "keep_journal", action="store_true")
     group.add_argument(
@@ -265,6 +313,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("out", type=Path, metavar="OUT", help="the output folder of fetch (-o)")
     v.add_argument("ids", nargs="*", metavar="ID", help="data set ids (default: every OUT/<id>)")
+
+    x = sub.add_parser(
+        "export",
+        help="write Parquet (or brainrender) files of data sets already fetched",
+        description="Write the files of --format for data sets already fetched into OUT, from "
+        "what is on disk, and record them in each summary.json; nothing is downloaded. A data set "
+        "is exported as its last fetch left it, once its data.json checks out against the "
+        "SHA-256 its summary.json records; a damaged one is marked so, and the next fetch "
+        "repairs it.",
+        epilog=EXPORT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    x.add_argument("out", type=Path, metavar="OUT", help="the output folder of fetch (-o)")
+    x.add_argument("ids", nargs="*", metavar="ID", help="data set ids (default: every OUT/<id>)")
+    _add_format(x.add_argument_group("output"), required=True)
 
     pv = sub.add_parser(
         "preview",
@@ -420,7 +483,8 @@ async def run_fetch(args: argparse.Namespace) -> int:
         rate=args.rate,
         restart=args.restart,
         keep_journal=args.keep_journal,
-        brainrender=args.format == "brainrender",
+        formats=chosen_formats(args),
+        allensdk_cache=args.allensdk_cache,
         ca_bundle=args.ca_bundle,
         proxy=args.proxy,
     )
@@ -504,6 +568,32 @@ async def run_verify(args: argparse.Namespace) -> int:
     return Exit.FAILED if counts["unfinished"] else Exit.OK
 
 
+async def run_export(args: argparse.Namespace) -> int:
+    formats = chosen_formats(args)
+    if not formats:
+        raise UsageError(
+            "--format seed is data.json, which is there already: name a format to write"
+        )
+    outputs.require(formats)
+    ids = chosen_data_sets(args.out, args.ids or None)
+    counts: Counter[str] = Counter()
+    for data_set in ids:
+        done = await asyncio.to_thread(outputs.export, args.out, data_set, formats)
+        counts[done.status] += 1
+        if done.status == "written":
+            print(f"{data_set}: wrote {done.detail}", flush=True)
+        else:
+            print(f"{data_set}: {done.status.upper()}: {done.detail}", file=sys.stderr)
+    print(
+        f"asyncdl: exported {counts['written']} of {len(ids)} data sets"
+        + ("; run the same fetch again to repair the damaged" if counts["damaged"] else ""),
+        file=sys.stderr,
+    )
+    if counts["damaged"]:
+        return Exit.DAMAGED
+    return Exit.FAILED if counts["failed"] else Exit.OK
+
+
 async def run_preview(args: argparse.Namespace) -> int:
     from .preview import render_preview
 
@@ -535,6 +625,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
     "fetch": run_fetch,
     "list": run_list,
     "verify": run_verify,
+    "export": run_export,
     "preview": run_preview,
     "emulate": run_emulate,
 }

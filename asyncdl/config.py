@@ -39,6 +39,10 @@ LEGACY_WARNING = (
 AUTO: Final = "auto"
 Concurrency = int | Literal["auto"]
 
+#: What a data set's folder holds besides data.json (always written): ``outputs`` says which files.
+OutputFormat = Literal["brainrender", "parquet"]
+OUTPUT_FORMATS: tuple[OutputFormat, ...] = get_args(OutputFormat)
+
 
 class LegacyVolumesWarning(UserWarning):
     """``volumes="legacy"`` against the real Allen servers (``LEGACY_WARNING`` says why)."""
@@ -111,8 +115,24 @@ class FetchOptions:
             "start the data sets over instead of resuming them (needed to change parameters)"
         ),
     )
-    #: Also write ``streamlines_<id>.json``, the layout brainrender reads (``asyncdl.brainrender``).
-    brainrender: bool = False
+    formats: tuple[OutputFormat, ...] = field(
+        default=(),
+        metadata=_help(
+            "also write these beside data.json (which is always written), comma-separated: "
+            "brainrender (OUT/<id>/streamlines_<id>.json, for brainrender's Streamlines actor), "
+            "parquet (OUT/<id>/points.parquet and lines.parquet, for pandas, polars and DuckDB; "
+            "pip install 'asyncdl[parquet]')"
+        ),
+    )
+    allensdk_cache: Path | None = field(
+        default=None,
+        metadata=_help(
+            "use the volumes an AllenSDK MouseConnectivityCache already holds (its folder or its "
+            "manifest file): the 100 um grids of a cache made with resolution=100 and the 25 um "
+            "annotation, each checked as a whole volume on the CCF grid, instead of downloading "
+            "them (--volumes nrrd)"
+        ),
+    )
     keep_journal: bool = field(
         default=False,
         metadata=_help(
@@ -159,6 +179,13 @@ class FetchOptions:
             )
         if self.volumes not in VOLUME_KINDS:
             raise UsageError(f"volumes must be one of {VOLUME_KINDS}, got {self.volumes!r}")
+        given: object = self.formats  # a lone string would pass as a tuple of letters
+        if isinstance(given, str):
+            raise UsageError(f"formats is a tuple of names, e.g. ({given!r},)")
+        if unknown := [f for f in self.formats if f not in OUTPUT_FORMATS]:
+            raise UsageError(f"formats must be among {OUTPUT_FORMATS}, got {unknown}")
+        if self.allensdk_cache is not None and self.volumes != "nrrd":
+            raise UsageError("an AllenSDK cache holds NRRD volumes: use it with --volumes nrrd")
         if self.prefetch < 1:
             raise UsageError(f"prefetch must be at least 1, got {self.prefetch}")
         if self.proxy:
@@ -184,5 +211,5 @@ class FetchOptions:
         (spec,) = (f for f in fields(FetchOptions) if f.name == name)
         default = None if spec.default is MISSING else spec.default
         shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
-        suffix = f" (default {shown})" if default not in (None, False) else ""
+        suffix = f" (default {shown})" if default not in (None, False, ()) else ""
         return default, spec.metadata["help"] + suffix

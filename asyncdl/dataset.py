@@ -2,12 +2,12 @@
 
     prepare:  decide (skip? refuse?) -> volumes -> targets -> decide (fresh or resume) -> open files
     fetch:    one spatial search per target still to do; each answer or failure is recorded at once
-    finish:   data.json in the seed's order, the brainrender file if asked, summary.json with the
-              size and SHA-256 of each; then the journal goes (unless --keep-journal)
+    finish:   data.json in the seed's order, the files of each --format (``outputs``), summary.json
+              with the size and SHA-256 of each; then the journal goes (unless --keep-journal)
 
 A data set found damaged (data.json missing or of the wrong size, run.json or summary.json
 unreadable) is repaired: rebuilt from the journal if it is there, else fetched again, with a note
-(``Events.repairing``); a file made from data.json (brainrender's) is made again.
+(``Events.repairing``); a format's file missing or of the wrong size is made again from data.json.
 
 The pipeline (``pipeline``) decides when each step runs and shares one request queue among many
 data sets; everything that concerns one data set is here. A data set that cannot be prepared, or
@@ -27,8 +27,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .brainrender import has_brainrender, streamlines_file, write_brainrender
-from .config import FetchOptions
+from . import outputs
 from .errors import (
     ENDS_THE_RUN,
     AsyncdlError,
@@ -55,12 +54,6 @@ class RunContext:
     client: HttpClient
     source: VolumeSource
     events: Events
-
-
-def final_files(data_set: int, options: FetchOptions) -> list[str]:
-    """The files a finished data set has in ``OUT/<id>/``: what summary.json records the size
-    and SHA-256 of, and reruns and ``verify`` check. A new output file is added here."""
-    return [DATA] + ([streamlines_file(Path(), data_set).name] if options.brainrender else [])
 
 
 def refuse_mixing(
@@ -143,7 +136,8 @@ class DataSet:
             decision = decide(earlier, plan.params, restart=restart, expected=expected)
             if decision.action is Action.REFUSE:
                 raise VolumeError(f"{decision.reason}; rerun with --restart to start over")
-            await asyncio.to_thread(self.store.open, decision, expected)
+            derived = outputs.derived_files(self.id)
+            await asyncio.to_thread(self.store.open, decision, expected, derived)
         except ENDS_THE_RUN:
             raise
         except (AsyncdlError, OSError) as exc:
@@ -172,37 +166,46 @@ class DataSet:
         return f"dropped them, {action}" if decision.keep.dropped else action
 
     async def _skip(self, summary: Mapping[str, Any]) -> bool:
-        """Complete already: request nothing, but write the brainrender file again from data.json
-        if it is missing, of another size than recorded or in the old layout, and let a journal
-        left behind go. Both check data.json byte for byte first: False if it is damaged (marked so
-        in summary.json, for ``prepare`` to repair)."""
+        """Complete already: request nothing, but make the files of a format asked for now that
+        are missing, unrecorded, of another size than recorded or in an old layout, from the
+        answers on disk, and record them; then let a journal left behind go. Either checks
+        data.json byte for byte first: False if it is damaged (marked so in summary.json, for
+        ``prepare`` to repair)."""
         store, options = self.store, self.ctx.plan.options
-        render = options.brainrender and (
-            not has_brainrender(store.dir, self.id)
-            or store.resized(streamlines_file(Path(), self.id).name)
-        )
+        targets, lines = int(summary.get("targets") or 0), int(summary.get("lines") or 0)
+        todo = await asyncio.to_thread(outputs.stale, store, options.formats)
         drop = not options.keep_journal and store.has_journal()
-        if render or drop:
+        if todo or drop:
             verdict = await asyncio.to_thread(store.verify, [DATA])  # what the rest comes from
             if verdict.status != "verified":
                 return False
-        if render:
-            await asyncio.to_thread(write_brainrender, store.dir)
-            await asyncio.to_thread(store.add_files, [streamlines_file(Path(), self.id).name])
-        if drop:
+        errors = await self._write_formats(todo, lines)
+        if drop and not errors:  # summary.json vouches for every file: the journal can go
             await asyncio.to_thread(store.drop_journal)
+        error = "; ".join(errors) or None
         self._report(
             DataSetResult(
                 self.id,
-                True,
-                targets=int(summary.get("targets") or 0),
-                lines=int(summary.get("lines") or 0),
+                error is None,
+                targets=targets,
+                lines=lines,
                 directory=str(self.store.dir),
-                resumed=int(summary.get("targets") or 0),
-                skipped=True,
+                resumed=targets,
+                skipped=error is None,
+                error=error,
             )
         )
         return True
+
+    async def _write_formats(self, names: list[str], lines: int) -> list[str]:
+        """Make the files of ``names`` and record them in summary.json; why a format's could not
+        be made (its data does not convert), a phrase each. data.json stays as it is."""
+        if not names:
+            return []
+        written, errors = await asyncio.to_thread(outputs.write, self.store, names, lines)
+        if written:
+            await asyncio.to_thread(self.store.add_files, written)
+        return errors
 
     # -- fetch -------------------------------------------------------------------------------------
 
@@ -262,22 +265,27 @@ class DataSet:
     # -- finish ------------------------------------------------------------------------------------
 
     async def finish(self) -> DataSetResult:
-        """data.json from the answers on disk, the brainrender file, then the summary that
-        vouches for them; then the journal goes, data.json holding the same answers."""
+        """data.json from the answers on disk, then the files of each format (from the journal,
+        which knows each target's rank), then the summary that vouches for them all; then the
+        journal goes, data.json holding the same answers."""
         options = self.ctx.plan.options
         self.store.close()
         lines = await asyncio.to_thread(self.store.finalize, len(self._targets), self._injection)
         if lines != self._lines:  # the file on disk is the truth; a mismatch is a bug
             raise RuntimeError(f"data set {self.id}: wrote {self._lines} lines, found {lines}")
-        if options.brainrender:
-            await asyncio.to_thread(write_brainrender, self.store.dir)
         failures = self._failures
-        error = f"{failures} target(s) failed; see failures.ndjson" if failures else None
+        errors = [f"{failures} target(s) failed; see failures.ndjson"] if failures else []
+        derived = outputs.final_files(self.id, options.formats)[1:]
+        written, unwritten = await asyncio.to_thread(outputs.write, self.store, derived, lines)
+        errors += unwritten
         result = self._result(
-            complete=failures == 0, targets=len(self._targets), error=error, lines=lines
+            complete=not errors,
+            targets=len(self._targets),
+            error="; ".join(errors) or None,
+            lines=lines,
         )
-        await self._record(result, final_files(self.id, options))
-        if result.complete and not options.keep_journal:  # recorded: data.json read back whole
+        await self._record(result, [DATA, *written])
+        if result.complete and not options.keep_journal:  # recorded: every file read back whole
             await asyncio.to_thread(self.store.drop_journal)
         return result
 

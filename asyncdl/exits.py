@@ -35,7 +35,8 @@ _MEANINGS = {
     "the file",
     Exit.TLS: "the server's TLS certificate did not verify (see --ca-bundle), or it does not "
     "speak TLS",
-    Exit.DAMAGED: "verify found damaged data sets (a line each); the next fetch repairs them",
+    Exit.DAMAGED: "verify or export found damaged data sets (a line each); the next fetch "
+    "repairs them",
     Exit.INTERRUPTED: "interrupted (Ctrl-C)",
     Exit.TERMINATED: "terminated (SIGTERM)",
 }

@@ -14,7 +14,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import os
+import secrets
+import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -23,6 +27,7 @@ import numpy.typing as npt
 import orjson
 
 from .aio import all_of, both
+from .allensdk_cache import ANNOTATION_RESOLUTION, GRID_RESOLUTION, AllenSdkCache
 from .config import FetchOptions, VolumeKind
 from .errors import ENDS_THE_RUN, AsyncdlError, VolumeError
 from .fetcher import HttpClient, Tally
@@ -44,6 +49,7 @@ from .volumes import (
     nrrd_layout_of,
     read_metaimage_zip,
     read_nrrd,
+    verify_nrrd,
 )
 
 FIBER_MEMBER = "annotationFiber"
@@ -61,11 +67,14 @@ class VolumeSource:
         kind: VolumeKind,
         *,
         tract_ids: frozenset[int] | None = None,
+        allensdk: Path | None = None,
     ) -> None:
         self.client = client
         self.endpoints = endpoints
         self.cache = FileCache(client, cache_dir, endpoints.key)
         self.kind = kind
+        #: An AllenSDK MouseConnectivityCache whose volumes are used instead of downloads.
+        self.allensdk = None if allensdk is None else AllenSdkCache.open(allensdk)
         #: The fiber-tract ids (nrrd), when another process already read them from the tree.
         self.tract_ids = tract_ids
         self._masks: dict[tuple[object, ...], BoolArray] = {}
@@ -75,7 +84,7 @@ class VolumeSource:
         """Bring in what every data set needs, once, before a run is spread over processes that
         then share it: the fiber volume, the tract ids, and the tract mask of ``data_set``'s grid
         (the grid all data sets share), which goes into the cache for the others to read."""
-        await self.cache.get(*self._fiber_file(), tally)
+        await self.cache.get(*self._fiber_file(), tally, local=self._fiber_local())
         await self._tract_ids(tally)
         try:
             await self.allowed_mask(await self.data_set_volume(data_set, "density", tally), tally)
@@ -97,8 +106,11 @@ class VolumeSource:
         """A data set's ``density`` or ``injection`` volume."""
         ds = data_set_id(data_set)
         if self.kind == "nrrd":
-            url = self.endpoints.grid_nrrd(ds, volume)
-            return await self._read(url, f"grid_{ds}_{volume}.nrrd", tally, read_nrrd)
+            url = self.endpoints.grid_nrrd(ds, volume, GRID_RESOLUTION)
+            local = None
+            if self.allensdk is not None and (path := self.allensdk.grid(ds, volume)) is not None:
+                local = LocalCopy(path, GRID_RESOLUTION)
+            return await self._read(url, f"grid_{ds}_{volume}.nrrd", tally, read_nrrd, local)
         url = self.endpoints.grid_legacy(ds, volume)
         return await self._read(
             url, f"grid_{ds}_{volume}.zip", tally, lambda path: read_metaimage_zip(path, volume)
@@ -115,7 +127,7 @@ class VolumeSource:
         fiber_url, fiber_name = self._fiber_file()
         if not self._masks and self.cache.digest(fiber_url, fiber_name) is None:
             # The first data set of a cold cache brings the shared fiber volume in with its own.
-            download = self.cache.get(fiber_url, fiber_name, tally)
+            download = self.cache.get(fiber_url, fiber_name, tally, local=self._fiber_local())
             (density, injection), _ = await both(all_of(*volumes), download)
         else:
             density, injection = await all_of(*volumes)
@@ -123,10 +135,17 @@ class VolumeSource:
         targets = await asyncio.to_thread(select_targets, density, allowed, options.density_range)
         return targets, injection_coordinates(injection, options.injection_threshold)
 
-    async def _read(self, url: str, name: str, tally: Tally, read: Callable[[Path], T]) -> T:
+    async def _read(
+        self,
+        url: str,
+        name: str,
+        tally: Tally,
+        read: Callable[[Path], T],
+        local: LocalCopy | None = None,
+    ) -> T:
         """Fetch ``url`` through the cache and ``read`` it off the loop; a file that does not
         read is dropped from the cache, so a later run downloads it again."""
-        path = await self.cache.get(url, name, tally)
+        path = await self.cache.get(url, name, tally, local=local)
         try:
             return await asyncio.to_thread(read, path)
         except VolumeError:
@@ -189,13 +208,20 @@ class VolumeSource:
             labels = read_nrrd(path, plan.sample).array
             return plan.allowed(in_tract_labels(labels, tract_ids))
 
-        return await self._read(*self._fiber_file(), tally, nrrd_mask)
+        return await self._read(*self._fiber_file(), tally, nrrd_mask, self._fiber_local())
+
+    def _fiber_local(self) -> LocalCopy | None:
+        """The annotation in the AllenSDK cache, if one was given and it has it."""
+        if self.kind == "legacy" or self.allensdk is None:
+            return None
+        path = self.allensdk.annotation()
+        return None if path is None else LocalCopy(path, ANNOTATION_RESOLUTION)
 
     def _fiber_file(self) -> tuple[str, str]:
         """URL and cache name of the shared volume that says where the fiber tracts are."""
         if self.kind == "legacy":
             return self.endpoints.fiber_tracts_legacy(), "fiber_tracts_197646984.zip"
-        return self.endpoints.annotation_nrrd(), "annotation_25.nrrd"
+        return self.endpoints.annotation_nrrd(ANNOTATION_RESOLUTION), "annotation_25.nrrd"
 
 
 def _mask_bytes(mask: BoolArray) -> bytes:
@@ -231,8 +257,11 @@ class FileCache:
     def _meta(self, name: str) -> Path:
         return self.dir / f"{name}.meta.json"
 
-    async def get(self, url: str, name: str, tally: Tally) -> Path:
-        """The cached file for ``url``, downloading it if it is missing or does not verify."""
+    async def get(
+        self, url: str, name: str, tally: Tally, *, local: LocalCopy | None = None
+    ) -> Path:
+        """The cached file for ``url``, downloading it if it is missing or does not verify, unless
+        ``local`` holds it (checked as a volume first)."""
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             path = self.dir / name
@@ -241,10 +270,35 @@ class FileCache:
                 return path
             with writing(self.dir):
                 self.dir.mkdir(parents=True, exist_ok=True)
+            if local is not None and await asyncio.to_thread(self._adopt, local, name, key):
+                return path
             size = await self.client.download(url, path, tally)
             digest = await asyncio.to_thread(_sha256, path)
             await asyncio.to_thread(self._record, name, key, size, digest)
             return path
+
+    def _adopt(self, local: LocalCopy, name: str, key: str) -> bool:
+        """Take ``local`` into the cache as ``name`` if it is the volume asked for: hard-linked
+        (no second copy on disk) or else copied beside its final path, checked there, then
+        renamed and recorded like a download. False if it is missing or is not that volume."""
+        path = self.dir / name
+        tmp = path.with_name(f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            try:
+                os.link(local.path, tmp)
+            except FileNotFoundError:
+                return False
+            except OSError:  # another file system, or not allowed to link: copy it
+                shutil.copyfile(local.path, tmp)
+            verify_nrrd(tmp, local.resolution)
+            with writing(path):
+                os.replace(tmp, path)
+        except (VolumeError, OSError):  # unreadable, or not that volume: download it instead
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._record(name, key, path.stat().st_size, _sha256(path))
+        return True
 
     def put(self, key: str, name: str, data: bytes) -> Path:
         """Cache ``data`` under ``name``, recorded with ``key`` (what it was made from)."""
@@ -274,6 +328,15 @@ class FileCache:
     def forget(self, name: str) -> None:
         """Stop trusting a cached file (its record goes; the file is replaced on next use)."""
         self._meta(name).unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class LocalCopy:
+    """A file on this machine that may already be the volume a URL serves (an AllenSDK cache's):
+    an NRRD volume on the CCF grid at ``resolution``."""
+
+    path: Path
+    resolution: int
 
 
 def _sha256(path: Path) -> str:

@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from .errors import StorageError
+from .errors import StorageError, UsageError
 from .files import TEMP_GLOB, AtomicFile, append, atomic_write, writing
 from .results import DataSetResult, Verdict
 from .resume import Action, Decision, Earlier, Journal
@@ -61,6 +61,16 @@ class FileRecord:
     name: str
     size: int
     sha256: str
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One target's answer as ``lines.ndjson`` holds it: its rank, its coordinates (um), and the
+    spatial search's records (0 or more lines)."""
+
+    rank: int
+    coord: list[float]
+    records: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -140,7 +150,7 @@ class DataSetStore:
 
     def _damage(self, summary: Mapping[str, Any] | None) -> str:
         """What is wrong with the data.json a summary vouches for, by its size ("" if nothing).
-        (The other final files are made from data.json: ``resized`` finds those to make again.)"""
+        (The other final files are made from data.json: ``unvouched`` finds those to make again.)"""
         if not summary:
             return ""
         if summary.get("status") == DAMAGED:
@@ -149,20 +159,29 @@ class DataSetStore:
             return ""
         return _problem(self._prefix, _records(summary), [DATA], whole=False)
 
-    def resized(self, name: str) -> bool:
-        """Whether a final file summary.json records is missing or of another size."""
-        summary = _read_object(self._prefix + SUMMARY, missing={}, broken={}) or {}
-        return bool(_problem(self._prefix, _records(summary), [name], whole=False))
+    def unvouched(self, names: Iterable[str]) -> list[str]:
+        """Those of these final files that are missing, not recorded in summary.json, or of
+        another size than it records: to be made again from data.json."""
+        records = _records(_read_object(self._prefix + SUMMARY, missing={}, broken={}) or {})
+        return [
+            name
+            for name in names
+            if name not in records or _problem(self._prefix, records, [name], whole=False)
+        ]
 
-    def open(self, decision: Decision, manifest: Mapping[str, Any]) -> None:
+    def open(
+        self, decision: Decision, manifest: Mapping[str, Any], derived: Iterable[str] = ()
+    ) -> None:
         """Open the data set for writing, as ``decision`` (FRESH or RESUME) says.
 
         ``run.json`` is (re)written, ``lines.ndjson`` holds the answers the decision keeps and
-        nothing else, the failures (they are asked again) and the summary (no longer true) go;
-        FRESH drops data.json too.
+        nothing else, the failures (they are asked again) and the summary (no longer true) go,
+        and so do the ``derived`` files (made from a data.json that is being replaced: the finish
+        makes those asked for again); FRESH drops data.json too.
         """
         assert decision.action in (Action.FRESH, Action.RESUME), decision
-        doomed = (FAILURES, SUMMARY) + ((LINES, DATA) if decision.action is Action.FRESH else ())
+        doomed = (FAILURES, SUMMARY, *derived)
+        doomed += (LINES, DATA) if decision.action is Action.FRESH else ()
         with writing(self.dir):
             self.dir.mkdir(parents=True, exist_ok=True)
             for stale in self.dir.glob(TEMP_GLOB):  # temp files of a run killed while writing
@@ -229,23 +248,16 @@ class DataSetStore:
 
         Targets without an answer (failures) are left out; the caller says whether it is complete.
         """
-        path = self.journal
-        offsets = _scan(path, targets).lines
         count = size = 0
         digest = hashlib.sha256()
 
         def records() -> Iterator[bytes]:
             nonlocal count
             yield b'{"lines":['
-            with path.open("rb") as fh:
-                for rank in range(targets):
-                    where = offsets.get(rank)
-                    if where is None:
-                        continue
-                    fh.seek(where[0])
-                    for record in orjson.loads(fh.read(where[1]))["msg"]:
-                        yield (b"," if count else b"") + orjson.dumps(record)
-                        count += 1
+            for answer in self.answers(targets):
+                for record in answer.records:
+                    yield (b"," if count else b"") + orjson.dumps(record)
+                    count += 1
             yield b'],"injectionCoordinates":'
             yield orjson.dumps(injection.tolist())
             yield b"}"
@@ -261,6 +273,20 @@ class DataSetStore:
             atomic_write(self.dir / DATA, hashed())
         self._written = FileRecord(DATA, size, digest.hexdigest())
         return count
+
+    def answers(self, targets: int) -> Iterator[Answer]:
+        """The answered targets in ``lines.ndjson``, in rank order: ``data.json``'s order. One
+        target's answer is read at a time (a rank answered twice counts once, as when resuming)."""
+        path = self.journal
+        offsets = _scan(path, targets).lines
+        with path.open("rb") as fh:
+            for rank in range(targets):
+                where = offsets.get(rank)
+                if where is None:
+                    continue
+                fh.seek(where[0])
+                line = orjson.loads(fh.read(where[1]))
+                yield Answer(rank, line["coord"], line["msg"])
 
     def record(
         self, result: DataSetResult, params: Mapping[str, Any], files: Iterable[str] = ()
@@ -289,10 +315,11 @@ class DataSetStore:
             raise StorageError(f"cannot write {path}: it reads back other than written", str(path))
         return found
 
-    def verify(self, only: Iterable[str] | None = None) -> Verdict:
+    def verify(self, only: Iterable[str] | None = None, *, incomplete: bool = False) -> Verdict:
         """Every final file summary.json records (or those of them named in ``only``), checked
         byte for byte against its size and SHA-256. A damaged data set is marked so in
-        summary.json: the next fetch repairs it."""
+        summary.json: the next fetch repairs it. With ``incomplete``, a data set whose fetch
+        finished with targets that failed is checked too (its data.json holds the rest)."""
         summary = read_summary(self.dir)
         if summary is None:
             exists = self.dir.is_dir()
@@ -300,7 +327,7 @@ class DataSetStore:
             return Verdict(self.data_set, "unfinished", why)
         if summary.status in ("unreadable", DAMAGED):
             return Verdict(self.data_set, "damaged", summary.error or "")
-        if not summary.complete:
+        if not summary.complete and not (incomplete and summary.status == "incomplete"):
             why = f"{summary.status}: {summary.error}" if summary.error else summary.status
             return Verdict(self.data_set, "unfinished", why)
         names = summary.files if only is None else only
@@ -329,6 +356,34 @@ class DataSetStore:
         with writing(self.dir):
             self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.dir / SUMMARY, [orjson.dumps(summary, option=orjson.OPT_INDENT_2)])
+
+
+def data_set_folders(out: Path) -> list[int]:
+    """The ids of the data set folders (``OUT/<id>/``) in ``out``, in order; ``UsageError`` if
+    ``out`` is not a folder that can be read."""
+    try:
+        return sorted(
+            int(d.name)
+            for d in out.iterdir()
+            if d.name.isascii() and d.name.isdigit() and d.is_dir()
+        )
+    except (FileNotFoundError, NotADirectoryError):
+        raise UsageError(f"{out} is not a folder") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {out}: {exc.strerror or exc}") from exc
+
+
+def chosen_data_sets(out: Path, data_sets: Iterable[int | str] | None) -> list[int]:
+    """The data sets a command on finished output is about: those given (validated, each once),
+    or every ``OUT/<id>`` folder; ``UsageError`` if ``out`` is not a folder or holds none."""
+    if not out.is_dir():
+        raise UsageError(f"{out} is not a folder")
+    if data_sets is not None:
+        return list(dict.fromkeys(data_set_id(d) for d in data_sets))
+    found = data_set_folders(out)
+    if not found:
+        raise UsageError(f"{out} holds no data set folders (OUT/<id>/)")
+    return found
 
 
 def _read_object(

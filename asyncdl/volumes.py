@@ -246,6 +246,25 @@ def read_nrrd(path: Path, sample: Sample | None = None) -> Volume:
         raise VolumeError(f"unsupported NRRD encoding {encoding!r}")
 
 
+#: The CCF 2017 grids asyncdl reads, by resolution in um: (AP, DV, ML) voxels.
+CCF_GRIDS = {100: (132, 80, 114), 25: (528, 320, 456)}
+_NOTHING: Sample = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64))
+
+
+def verify_nrrd(path: Path, resolution: int) -> None:
+    """``VolumeError`` unless ``path`` is a whole NRRD volume on the CCF grid at ``resolution``:
+    its header declares that grid, and its data decodes to exactly the declared size (streamed
+    through, nothing kept: the 25 um annotation would be 300 MB)."""
+    layout = nrrd_layout_of(path)
+    grid, spacing = CCF_GRIDS[resolution], (float(resolution),) * 3
+    if layout.shape != grid or layout.spacing != spacing:
+        raise VolumeError(
+            f"{path.name} is a {layout.shape} grid at {layout.spacing} um, not the CCF's {grid} "
+            f"at {resolution} um"
+        )
+    read_nrrd(path, _NOTHING)
+
+
 # -- MetaImage in a zip (the legacy grid and fiber-tract files) --------------------------------------
 
 _MHD_LINE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")

@@ -103,7 +103,7 @@ async def test_with_the_journal_kept_a_damaged_data_json_is_rebuilt_without_a_re
 async def test_a_damaged_brainrender_file_is_made_again_from_data_json_without_a_request(
     emulator, tmp_path
 ):
-    [first], _ = await fetch(tmp_path, emulator, brainrender=True)
+    [first], _ = await fetch(tmp_path, emulator, formats=("brainrender",))
     assert first.complete
     viewer = folder(tmp_path) / f"streamlines_{SEED_ID}.json"
     written = viewer.read_bytes()
@@ -114,7 +114,7 @@ async def test_a_damaged_brainrender_file_is_made_again_from_data_json_without_a
     }
     os.truncate(viewer, len(written) - 10)
     emulator.stats.reset()
-    [again], notes = await fetch(tmp_path, emulator, brainrender=True)
+    [again], notes = await fetch(tmp_path, emulator, formats=("brainrender",))
     assert again.skipped and sum(emulator.stats.requests.values()) == 0 and not notes
     assert viewer.read_bytes() == written
     assert orjson.loads((folder(tmp_path) / "summary.json").read_bytes())["files"] == recorded

@@ -162,7 +162,7 @@ async def test_rerun_with_brainrender_replaces_only_an_old_layout_file(emulator,
     assert first.complete
     viewer = tmp_path / str(SEED_ID) / f"streamlines_{SEED_ID}.json"
     viewer.write_bytes(b'{"lines":[[{"x":1,"y":2,"z":3}]],"injection_sites":[]}')  # asyncdl 0.1.0
-    with_brainrender = dict(fetch, options=dataclasses.replace(options, brainrender=True))
+    with_brainrender = dict(fetch, options=dataclasses.replace(options, formats=("brainrender",)))
     [again] = await asyncdl.fetch([SEED_ID], tmp_path, **with_brainrender)
     assert again.complete and again.requests == 0
     body = viewer.read_bytes()

@@ -28,6 +28,7 @@ def test_public_api_is_exactly_what_is_meant():
             "fetch_sync",
             "find_experiments",
             "read_ids_file",
+            "read_parquet",
             "read_streamlines",
             "survey",
             "verify",

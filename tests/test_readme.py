@@ -54,12 +54,13 @@ def masked(line):
 
 
 def commands(script):
-    """The asyncdl commands of a sh block, each pointed at a bundled emulator."""
+    """The asyncdl commands of a sh block, those that ask a server pointed at a bundled emulator."""
     for line in script.splitlines():
         if line.strip() and not line.strip().startswith("#"):
             argv = shlex.split(line)
             assert argv[0] == "asyncdl", line
-            yield [*argv[1:], "--emulator"]
+            talks_to_a_server = argv[1] in ("fetch", "list")
+            yield [*argv[1:], "--emulator"] if talks_to_a_server else argv[1:]
 
 
 @pytest.fixture(scope="module")
@@ -89,13 +90,20 @@ def block(ran, word):
     return found
 
 
+def commands_of(ran, word):
+    [found] = [result for language, code, result in ran[1] if language == "sh" and word in code]
+    return found
+
+
 def data_json(work, data_set=SEED_ID):
     return orjson.loads((work / "data" / str(data_set) / "data.json").read_bytes())
 
 
 def test_the_section_shows_the_three_hand_offs_and_every_command_works(ran):
     _, results, _, _ = ran
-    assert [language for language, _, _ in results] == ["sh", "python"] * 2 + ["python", "sh"]
+    assert [language for language, _, _ in results] == (
+        ["sh", "python"] * 2 + ["python", "sh"] + ["sh", "python"]
+    )
     for language, code, procs in results:
         if language == "sh":
             assert procs
@@ -130,15 +138,39 @@ def test_brainrender(ran):
 
 
 def test_ids_from_allensdk(ran):
-    work, results, _, calls = ran
+    work, _, _, calls = ran
     assert calls == [{"dataframe": True, "cre": False, "injection_structure_ids": [385]}]
     header = (work / "experiments.csv").read_text().splitlines()[0]
     assert header.startswith("id,") and header.split(",").count("id") == 2  # AllenSDK's CSV
-    [fetch] = results[-1][2]
+    [fetch] = commands_of(ran, "--ids-file")
     assert f"{SEED_ID}: already complete" in fetch.stderr
     assert f"{OTHER_ID}: ok: " in fetch.stderr
     assert "2 of 2 data sets complete" in fetch.stderr
     assert data_json(work, OTHER_ID)["lines"]
+
+
+def test_parquet_one_liners(ran):
+    work, *_ = ran
+    [export] = commands_of(ran, "export")
+    assert export.stdout.splitlines() == [
+        f"{data_set}: wrote points.parquet, lines.parquet" for data_set in (OTHER_ID, SEED_ID)
+    ]
+    ns = block(ran, "read_parquet")
+    data = {data_set: data_json(work, data_set) for data_set in sorted([SEED_ID, OTHER_ID])}
+    expected = [
+        (data_set, line, point, *p["coord"], p["density"], p["intensity"])
+        for data_set, doc in data.items()
+        for line, record in enumerate(doc["lines"])
+        for point, p in enumerate(record["path"])
+    ]
+    points = ns["points"]
+    assert list(points.itertuples(index=False, name=None)) == expected
+    assert ns["same"].equals(points)
+    assert ns["also"].rows() == expected  # polars
+    counts = dict(ns["per_data_set"].itertuples(index=False, name=None))  # DuckDB
+    assert counts == {
+        data_set: sum(len(r["path"]) for r in doc["lines"]) for data_set, doc in data.items()
+    }
 
 
 def test_the_quick_start_runs_as_written_and_prints_what_it_shows(tmp_path):
@@ -155,5 +187,6 @@ def test_the_quick_start_runs_as_written_and_prints_what_it_shows(tmp_path):
 
 def test_ci_runs_the_readmes_test_command():
     _, tests, _ = quick_start()
-    ci = (ROOT / ".ci" / "run").read_text().splitlines()
-    assert tests in ci
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert tests in ci.splitlines()
+    assert "exit 10" in ci  # a failed install has its own status

@@ -55,8 +55,9 @@ def volumes(draw):
     lo, hi = draw(bounds)
     dtype = draw(st.sampled_from([np.float32, np.float64]))
     shape = draw(hnp.array_shapes(min_dims=3, max_dims=3, min_side=1, max_side=6))
-    # Values at, just inside and just outside the bounds, plus anything in between.
-    edges = [lo, hi]
+    # Values at, just inside and just outside the bounds (as the volume's dtype holds them, which is
+    # what the selection compares), plus anything in between.
+    edges = [float(dtype(lo)), float(dtype(hi))]
     for b in (lo, hi):
         edges += [float(np.nextafter(dtype(b), dtype(-1))), float(np.nextafter(dtype(b), dtype(1)))]
     element = st.one_of(st.sampled_from(edges), st.floats(0.0, 0.5, width=32))

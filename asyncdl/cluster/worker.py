@@ -81,7 +81,12 @@ class WorkerRun:
             if share is not None:
                 await http.share(share)
             source = VolumeSource(
-                http, plan.endpoints, plan.cache, plan.options.volumes, tract_ids=plugin.tract_ids
+                http,
+                plan.endpoints,
+                plan.cache,
+                plan.options.volumes,
+                tract_ids=plugin.tract_ids,
+                allensdk=plan.options.allensdk_cache,
             )
             ctx = RunContext(plan, http, source, events)
             pipeline = await stack.enter_async_context(Pipeline(ctx, lanes=share))
