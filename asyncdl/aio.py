@@ -81,10 +81,12 @@ async def in_thread(func: Callable[..., T], /, *args: Any) -> T:
 
 
 class Slots:
-    """A semaphore whose size can change while it is in use (a worker's share of a run's ``-c``).
+    """A semaphore whose size can change while it is in use (the limit of ``-c auto``, a Dask
+    worker's share of a run's ``-c``).
 
-    Waiters are served first come, first served. Shrinking never interrupts a holder: ``resize``
-    returns once the slots in use fit the new size, so a share given up is really free.
+    Waiters are served first come, first served. Shrinking never interrupts a holder: the slots in
+    use above the new size are simply not handed on, and ``resize`` returns once the slots in use
+    fit, so a share given up is really free.
     """
 
     def __init__(self, size: int) -> None:
@@ -94,6 +96,14 @@ class Slots:
         self._fitting: list[asyncio.Future[None]] = []
 
     async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+    async def acquire(self) -> None:
         if self.used < self.size and not self._waiting:
             self.used += 1
             return
@@ -103,31 +113,30 @@ class Slots:
             await granted
         except asyncio.CancelledError:
             if granted.done() and not granted.cancelled():
-                self._release()  # granted as it was cancelled: hand the slot on
+                self.release()  # granted as it was cancelled: hand the slot on
             else:
                 with contextlib.suppress(ValueError):
                     self._waiting.remove(granted)
             raise
 
-    async def __aexit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._release()
+    def release(self) -> None:
+        self.used -= 1
+        self._grant()
 
-    async def resize(self, size: int) -> None:
-        """Make ``size`` slots; return once no more than that are in use."""
+    def set_size(self, size: int) -> None:
+        """Make ``size`` slots from now on (holders beyond it keep theirs until they give it back)."""
         if size < 0:
             raise ValueError(f"size must be at least 0, got {size}")
         self.size = size
         self._grant()
+
+    async def resize(self, size: int) -> None:
+        """Make ``size`` slots; return once no more than that are in use."""
+        self.set_size(size)
         if self.used > size:
             fits = asyncio.get_running_loop().create_future()
             self._fitting.append(fits)
             await fits
-
-    def _release(self) -> None:
-        self.used -= 1
-        self._grant()
 
     def _grant(self) -> None:
         while self._waiting and self.used < self.size:

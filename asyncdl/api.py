@@ -63,8 +63,9 @@ async def fetch(
     The data sets are spread over a Dask cluster's workers (one task each) with ``client``, an
     asynchronous ``distributed.Client``; with ``workers``, a local cluster of that many processes
     started for the call; or with ``scheduler``, the address of a running one (the ``dask`` extra).
-    ``concurrency`` and ``rate`` are shared among the workers that have work; the results and
-    files are the same. ``out_dir`` must be on a file system they all see.
+    Under ``concurrency="auto"`` each worker finds its own limit; a fixed ``concurrency`` (and
+    ``rate``) is shared among the workers that have work. The results and files are the same.
+    ``out_dir`` must be on a file system they all see.
 
     What happens is told to ``events`` and logged by the ``asyncdl`` logger (INFO per finished
     data set, WARNING per failure, DEBUG per retry). ``progress`` draws live bars, in a terminal
@@ -106,7 +107,9 @@ async def fetch(
 
 async def _locally(plan: RunPlan, events: Events) -> list[DataSetResult]:
     """``fetch`` in this process."""
-    async with HttpClient(plan.options, on_redirect=events.redirected) as http:
+    async with HttpClient(
+        plan.options, on_redirect=events.redirected, on_limit=events.limit_changed
+    ) as http:
         source = VolumeSource(
             http,
             plan.endpoints,
@@ -222,7 +225,7 @@ async def plan_run(
     ahead = forecast(
         surveys,
         measures,
-        concurrency=options.concurrency,
+        concurrency=options.max_in_flight,
         rate=options.rate,
         cache_bytes=cached.total,
     )

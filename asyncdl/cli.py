@@ -22,10 +22,12 @@ from .aio import every, in_thread, run
 from .api import fetch, legacy_warning, plan_run, verify
 from .catalog import Experiment, find_experiments
 from .config import (
+    AUTO,
     DEFAULT_ARCHIVE_URL,
     DEFAULT_BASE_URL,
     OUTPUT_FORMATS,
     VOLUME_KINDS,
+    Concurrency,
     FetchOptions,
     LegacyVolumesWarning,
     OutputFormat,
@@ -184,9 +186,11 @@ def _add_what_to_fetch(parser: _Parser) -> None:
 
 def _add_speed(parser: _Parser) -> None:
     group = parser.add_argument_group("speed")
-    _option(group, "concurrency", "-c", "--concurrency", type=int, metavar="N")
+    _option(group, "concurrency", "-c", "--concurrency", type=_concurrency, metavar="N|auto")
+    _option(group, "max_concurrency", type=int, metavar="N")
     _option(group, "rate", type=float, metavar="N")
     _option(group, "retries", type=int, metavar="N")
+    _option(group, "patience", type=float, metavar="SECONDS")
     _option(group, "timeout", type=float, metavar="SECONDS")
     _option(group, "min_rate", type=float, metavar="BYTES")
     spread = group.add_mutually_exclusive_group()
@@ -458,6 +462,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("X", "Y", "Z"),
         help="NRRD volumes whose header declares this grid (1024 1024 128: 1 GiB of doubles)",
     )
+    e.add_argument(
+        "--capacity",
+        type=int,
+        metavar="K",
+        help="work on at most K requests at once, each for the latency, and queue the rest in "
+        "order of arrival (default: no limit); /__emulator__/stats reports the queue waits",
+    )
+    e.add_argument(
+        "--shed-queue",
+        type=int,
+        metavar="Q",
+        help="with --capacity: answer 503 with Retry-After to a request that finds Q queued",
+    )
     return parser
 
 
@@ -498,6 +515,16 @@ def _cache_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
         parents=[where],
         help="remove everything (an entry a running asyncdl is using is left)",
     )
+
+
+def _concurrency(value: str) -> Concurrency:
+    """``-c``: a number, or ``auto``."""
+    if value == AUTO:
+        return AUTO
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or {AUTO}, got {value!r}") from None
 
 
 def read_ids(args: argparse.Namespace) -> list[int]:
@@ -574,7 +601,9 @@ async def run_fetch(args: argparse.Namespace) -> int:
     ids = read_ids(args)
     options = FetchOptions(
         concurrency=args.concurrency,
+        max_concurrency=args.max_concurrency,
         retries=args.retries,
+        patience=args.patience,
         timeout=args.timeout,
         min_rate=args.min_rate,
         density_range=tuple(args.density_range),
@@ -638,13 +667,17 @@ async def dry_run(
         surveys, ahead, measures = await plan_run(
             ids, options=options, endpoints=endpoints, cache_dir=args.cache_dir, on_survey=counted
         )
+    # Under -c auto the forecast assumes the server takes --max-concurrency without a queue.
+    at = f"-c {options.concurrency}" + (
+        f" ({options.max_concurrency} at most)" if options.adaptive else ""
+    )
     for s in surveys:
         if s.error:
             print(f"{s.data_set}: FAILED: {s.error}")
         else:
             when = f", ~{s.estimate_seconds:.1f} s" if s.estimate_seconds is not None else ""
-            print(f"{s.data_set}: {s.targets} target requests{when} at -c {options.concurrency}")
-    print("\n".join(describe_forecast(ahead, measures, options.concurrency)))
+            print(f"{s.data_set}: {s.targets} target requests{when} at {at}")
+    print("\n".join(describe_forecast(ahead, measures, at)))
     return Exit.OK if not any(s.error for s in surveys) else Exit.FAILED
 
 
@@ -871,6 +904,8 @@ async def run_emulate(args: argparse.Namespace) -> int:
         latency_spread=args.latency_spread,
         faults=faults,
         tls=args.tls,
+        capacity=args.capacity,
+        shed_queue=args.shed_queue,
     )
     return Exit.OK
 

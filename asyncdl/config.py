@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Final, Literal, get_args
 
 from .errors import UsageError
 from .proxies import proxy_url
@@ -48,6 +48,10 @@ LEGACY_WARNING = (
 )
 
 
+#: ``-c auto``: the number of requests in flight follows the server (``controller``).
+AUTO: Final = "auto"
+Concurrency = int | Literal["auto"]
+
 #: What a data set's folder holds besides data.json (always written): ``outputs`` says which files.
 OutputFormat = Literal["brainrender", "parquet"]
 OUTPUT_FORMATS: tuple[OutputFormat, ...] = get_args(OutputFormat)
@@ -66,10 +70,32 @@ def _help(text: str) -> dict[str, str]:
 class FetchOptions:
     """How one run fetches: concurrency, retry policy, selection parameters, volume source."""
 
-    concurrency: int = field(
-        default=32, metadata=_help("requests in flight at once, across all data sets")
+    concurrency: Concurrency = field(
+        default=AUTO,
+        metadata=_help(
+            "requests in flight at once, across all data sets: a number, or auto to follow the "
+            "server (as many as it answers without a queue forming)"
+        ),
     )
-    retries: int = field(default=5, metadata=_help("retries of a failing request"))
+    max_concurrency: int = field(
+        default=256, metadata=_help("the most requests in flight at once with -c auto")
+    )
+    retries: int = field(
+        default=5,
+        metadata=_help(
+            "retries of a failing request (0: none at all); a server's 429 and 503 are waited "
+            "out without counting (see --patience)"
+        ),
+    )
+    #: Retries may be at most this share of the requests of the last few seconds (``retries``).
+    retry_budget: float = 0.2
+    patience: float = field(
+        default=300.0,
+        metadata=_help(
+            "seconds a busy server (429, 503) is waited out, for each request and only while it "
+            "answers others; after that its busy answers count against --retries"
+        ),
+    )
     timeout: float = field(
         default=60.0,
         metadata=_help(
@@ -174,8 +200,16 @@ class FetchOptions:
     )
 
     def __post_init__(self) -> None:
-        if self.concurrency < 1:
-            raise UsageError(f"concurrency must be at least 1, got {self.concurrency}")
+        if self.concurrency != AUTO and (
+            not isinstance(self.concurrency, int) or self.concurrency < 1
+        ):
+            raise UsageError(f"concurrency must be at least 1 or auto, got {self.concurrency!r}")
+        if self.max_concurrency < 1:
+            raise UsageError(f"max concurrency must be at least 1, got {self.max_concurrency}")
+        if not self.retry_budget >= 0:
+            raise UsageError(f"retry budget must be 0 or more, got {self.retry_budget}")
+        if not self.patience >= 0:
+            raise UsageError(f"patience must be 0 or more, got {self.patience}")
         if self.retries < 0:
             raise UsageError(f"retries must be 0 or more, got {self.retries}")
         if not self.timeout > 0:
@@ -209,9 +243,19 @@ class FetchOptions:
         if self.proxy:
             proxy_url(self.proxy, "--proxy")
 
+    @property
+    def adaptive(self) -> bool:
+        """``-c auto``: the limit follows the server."""
+        return self.concurrency == AUTO
+
+    @property
+    def max_in_flight(self) -> int:
+        """The most requests in flight at once: ``-c N``, or ``--max-concurrency`` with auto."""
+        return self.max_concurrency if isinstance(self.concurrency, str) else self.concurrency
+
     def rate_share(self, concurrency: int) -> float | None:
-        """The part of ``rate`` that goes with ``concurrency`` of the ``concurrency`` slots."""
-        return None if self.rate is None else self.rate * concurrency / self.concurrency
+        """The part of ``rate`` that goes with ``concurrency`` of the ``max_in_flight`` slots."""
+        return None if self.rate is None else self.rate * concurrency / self.max_in_flight
 
     @staticmethod
     def describe(name: str) -> tuple[Any, str]:

@@ -48,15 +48,33 @@ class FetchError(AsyncdlError):
         self.url = url
 
 
+#: The statuses of a server too busy to take a request now (it declined it; nothing failed).
+BUSY_STATUSES = frozenset({429, 503})
+
+
 class TransientError(FetchError):
     """A failure that may go away on retry (network, timeout, 5xx, 429, broken body).
 
-    ``retry_after`` is the server's Retry-After in seconds, when it sent one.
+    ``retry_after`` is the server's Retry-After in seconds, when it sent one; ``status`` its HTTP
+    status, when it answered with one.
     """
 
-    def __init__(self, message: str, url: str = "", retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        url: str = "",
+        retry_after: float | None = None,
+        *,
+        status: int | None = None,
+    ) -> None:
         super().__init__(message, url)
         self.retry_after = retry_after
+        self.status = status
+
+    @property
+    def busy(self) -> bool:
+        """The server declined the request for now (429, 503): it is busy, not failing."""
+        return self.status in BUSY_STATUSES
 
 
 class HTTPStatusError(FetchError):

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 
+from .config import AUTO, Concurrency
 from .results import DataSetResult
 
 if TYPE_CHECKING:
@@ -36,12 +37,17 @@ class Events:
     def started(self, data_sets: Sequence[int]) -> None:
         """The run begins, for these data sets."""
 
-    def workers_started(self, workers: int, concurrency: int, rate: float | None) -> None:
+    def workers_started(self, workers: int, concurrency: Concurrency, rate: float | None) -> None:
         """The run is spread over ``workers`` Dask workers, each with this share of -c and --rate
-        to start with."""
+        to start with; ``"auto"``: each finds its own limit (with a share of --rate, if given)."""
 
     def shares_changed(self, shares: Mapping[str, int]) -> None:
-        """The run's -c is now shared so among the Dask workers (by address): it follows the work."""
+        """How the requests in flight are now shared among the Dask workers (by address): a fixed
+        -c as it follows the work, or under -c auto each worker's own limit."""
+
+    def limit_changed(self, limit: int) -> None:
+        """Up to ``limit`` requests may be in flight now: ``-c N`` (told once), or what ``-c auto``
+        has learnt of the server (told when it changes, at most every second)."""
 
     def data_set_waiting(self, data_set: int, holder: str) -> None:
         """Another process (``holder`` says which) is fetching the data set; this run waits for
@@ -93,6 +99,11 @@ def describe(result: DataSetResult) -> str:
     )
 
 
+def describe_limit(limit: int) -> str:
+    """One line saying how many requests may be in flight."""
+    return f"up to {limit} requests in flight"
+
+
 def describe_retry(data_set: int, url: str, error: str, wait: float) -> str:
     """One line for a request that failed and will be tried again."""
     return f"{data_set}: retry in {wait:.1f} s after {error} ({url})"
@@ -118,12 +129,13 @@ def describe_repair(data_set: int, damage: str, remedy: str) -> str:
     return f"{data_set}: repairing ({damage}): {remedy}"
 
 
-def describe_workers(workers: int, concurrency: int, rate: float | None) -> str:
+def describe_workers(workers: int, concurrency: Concurrency, rate: float | None) -> str:
     """One line saying how a run is spread over a Dask cluster."""
+    head = f"asyncdl: {workers} Dask workers, each with"
+    if concurrency == AUTO and rate is None:
+        return f"{head} -c auto (a limit of its own, found from the server's answers)"
     each = f"-c {concurrency}" + (f", --rate {rate:g}" if rate is not None else "")
-    return (
-        f"asyncdl: {workers} Dask workers, each with {each} to start (the shares follow the work)"
-    )
+    return f"{head} {each} to start (the shares follow the work)"
 
 
 def describe_start(data_sets: int, complete: int) -> str:
@@ -221,8 +233,9 @@ log = logging.getLogger("asyncdl")
 
 class LogReporter(Events):
     """Events as records of the ``asyncdl`` logger: INFO per finished data set and for the run,
-    WARNING per failure (a target that failed for good, a data set not complete), DEBUG per retry
-    and per data set started. Records about one data set carry it as ``record.data_set``."""
+    WARNING per failure (a target that failed for good, a data set not complete), DEBUG per retry,
+    per data set started and per change of the limit of requests in flight. Records about one data
+    set carry it as ``record.data_set``."""
 
     def __init__(self) -> None:
         self._complete = 0
@@ -234,11 +247,17 @@ class LogReporter(Events):
         if self._complete < len(data_sets):  # a rerun with nothing to do says only that
             log.info(describe_start(len(data_sets), self._complete).removeprefix("asyncdl: "))
 
-    def workers_started(self, workers: int, concurrency: int, rate: float | None) -> None:
+    def workers_started(self, workers: int, concurrency: Concurrency, rate: float | None) -> None:
         log.info(describe_workers(workers, concurrency, rate))
 
     def shares_changed(self, shares: Mapping[str, int]) -> None:
-        log.debug("shares of -c: %s", ", ".join(f"{w} {n}" for w, n in shares.items()))
+        log.debug(
+            "requests in flight by Dask worker: %s",
+            ", ".join(f"{w} {n}" for w, n in shares.items()),
+        )
+
+    def limit_changed(self, limit: int) -> None:
+        log.debug(describe_limit(limit))
 
     def data_set_waiting(self, data_set: int, holder: str) -> None:
         log.info(describe_waiting(data_set, holder), extra={"data_set": data_set})
@@ -278,8 +297,8 @@ class LogReporter(Events):
 class LineReporter(Events):
     """A line as the run begins, one per data set finished (but those complete already) and one
     for the run, on ``stream`` (stderr by default); a rerun with nothing to do prints only the
-    last. ``verbose`` adds one per retry, per redirect and per target that failed for good;
-    ``progress`` is the heartbeat."""
+    last. ``verbose`` adds one per retry, per redirect, per target that failed for good and per
+    change of the limit of requests in flight; ``progress`` is the heartbeat."""
 
     def __init__(self, stream: TextIO | None = None, *, verbose: bool = False) -> None:
         self.stream = stream or sys.stderr
@@ -299,8 +318,12 @@ class LineReporter(Events):
     def progress(self, now: Snapshot) -> None:
         self._print(describe_progress(now))
 
-    def workers_started(self, workers: int, concurrency: int, rate: float | None) -> None:
+    def workers_started(self, workers: int, concurrency: Concurrency, rate: float | None) -> None:
         self._print(describe_workers(workers, concurrency, rate))
+
+    def limit_changed(self, limit: int) -> None:
+        if self.verbose:
+            self._print(describe_limit(limit))
 
     def data_set_waiting(self, data_set: int, holder: str) -> None:
         self._print(describe_waiting(data_set, holder))
@@ -350,11 +373,14 @@ class JsonReporter(Events):
         """The heartbeat, as a ``progress`` event."""
         self._emit("progress", **{k: _rounded(v) for k, v in asdict(now).items()})
 
-    def workers_started(self, workers: int, concurrency: int, rate: float | None) -> None:
+    def workers_started(self, workers: int, concurrency: Concurrency, rate: float | None) -> None:
         self._emit("workers", workers=workers, concurrency=concurrency, rate=rate)
 
     def shares_changed(self, shares: Mapping[str, int]) -> None:
         self._emit("shares", shares=dict(shares))
+
+    def limit_changed(self, limit: int) -> None:
+        self._emit("limit", limit=limit)
 
     def data_set_waiting(self, data_set: int, holder: str) -> None:
         self._emit("data_set_wait", data_set=data_set, holder=holder)

@@ -1,10 +1,11 @@
-"""The HTTP engine: one ``ClientSession`` per run, a global bound on requests in flight, retries.
+"""The HTTP engine: one ``ClientSession`` per run, a bound on requests in flight, retries.
 
-Every request of a run, volume or spatial search, takes one of ``concurrency`` slots for each attempt
-and gives it back before a retry sleeps, so the server never sees more than ``concurrency`` requests
-of ours at once; an optional ``rate`` spaces their starts. Retries use full-jitter exponential
-backoff (tenacity), stretched to a server's Retry-After (capped), built afresh for each request
-because tenacity's retry state must not be shared between tasks.
+Every request of a run, volume or spatial search, takes a slot (``limits``) for each attempt and
+gives it back before a retry sleeps, so the server never sees more of ours at once than the limit:
+``-c N``, or under ``-c auto`` what the controller learns from the server's answers. An optional
+``rate`` spaces their starts. Retries follow the run's policy (``retries``: backoff, Retry-After,
+busy answers waited out, a retry budget), with tenacity's retry loop built afresh for each request
+because its retry state must not be shared between tasks.
 
 Whatever the server does, an attempt ends and holds bounded memory: nothing received for
 ``timeout`` seconds ends it (aiohttp's timeouts), and so does averaging under ``min_rate`` bytes a
@@ -28,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import math
 import os
 import ssl
 import time
@@ -44,17 +44,11 @@ from urllib.request import getproxies_environment
 
 import aiohttp
 import orjson
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from yarl import URL
 
 from ._version import __version__
-from .aio import Budget, Slots
+from .aio import Budget
 from .config import MAX_BYTES_IN_FLIGHT, MAX_JSON_BYTES, MAX_REDIRECTS, FetchOptions
 from .errors import (
     AsyncdlError,
@@ -67,7 +61,9 @@ from .errors import (
     VolumeError,
 )
 from .files import AtomicFile, writing
+from .limits import Limits, Slot
 from .proxies import Proxies
+from .retries import Retries, RetryPolicy
 from .urls import follow_redirect, host_of
 
 T = TypeVar("T")
@@ -103,40 +99,13 @@ class Downloaded(NamedTuple, Generic[T]):
     sha256: str
 
 
-class RateLimiter:
-    """Spaces request starts at least ``1 / rate`` seconds apart across all tasks (no bursts)."""
-
-    def __init__(
-        self,
-        rate: float,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
-        self.interval = 1.0 / rate
-        self._clock = clock
-        self._sleep = sleep
-        self._next = -math.inf
-
-    async def wait(self) -> None:
-        # Reserve the next start time before sleeping: no await between the read and the write.
-        now = self._clock()
-        start = max(now, self._next)
-        self._next = start + self.interval
-        if start > now:
-            await self._sleep(start - now)
-
-    async def set_rate(self, rate: float) -> None:
-        """Space later starts ``1 / rate`` apart; return once the starts reserved before have passed,
-        so that a rate given up is really free."""
-        reserved = self._next
-        self.interval = 1.0 / rate
-        if (wait := reserved - self._clock()) > 0:
-            await self._sleep(wait)
-
-
 class HttpClient:
-    """Bounded, retrying GETs over one ``aiohttp.ClientSession``; use as ``async with``."""
+    """Bounded, retrying GETs over one ``aiohttp.ClientSession``; use as ``async with``.
+
+    ``on_limit`` is told how many requests may be in flight (``Events.limit_changed``),
+    ``on_redirect`` every redirect followed: the URL asked and where it led. ``sleep`` and
+    ``clock`` can be replaced in tests.
+    """
 
     def __init__(
         self,
@@ -144,20 +113,20 @@ class HttpClient:
         *,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_redirect: Callable[[str, str], None] | None = None,
+        on_limit: Callable[[int], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.options = options
-        self._sleep = sleep
-        #: Told of every redirect followed: the URL asked and where it led.
         self._on_redirect = on_redirect
-        self._slots = Slots(options.concurrency)
-        self._rate = RateLimiter(options.rate, sleep=sleep) if options.rate else None
+        self.limits = Limits(options, clock=clock, sleep=sleep, on_limit=on_limit)
+        self._retries = RetryPolicy(
+            options, answering=self.limits.answering, clock=self.limits.clock, sleep=sleep
+        )
         self._budget = Budget(MAX_BYTES_IN_FLIGHT)
         self._session: aiohttp.ClientSession | None = None
         self._proxies = Proxies()
         self._proxy_of: dict[tuple[str, str | None, int | None], URL | None] = {}
         self._origins = _Origins(options.ca_bundle)
-        #: The quickest any answer's headers came back, in seconds: a floor on the server's latency.
-        self.fastest_answer = math.inf
         # Time without progress: to connect (name lookup and TLS included), then between any two
         # reads of the answer, its headers included. The minimum rate is each transfer's own.
         self._timeout = aiohttp.ClientTimeout(
@@ -167,31 +136,33 @@ class HttpClient:
     async def __aenter__(self) -> HttpClient:
         self._proxies = Proxies.choose(self.options.proxy, getproxies_environment())
         connector = aiohttp.TCPConnector(
-            limit=self.options.concurrency,
+            limit=self.options.max_in_flight,
             limit_per_host=0,
             ssl=tls_context(self.options.ca_bundle),
         )
         self._session = aiohttp.ClientSession(
             connector=connector, headers={"User-Agent": _USER_AGENT}, raise_for_status=False
         )
+        self.limits.start()
         return self
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self.limits.stop()
         if self._session is not None:
             await self._session.close()
             self._session = None
 
+    @property
+    def fastest_answer(self) -> float:
+        """The quickest any answer's headers came back, in seconds: a floor on the server's latency."""
+        return self.limits.fastest_answer
+
     async def share(self, concurrency: int) -> None:
-        """Keep to ``concurrency`` of the run's ``options.concurrency`` requests at once, and to as
-        much of its ``rate``; return once no more than that is in use. ``0`` pauses requests."""
-        if not 0 <= concurrency <= self.options.concurrency:
-            raise ValueError(f"share {concurrency} is not within -c {self.options.concurrency}")
-        rate = self.options.rate_share(concurrency)
-        if self._rate is not None and rate:  # 0 slots: nothing goes out, the rate may stay
-            await self._rate.set_rate(rate)
-        await self._slots.resize(concurrency)
+        """Keep to ``concurrency`` of the run's ``options.max_in_flight`` requests at once, and to
+        as much of its ``rate``; return once no more than that is in use. ``0`` pauses requests."""
+        await self.limits.share(concurrency)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -199,43 +170,36 @@ class HttpClient:
             raise RuntimeError("HttpClient is not open; use 'async with HttpClient(...)'")
         return self._session
 
-    def _retrying(self, tally: Tally) -> AsyncRetrying:
+    def _retrying(self, tally: Tally, retries: Retries) -> AsyncRetrying:
+        """The retry loop of one request (see ``retries``), telling ``tally`` of each retry."""
+
         def count(state: RetryCallState) -> None:
             tally.retries += 1
             if tally.on_retry is not None and state.outcome is not None:
                 wait = state.next_action.sleep if state.next_action is not None else 0.0
                 tally.on_retry(state.outcome.exception() or RuntimeError("retry"), wait)
 
-        opts = self.options
-        jitter = wait_random_exponential(multiplier=opts.backoff_base, max=opts.backoff_max)
-
-        def wait(state: RetryCallState) -> float:
-            delay: float = jitter(state)
-            exc = state.outcome.exception() if state.outcome is not None else None
-            if isinstance(exc, TransientError) and exc.retry_after is not None:
-                delay = max(delay, min(exc.retry_after, opts.retry_after_max))
-            return delay
-
         return AsyncRetrying(
-            stop=stop_after_attempt(opts.retries + 1),
-            wait=wait,
+            stop=retries.stop,
+            wait=retries.wait,
             retry=retry_if_exception_type(TransientError),
             before_sleep=count,
-            sleep=self._sleep,
+            sleep=retries.sleep,
             reraise=True,
         )
 
     async def _call(self, once: Callable[[], Awaitable[T]], tally: Tally) -> T:
-        """``once()``, retried while it fails with a ``TransientError``.
+        """``once()``, retried while it fails with a ``TransientError`` (see ``retries``).
 
         Most calls succeed at once, and tenacity's machinery costs tens of microseconds to build,
         so it is built only after a first failure, which it is then handed as its first attempt.
         """
+        retries = self._retries.request()  # counted from the first attempt (cheap, unlike tenacity)
         try:
             return await once()
         except TransientError as exc:
             replay = [exc]
-        async for attempt in self._retrying(tally):
+        async for attempt in self._retrying(tally, retries):
             with attempt:
                 if replay:
                     raise replay.pop()
@@ -258,7 +222,7 @@ class HttpClient:
         read = functools.partial(self._read_body, limit=limit)
 
         async def once() -> T:
-            body = await self._attempt(url, tally, read)
+            body = await self._attempt(url, tally, read, sample=True)
             try:
                 payload = orjson.loads(body)
             except orjson.JSONDecodeError as exc:
@@ -282,7 +246,8 @@ class HttpClient:
         async def once() -> Downloaded[T]:
             file = AtomicFile(dest)
             try:
-                size, sha256 = await self._attempt(url, tally, functools.partial(stream, file=file))
+                save = functools.partial(stream, file=file)
+                size, sha256 = await self._attempt(url, tally, save, sample=False)
                 with writing(dest):
                     file.fh.flush()
                 try:
@@ -302,40 +267,45 @@ class HttpClient:
         url: str,
         tally: Tally,
         consume: Callable[[aiohttp.ClientResponse, _Transfer], Awaitable[tuple[R, int]]],
+        *,
+        sample: bool,
     ) -> R:
         """One request in one slot, redirects followed, its outcome mapped to asyncdl's errors.
 
         ``consume`` reads the response, telling the transfer each part it receives (which holds it
-        to the minimum rate), and returns its result and the number of bytes it read.
+        to the minimum rate), and returns its result and the number of bytes it read. Only a
+        ``sample``'s answers teach the controller of ``-c auto``: JSON answers, the spatial
+        search's above all; a volume's download is a long transfer whose first byte says little
+        of the server's queue, most often from another host.
         """
         tally.requests += 1
-        async with self._slots:
-            if self._rate is not None:
-                await self._rate.wait()
+        async with self.limits.slot(sample=sample) as slot:
             transfer = _Transfer(url, self.options)
             with _mapped(transfer, self.options.ca_bundle):
-                async with self._response(transfer) as resp:
+                async with self._response(transfer, slot) as resp:
                     result, size = await consume(resp, transfer)
         tally.bytes += size
         return result
 
     @asynccontextmanager
-    async def _response(self, transfer: _Transfer) -> AsyncIterator[aiohttp.ClientResponse]:
+    async def _response(
+        self, transfer: _Transfer, slot: Slot
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
         """The answer to a GET of ``transfer.url``, its status checked. Redirects are followed
         here, not by aiohttp, so that each is checked before anything is sent where it leads:
-        ``MAX_REDIRECTS`` at most, each reported, never from https to plain http."""
+        ``MAX_REDIRECTS`` at most, each reported, never from https to plain http. The ``slot`` is
+        told of each hop's answer as its headers come (the last one is what the controller reads)."""
         url = URL(transfer.url, encoded=True)
         async with self._origins.contact(url, transfer) as contact:
             for _ in range(MAX_REDIRECTS + 1):
-                sent = time.monotonic()
                 request = self.session.get(
                     url, timeout=self._timeout, proxy=self._proxy(url), allow_redirects=False
                 )
                 async with request as resp:
+                    slot.answered(resp)
                     location = resp.headers.get("Location") if resp.status in _REDIRECTS else None
                     if location is None:
                         contact.answered()
-                        self.fastest_answer = min(self.fastest_answer, time.monotonic() - sent)
                         _check_status(resp, transfer.url)
                         yield resp
                         return
@@ -583,7 +553,8 @@ def _check_status(resp: aiohttp.ClientResponse, url: str) -> None:
     status = resp.status
     if status == 429 or status >= 500:
         retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-        raise TransientError(f"HTTP {status} {resp.reason or ''}".rstrip(), url, retry_after)
+        message = f"HTTP {status} {resp.reason or ''}".rstrip()
+        raise TransientError(message, url, retry_after, status=status)
     if not 200 <= status < 300:
         raise HTTPStatusError(f"HTTP {status} {resp.reason or ''}".rstrip(), url, status)
 

@@ -32,7 +32,7 @@ class Pipeline:
         self.ctx = ctx
         options = ctx.plan.options
         self._queue: asyncio.Queue[tuple[DataSet, int]] = asyncio.Queue(
-            maxsize=2 * options.concurrency
+            maxsize=2 * options.max_in_flight
         )
         #: Data sets preparing, or prepared and waiting to feed: volumes read ahead, in bounds.
         self._ahead = asyncio.Semaphore(options.prefetch)
@@ -41,7 +41,8 @@ class Pipeline:
         self._stack = AsyncExitStack()
         self._group: asyncio.TaskGroup | None = None
         self._lanes: set[asyncio.Task[None]] = set()
-        self._size = options.concurrency if lanes is None else lanes
+        #: As many lanes as requests may be in flight: -c N, or --max-concurrency under -c auto.
+        self._size = options.max_in_flight if lanes is None else lanes
 
     async def __aenter__(self) -> Pipeline:
         self._group = await self._stack.enter_async_context(asyncio.TaskGroup())

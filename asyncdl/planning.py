@@ -88,7 +88,7 @@ async def survey_data_sets(
             return survey
 
         surveys = await all_of(*(count(data_set) for data_set in ids))
-        measures = await _sample(client, endpoints, found, options.concurrency)
+        measures = await _sample(client, endpoints, found, options.max_in_flight)
     return surveys, measures
 
 
@@ -212,8 +212,9 @@ def forecast(
     )
 
 
-def describe_forecast(ahead: Forecast, measures: Measures, concurrency: int) -> list[str]:
-    """The dry run's totals: targets and requests, time at ``concurrency``, disk."""
+def describe_forecast(ahead: Forecast, measures: Measures, at: str) -> list[str]:
+    """The dry run's totals: targets and requests, time ``at`` the run's -c (e.g. ``"-c 16"``),
+    disk."""
     failed = f" ({ahead.failed:,} could not be counted)" if ahead.failed else ""
     lines = [
         f"dry run: {ahead.data_sets:,} data sets{failed}, {ahead.targets:,} target requests "
@@ -224,7 +225,7 @@ def describe_forecast(ahead: Forecast, measures: Measures, concurrency: int) -> 
     else:
         why = (
             f"the median of {measures.count:,} sampled answers was {1000 * measures.latency:.0f} "
-            f"ms: {ahead.latency_rate:,.0f} requests/s at -c {concurrency}"
+            f"ms: {ahead.latency_rate:,.0f} requests/s at {at}"
         )
         if ahead.cpu_rate is not None:
             why += f"; this machine's CPU allows about {ahead.cpu_rate:,.0f}/s"

@@ -21,6 +21,7 @@ from rich.console import Console, RenderableType
 from rich.progress import BarColumn, Progress, Task, TaskID, TextColumn
 from rich.table import Table
 
+from .config import Concurrency
 from .events import (
     Events,
     clock,
@@ -55,6 +56,7 @@ class _Bars(Progress):
             TextColumn("{task.fields[rate]:>7} req/s"),
             TextColumn("{task.fields[retries]:>4} retries"),
             TextColumn("{task.fields[failures]:>3} failed"),
+            TextColumn("{task.fields[limit]:>12}"),
             TextColumn("{task.fields[eta]:>9}"),
             **kwargs,
         )
@@ -76,7 +78,8 @@ def _figures(
 
 class RichProgress(Events):
     """Bars for the run and each active data set: done/total, requests/s, retries, failures, time
-    left. The run's total counts every data set, estimated (``~``) until each one's is known.
+    left; on the run's bar, how many requests may be in flight (the limit of ``-c``). The run's
+    total counts every data set, estimated (``~``) until each one's is known.
 
     In a terminal the bars are redrawn in place and go at the end, for the table. In Jupyter they
     are one output of the cell, redrawn in place through its display id (rich's own live display
@@ -100,6 +103,8 @@ class RichProgress(Events):
         self._tasks: dict[int, TaskID] = {}
         #: Per data set in flight, when its answers were first drawn (run seconds) and how many.
         self._first: dict[int, tuple[float, int]] = {}
+        #: The run's limit of requests in flight, as its bar shows it ("" until told).
+        self._limit = ""
         #: The notebook output the bars are drawn in (an IPython ``DisplayHandle``), and when.
         self._shown: Any = None
         self._drawn = 0.0
@@ -130,7 +135,7 @@ class RichProgress(Events):
                 task.total, task.completed = now.total, now.done
                 about = "~" if now.estimated else ""
                 task.fields.update(_figures(now.done, now.total, now.rate, now.eta, about))
-                task.fields.update(retries=now.retries, failures=now.failures)
+                task.fields.update(retries=now.retries, failures=now.failures, limit=self._limit)
                 continue
             counts = self.tracker.sets.get(data_set)
             if counts is None:
@@ -168,10 +173,17 @@ class RichProgress(Events):
     def _add(self, description: str, total: int | None, done: int, **fields: Any) -> TaskID:
         figures = _figures(done, total, None, None)
         return self.progress.add_task(
-            description, total=total, completed=done, retries=0, failures=0, **figures, **fields
+            description,
+            total=total,
+            completed=done,
+            retries=0,
+            failures=0,
+            limit="",
+            **figures,
+            **fields,
         )
 
-    def workers_started(self, workers: int, concurrency: int, rate: float | None) -> None:
+    def workers_started(self, workers: int, concurrency: Concurrency, rate: float | None) -> None:
         self._print(describe_workers(workers, concurrency, rate))
 
     def data_set_waiting(self, data_set: int, holder: str) -> None:
@@ -187,6 +199,10 @@ class RichProgress(Events):
 
     def target_done(self, data_set: int, ok: bool) -> None:
         self.tracker.target_done(data_set, ok)
+        self._redraw(now=False)
+
+    def limit_changed(self, limit: int) -> None:
+        self._limit = f"{limit:>4} at once"
         self._redraw(now=False)
 
     def retry(self, data_set: int, url: str, error: str, wait: float) -> None:

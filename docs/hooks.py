@@ -38,6 +38,9 @@ BENCHMARK_FILES = (
     "results.json",
     "hostile.md",
     "hostile.json",
+    "capacity/results.md",
+    "capacity/capacity.png",
+    "capacity/results.json",
 )
 _DIRECTIVE = re.compile(r"^<!-- generated: ([\w-]+) -->$", re.M)
 

@@ -98,6 +98,10 @@ def test_ids_file(emulator, tmp_path, flag):
         (["fetch", "abc", "-o", "x"], "not a data set id: 'abc'"),
         (["fetch", "-1", "-o", "x"], "not a data set id"),
         (["fetch", "1", "-o", "x", "-c", "0"], "concurrency must be at least 1"),
+        (["fetch", "1", "-o", "x", "-c", "lots"], "expected a number or auto, got 'lots'"),
+        (["fetch", "1", "-o", "x", "--max-concurrency", "0"], "max concurrency must be at least"),
+        (["fetch", "1", "-o", "x", "--patience", "-1"], "patience must be 0 or more"),
+        (["emulate", "--shed-queue", "4"], "shedding needs a capacity"),
         (["fetch", "1", "-o", "x", "--density-range", "0.3", "0.1"], "density range is empty"),
         (["fetch", "1", "-o", "x", "--retries", "-1"], "retries"),
         (["fetch", "1"], "required: -o/--out"),
@@ -289,9 +293,12 @@ def test_brainrender_format_json_log_and_preview(emulator, tmp_path):
         *server_args(emulator),
     )
     assert proc.returncode == 0, proc.stderr
-    events = [orjson.loads(line) for line in proc.stderr.splitlines()]
+    everything = [orjson.loads(line) for line in proc.stderr.splitlines()]
+    events = [e for e in everything if e["event"] != "limit"]
     assert [e["event"] for e in events] == ["start", "data_set_start", "data_set_done", "summary"]
     assert events[2]["status"] == "ok" and events[3]["complete"] == 1
+    limits = [e["limit"] for e in everything if e["event"] == "limit"]  # -c auto's, now and then
+    assert limits and all(1 <= limit <= 256 for limit in limits)
     streamlines = pd.read_json(tmp_path / str(SEED_ID) / f"streamlines_{SEED_ID}.json")
     assert len(streamlines["lines"][0]) == events[2]["lines"] > 0  # as brainrender reads it
     proc = run_cli("preview", tmp_path / str(SEED_ID))
@@ -316,6 +323,30 @@ def test_fetch_help_lists_every_exit_status_from_the_one_table(capsys):
     shown = " ".join(capsys.readouterr().out.split())
     for status in Exit:
         assert f"{int(status)} {status.meaning}" in shown
+
+
+def test_a_default_run_against_a_server_that_sheds_load_answers_every_target(tmp_path):
+    # 16 handlers at 50 ms, and a 503 with Retry-After to whatever finds 8 queued: a run with
+    # every default slows down to what the server takes instead of losing targets. A fixed -c 64
+    # would be shed most of the time; its busy answers are waited out too, and it also ends well.
+    with EmulatorThread(latency_ms=50, capacity=16, shed_queue=8) as emu:
+        proc = run_cli("fetch", SEED_ID, "-o", tmp_path / "auto", *server_args(emu))
+        queue = emu.stats.queue
+        assert queue is not None
+        auto_sheds, served = queue.sheds, queue.served
+        fixed = run_cli(
+            "fetch", SEED_ID, "-o", tmp_path / "fixed", "-c", 64, "--density-range", "0.1", "0.13",
+            *server_args(emu),
+        )  # fmt: skip
+        fixed_sheds = queue.sheds - auto_sheds
+    assert proc.returncode == 0, proc.stderr
+    summary = orjson.loads((tmp_path / "auto" / str(SEED_ID) / "summary.json").read_bytes())
+    assert summary["complete"] and summary["failures"] == 0 and summary["targets"] == 1947
+    assert auto_sheds <= 0.02 * served
+    assert fixed.returncode == 0, fixed.stderr
+    done = orjson.loads((tmp_path / "fixed" / str(SEED_ID) / "summary.json").read_bytes())
+    assert done["complete"] and fixed_sheds > 0 and done["retries"] >= fixed_sheds
+    print(f"sheds: {auto_sheds} of {served} with -c auto, {fixed_sheds} with -c 64")
 
 
 # -- conventions: pipes, -v, --help --------------------------------------------------------------
@@ -393,7 +424,14 @@ def test_fetch_help_groups_its_options_with_readable_names():
     parts = sections(text)
     assert list(parts)[:5] == ["options", "what to fetch", "speed", "output", "server"]
     assert parts["what to fetch"][:2] == ["-i", "--injection-structure"]
-    assert parts["speed"][:4] == ["-c", "--rate", "--retries", "--timeout"]
+    assert parts["speed"][:6] == [
+        "-c",
+        "--max-concurrency",
+        "--rate",
+        "--retries",
+        "--patience",
+        "--timeout",
+    ]
     assert {"-o", "-q", "-v", "--format", "--dry-run"} <= set(parts["output"])
     assert parts["server"] == [
         "--base-url",

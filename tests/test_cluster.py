@@ -164,10 +164,44 @@ async def test_a_lone_data_set_gets_the_whole_of_c_and_never_more(cluster, tmp_p
             events=seen,
         )
         stats = emu.stats()
-    assert result.complete and result.targets > 10 * options.concurrency
+    assert result.complete and result.targets > 10 * options.max_in_flight
     # The idle worker's share went to the busy one: the server saw all of -c, and never more.
     assert seen.shares and sorted(seen.shares[-1].values()) == [0, options.concurrency]
     assert stats["peak_in_flight"] == options.concurrency
+
+
+async def test_under_c_auto_each_worker_finds_its_own_limit_and_a_shedding_server_loses_nothing(
+    cluster, single_process, tmp_path
+):
+    # 16 handlers and a 503 to whatever finds 8 queued, against two workers of -c auto (the
+    # default): nobody splits anything, each worker's controller finds its part of the server,
+    # and what the server sheds is waited out instead of failing targets.
+    seen = Recorder()
+    capacity = ("--capacity", 16, "--shed-queue", 8)
+    with EmulatorProcess("--latency-ms", 20, "--latency-spread", 0, *capacity) as emu:
+        options = FetchOptions(density_range=NARROW)
+        results = await asyncdl.fetch(
+            IDS,
+            tmp_path,
+            options=options,
+            endpoints=emu.endpoints,
+            scheduler=cluster.scheduler_address,
+            events=seen,
+        )
+        queue = emu.stats()["queue"]
+    assert all(r.complete and r.failures == 0 for r in results), [r.error for r in results]
+    for ds in IDS:
+        assert (tmp_path / str(ds) / "data.json").read_bytes() == single_process[ds]
+    (started,) = seen.of("workers_started")
+    assert started["concurrency"] == "auto" and started["rate"] is None
+    # The shares are the workers' own limits, as they reported them: each within its bounds,
+    # both workers heard from, and the run's limit their sum.
+    limits = seen.shares
+    assert limits and len(limits[-1]) == 2
+    assert all(1 <= n <= options.max_concurrency for s in limits for n in s.values())
+    assert [call["limit"] for call in seen.of("limit_changed")] == [sum(s.values()) for s in limits]
+    print(f"limits {limits}; served {queue['served']}, shed {queue['sheds']}")
+    assert queue["sheds"] <= 0.05 * queue["served"]
 
 
 async def test_a_killed_worker_is_replaced_and_the_output_stays_identical(
@@ -205,7 +239,7 @@ async def test_a_killed_worker_is_replaced_and_the_output_stays_identical(
     asked = stats["requests"]["query"]
     # Only what the dead worker had in flight is asked again: at most its share of -c (half to
     # start with; more if it was given the other's share before it died).
-    share = max([options.concurrency // 2] + [s.get(victim_address, 0) for s in seen.shares])
+    share = max([options.max_in_flight // 2] + [s.get(victim_address, 0) for s in seen.shares])
     print(f"targets {targets}, spatial searches {asked}, the dead worker's largest share {share}")
     assert targets <= asked <= targets + share
 
@@ -262,7 +296,7 @@ def test_code_that_does_not_ask_for_dask_does_not_import_it():
 
 
 def test_workers_start_with_even_shares_and_too_few_slots_are_refused():
-    from asyncdl.cluster import first_shares
+    from asyncdl.cluster.shares import first_shares
 
     shares = first_shares(FetchOptions(concurrency=256), ["tcp://c:3", "tcp://a:1", "tcp://b:2"])
     assert shares == {"tcp://a:1": 86, "tcp://b:2": 85, "tcp://c:3": 85}
@@ -292,12 +326,14 @@ class FakeCluster:
 
 
 async def test_shares_go_where_the_work_is_taken_before_given_and_held_when_a_worker_leaves():
-    from asyncdl.cluster import Shares
+    from asyncdl.cluster.shares import Shares
 
     fake = FakeCluster({"a": ["run-1"], "b": ["run-2"], "c": []})
     seen = Recorder()
     options = FetchOptions(concurrency=12, timeout=3600)
-    shares = Shares(fake, "run", options, {"a": 4, "b": 4, "c": 4}, seen)  # type: ignore[arg-type]
+    now = 1000.0
+    initial = {"a": 4, "b": 4, "c": 4}
+    shares = Shares(fake, "run", options, initial, seen, clock=lambda: now)  # type: ignore[arg-type]
     keys = {"run-1", "run-2", "run-3"}
 
     await shares.balance(keys)  # c has nothing to do: its share goes to a and b, once it is free
@@ -321,7 +357,10 @@ async def test_shares_go_where_the_work_is_taken_before_given_and_held_when_a_wo
     assert fake.calls == []
     assert shares.granted == {"b": 0, "c": 0}
 
-    shares._held = [(0.0, n) for _, n in shares._held]  # the timeout has passed
+    now += options.timeout - 1  # not yet
+    await shares.balance(keys)
+    assert fake.calls == []
+    now += 1  # the timeout has passed
     await shares.balance(keys)
     assert fake.calls == [("d", 12)]
     assert seen.shares[-1] == {"b": 0, "c": 0, "d": 12}
@@ -339,7 +378,7 @@ async def test_shares_go_where_the_work_is_taken_before_given_and_held_when_a_wo
 
 
 async def test_an_output_folder_a_worker_cannot_see_is_refused(tmp_path):
-    from asyncdl.cluster import _check_shared
+    from asyncdl.cluster.connect import _check_shared
 
     class Blind:
         async def run(self, fn, *args):
@@ -386,3 +425,162 @@ async def test_when_dask_gives_up_the_data_set_is_failed_and_a_rerun_completes_i
         await local.close()
     assert done.complete and done.resumed > 0
     assert (tmp_path / str(SEED_ID) / "data.json").read_bytes() == single_process[SEED_ID]
+
+
+def test_a_batch_travels_as_plain_lists_and_reads_back_the_same():
+    from distributed.protocol.core import dumps, loads
+
+    from asyncdl.cluster.messages import (
+        Batch,
+        Done,
+        Failed,
+        Redirect,
+        Repair,
+        Retry,
+        Started,
+        Waiting,
+    )
+
+    batch = Batch("tcp://w:1")
+    assert not batch  # nothing to send
+    batch.limit = 12
+    assert batch
+    batch.waiting.append(Waiting(9, "process 12 on h since 10:00:00"))
+    batch.repairs.append(Repair(7, "data.json is 1,000 bytes", "rebuilt from the journal"))
+    batch.started.append(Started(7, 100, 40))
+    for ok in (True, True, False):
+        batch.count(7, ok)
+    batch.count(8, True)
+    batch.retries.append(Retry(7, "http://x/q", "HTTP 503", 0.5))
+    batch.failed.append(Failed(7, 12, "HTTP 404"))
+    batch.redirects.append(Redirect("http://x/a", "http://y/a"))
+    sent = loads(dumps(batch.encode()))  # as Dask carries it to the client
+    assert Batch.decode(sent) == batch
+    assert batch.done == {7: Done(2, 1), 8: Done(1, 0)}
+
+
+async def test_the_plugin_carries_only_the_plan_and_the_run_lives_beside_it(tmp_path):
+    """Set up on a worker (in this process), the plugin still pickles to the plan alone; the
+    run's live objects are the worker's, and teardown closes them."""
+    import pickle
+
+    from asyncdl.cluster.worker import _RUNS, RunPlugin, WorkerRun
+    from asyncdl.plan import RunPlan
+
+    plan = RunPlan.make([SEED_ID], tmp_path)
+    async with (
+        distributed.LocalCluster(
+            n_workers=1,
+            processes=False,
+            asynchronous=True,
+            dashboard_address="127.0.0.1:0",
+            scheduler_kwargs={"dashboard": False},
+            silence_logs=logging.CRITICAL,
+        ) as local,
+        distributed.Client(local, asynchronous=True) as client,
+    ):
+        (worker,) = local.workers.values()
+        plugin = RunPlugin("asyncdl-test", plan, {worker.address: 3}, frozenset({1, 2}))
+        await client.register_plugin(plugin, name=plugin.name)
+        here = worker.plugins[plugin.name]
+        assert here is not plugin  # the worker's own copy, from the bytes the scheduler keeps
+        run = _RUNS[worker.address, plugin.name]
+        assert isinstance(run, WorkerRun) and run.http.options == plan.options
+        again = pickle.loads(pickle.dumps(here))
+        assert vars(again) == vars(plugin) == vars(here)  # the plan, and nothing live
+        await client.unregister_worker_plugin(plugin.name)
+        assert (worker.address, plugin.name) not in _RUNS
+        with pytest.raises(RuntimeError, match="not open"):
+            run.http.session  # noqa: B018 (closed by teardown)
+
+
+def test_the_client_reports_the_sum_of_the_workers_limits_and_under_auto_each_one():
+    from asyncdl.cluster.client import Relay
+    from asyncdl.cluster.messages import Batch
+    from asyncdl.limits import REPORT_SECONDS
+
+    now = 100.0
+    seen = Recorder()
+    relay = Relay(seen, limits_are_shares=True, clock=lambda: now)
+
+    def limit(worker: str, n: int) -> None:
+        relay.receive((0.0, Batch(worker, n).encode()))
+
+    limit("a", 8)
+    limit("b", 8)  # within a second of the last report: kept for the next
+    assert [c["limit"] for c in seen.of("limit_changed")] == [8]
+    now += REPORT_SECONDS
+    relay.receive((0.0, Batch("a").encode()))  # any message: what was kept goes out
+    limit("a", 8)  # no change: nothing to tell
+    now += REPORT_SECONDS
+    limit("b", 8)
+    assert [c["limit"] for c in seen.of("limit_changed")] == [8, 16]
+    assert seen.shares == [{"a": 8}, {"a": 8, "b": 8}]
+
+    fixed = Recorder()  # -c N: the client's Shares are the shares; the limits only add up
+    relay = Relay(fixed, clock=lambda: now)
+    relay.receive((0.0, Batch("a", 3).encode()))
+    assert [c["limit"] for c in fixed.of("limit_changed")] == [3] and fixed.shares == []
+
+
+def test_auto_shares_nothing_unless_a_rate_is_shared_too():
+    from asyncdl.cluster.shares import first_shares, shared
+
+    assert not shared(FetchOptions())
+    assert shared(FetchOptions(concurrency=64)) and shared(FetchOptions(rate=100))
+    with pytest.raises(UsageError, match="--max-concurrency 2 is less than the 3 workers"):
+        first_shares(FetchOptions(max_concurrency=2, rate=10), ["w1", "w2", "w3"])
+
+
+def test_the_start_line_says_how_the_workers_share_the_run():
+    from asyncdl.events import describe_workers
+
+    assert describe_workers(2, "auto", None) == (
+        "asyncdl: 2 Dask workers, each with -c auto (a limit of its own, found from the "
+        "server's answers)"
+    )
+    assert describe_workers(2, 64, 5.0) == (
+        "asyncdl: 2 Dask workers, each with -c 64, --rate 5 to start (the shares follow the work)"
+    )
+
+
+def _shared_server(workers: int, stagger: float) -> tuple[float, float, float]:
+    """Simulated (tests/queue_model.py): ``workers`` clients, each its own controller as under -c
+    auto on Dask, against one server of 64 handlers at 50 ms, starting ``stagger`` s apart.
+    Over the last two thirds of 30 s: the throughput as a fraction of K/L, the mean queue wait in
+    units of L, and Jain's index over the clients' throughputs."""
+    from benchmarks.scaleout.analysis import jain
+
+    from .queue_model import simulate
+
+    latency, handlers, seconds = 0.05, 64, 30.0
+    out = simulate(
+        handlers=handlers,
+        service=latency,
+        seconds=seconds,
+        clients=workers,
+        stagger=stagger,
+        cpu_per_answer=218e-6,
+    )
+    assert out.sheds == 0
+    start = seconds / 3
+    rates = [out.rate(start, seconds, client) for client in range(workers)]
+    return sum(rates) / (handlers / latency), out.mean_wait(start, seconds) / latency, jain(rates)
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_controllers_of_several_workers_fill_one_server_together_fairly_with_a_short_queue(
+    workers,
+):
+    # As a Dask run starts them: its tasks go out once every worker is up.
+    throughput, wait, fairness = _shared_server(workers, stagger=0.0)
+    assert throughput >= 0.9 and wait <= 0.5 and fairness >= 0.9, (throughput, wait, fairness)
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_a_worker_that_joins_later_gets_its_fair_share(workers):
+    # One joins every 2 s (a batch system starting jobs one by one): a latecomer measures its
+    # no-load round trip inside the queue the others keep and takes some of it for the server's
+    # own latency (TCP Vegas' weakness), but it neither starves nor is starved.
+    throughput, _, fairness = _shared_server(workers, stagger=2.0)
+    assert throughput >= 0.9 and fairness >= 0.9, (throughput, fairness)

@@ -1,3 +1,4 @@
+import asyncio
 import csv
 import gzip
 import json
@@ -282,3 +283,89 @@ def test_unknown_routes_and_bad_modes_are_refused():
         FaultPlan(drip=0)
     with pytest.raises(UsageError, match="three positive sizes"):
         FaultPlan(wrong_grid=(0, 1, 2))
+
+
+async def _statuses(url: str, count: int) -> list[tuple[int, str | None]]:
+    import aiohttp
+    from yarl import URL
+
+    async with aiohttp.ClientSession() as session:
+
+        async def one() -> tuple[int, str | None]:
+            async with session.get(URL(url, encoded=True)) as resp:
+                await resp.read()
+                return resp.status, resp.headers.get("Retry-After")
+
+        return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
+async def test_a_server_of_limited_capacity_queues_what_it_cannot_take():
+    # 2 handlers, 100 ms each: 6 requests at once take three rounds at least.
+    async with Emulator(latency_ms=100, latency_spread=0.0, capacity=2) as emu:
+        url = emu.base_url + QUERY.format(x=1, y=2, z=3, id=SEED_ID)
+        await _aget(url)  # the data set's grid is built: the requests below take their latency
+        emu.stats.reset()
+        started = time.monotonic()
+        statuses = await _statuses(url, 6)
+        elapsed = time.monotonic() - started
+        queue = emu.stats.queue
+        assert queue is not None
+        assert queue.busy == queue.queued == 0
+        stats = json.loads(await _aget(emu.base_url + "/__emulator__/stats"))["queue"]
+    assert statuses == [(200, None)] * 6
+    assert elapsed >= 0.3 and queue.peak_busy == 2
+    assert queue.served == 6 and queue.sheds == 0 and queue.wait_seconds > 0
+    assert stats["served"] == 6 and stats["handlers"] == 2 and stats["shed_queue"] is None
+    assert stats["mean_wait_ms"] == pytest.approx(queue.wait_seconds / 6 * 1000)
+
+
+async def test_the_queue_is_first_come_first_served():
+    from asyncdl.emulator.capacity import Capacity
+
+    capacity, served, release = Capacity(1), [], asyncio.Event()
+
+    async def request(n: int) -> None:
+        async with capacity.handler():
+            served.append(n)
+            await release.wait()
+
+    tasks = []
+    for n in range(5):
+        tasks.append(asyncio.create_task(request(n)))
+        await asyncio.sleep(0)  # each arrives after the one before
+    await asyncio.sleep(0.01)
+    assert served == [0] and capacity.stats.queued == 4
+    tasks[2].cancel()  # a request whose client left takes nothing with it
+    release.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert served == [0, 1, 3, 4] and capacity.stats.busy == capacity.stats.queued == 0
+
+
+async def test_a_server_that_sheds_answers_503_with_retry_after_when_its_queue_is_full():
+    async with Emulator(latency_ms=1000, latency_spread=0.0, capacity=1, shed_queue=1) as emu:
+        statuses = await _statuses(emu.base_url + QUERY.format(x=1, y=2, z=3, id=SEED_ID), 5)
+        queue = emu.stats.queue
+        assert queue is not None
+        requests = dict(emu.stats.requests)
+    # One served at once, one queued, three turned away.
+    assert sorted(statuses) == [(200, None)] * 2 + [(503, "1")] * 3
+    assert queue.sheds == 3 and queue.served == 2
+    assert requests == {"query": 2}  # answered; sheds are counted apart
+
+
+def test_the_queue_waits_percentile_is_read_from_its_histogram():
+    from asyncdl.emulator.capacity import WAIT_EDGES, QueueStats, percentile
+
+    stats = QueueStats(handlers=1, shed_queue=None)
+    for wait in [0.0] * 98 + [0.5, 2.0]:
+        stats.record(wait)
+    assert percentile(stats.histogram, 0.5) == WAIT_EDGES[0]
+    assert 0.5 <= percentile(stats.histogram, 0.99) <= 0.5 * 2 ** (1 / 8)
+    assert percentile([0] * len(stats.histogram), 0.99) == 0.0
+    stats.reset()
+    assert stats.served == 0 and sum(stats.histogram) == 0
+
+
+def test_shedding_needs_a_capacity():
+    with pytest.raises(UsageError, match="needs a capacity"):
+        Emulator(shed_queue=4)

@@ -37,6 +37,7 @@ async def test_json_events(emulator, tmp_path):
     assert done[42]["status"] == "failed" and "404" in done[42]["error"]
     assert done[SEED_ID]["status"] == "ok"
     assert events[-1]["complete"] == 1 and events[-1]["data_sets"] == 2
+    assert [e["limit"] for e in events if e["event"] == "limit"] == [8]  # -c 8: told once
 
 
 async def test_line_reporter(emulator, tmp_path):
@@ -60,6 +61,7 @@ async def test_rich_progress_shows_bars_then_a_table(emulator, tmp_path):
         )
     text = out.getvalue()
     assert "req/s" in text and "retries" in text  # the bars were drawn
+    assert "   8 at once" in text  # how many requests may be in flight
     assert f"{SEED_ID}: ok: " in text  # a line per finished data set
     assert "data set" in text and "status" in text and "1 of 1 data sets complete" in text
 
@@ -188,8 +190,9 @@ async def test_a_repair_is_one_line_one_json_event_and_one_line_in_the_live_disp
     start, repair, *_ = plain.getvalue().splitlines()
     assert start == "asyncdl: starting 1 data set"
     assert repair.startswith(line) and "rebuilding data.json from" in repair
-    event = orjson.loads(json.getvalue().splitlines()[1])
-    assert event["event"] == "repair" and event["data_set"] == SEED_ID
+    events = [orjson.loads(text) for text in json.getvalue().splitlines()]
+    [event] = [e for e in events if e["event"] == "repair"]  # among the run's others (limit, ...)
+    assert event["data_set"] == SEED_ID
     assert event["damage"].startswith("data.json is 0 bytes, not the ")
     assert event["remedy"].startswith("rebuilding data.json from")
     assert line in terminal.file.getvalue()  # type: ignore[attr-defined]

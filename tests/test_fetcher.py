@@ -381,10 +381,10 @@ async def test_a_share_of_the_limit_bounds_what_is_in_flight(serve, share):
 
 async def test_a_share_of_the_limit_takes_as_much_of_the_rate():
     async with client(concurrency=8, rate=80.0) as http:
-        assert http._rate is not None
+        assert http.limits.rate is not None
         await http.share(2)
-        assert http._rate.interval == pytest.approx(1 / 20)
+        assert http.limits.rate.interval == pytest.approx(1 / 20)
         await http.share(0)  # paused: nothing goes out, the rate stays until the next share
-        assert http._rate.interval == pytest.approx(1 / 20)
+        assert http.limits.rate.interval == pytest.approx(1 / 20)
         await http.share(8)
-        assert http._rate.interval == pytest.approx(1 / 80)
+        assert http.limits.rate.interval == pytest.approx(1 / 80)

@@ -84,9 +84,30 @@ async def test_server_never_sees_more_than_concurrency(tmp_path, limit):
     assert peak > limit // 2  # and the bound is what limits
 
 
+async def test_auto_keeps_a_server_of_limited_capacity_busy_with_a_short_queue(tmp_path):
+    # 16 handlers at 50 ms. A fixed -c 64 keeps 48 requests waiting in the server's queue, three
+    # service times each; -c auto finds the 16 and keeps a few more, with the same output.
+    waits = {}
+    outputs = {}
+    for name, concurrency in (("auto", "auto"), ("fixed", 64)):
+        options = FetchOptions(concurrency=concurrency, density_range=(0.1, 0.16))  # type: ignore[arg-type]
+        async with Emulator(latency_ms=50, capacity=16) as emu:
+            [result] = await asyncdl.fetch(
+                [SEED_ID], tmp_path / name, options=options, endpoints=emu.endpoints
+            )
+            queue = emu.stats.queue
+            assert queue is not None and queue.peak_busy <= 16
+            waits[name] = queue.wait_seconds / queue.served
+        assert result.complete and result.targets > 400
+        outputs[name] = (tmp_path / name / str(SEED_ID) / "data.json").read_bytes()
+    assert outputs["auto"] == outputs["fixed"]
+    assert waits["fixed"] >= 0.1  # two service times or more, on average
+    assert waits["auto"] <= 0.05  # one at most, slow start's overshoot included
+
+
 async def test_many_data_sets_keep_the_pipe_full(tmp_path):
     # With one queue for all data sets, the next data set's first query goes out when the first
-    # worker frees up after the previous data set's last target was taken, about latency / 16
+    # lane frees up after the previous data set's last target was taken, about latency / 16
     # later, while that last query takes the whole latency. A fixed latency of 100 ms leaves a
     # margin of that order for scheduling noise on a busy machine (measured: 100-150 ms, idle or
     # beside a CPU hog per core); a pipeline that waited for a data set to drain has no overlap

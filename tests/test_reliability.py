@@ -15,7 +15,8 @@ from aiohttp import web
 import asyncdl
 from asyncdl import FetchOptions
 from asyncdl.emulator import DATA_SET_IDS, FAULT_KINDS, Emulator, FaultPlan
-from asyncdl.fetcher import HttpClient, RateLimiter, Tally, parse_retry_after
+from asyncdl.fetcher import HttpClient, Tally, parse_retry_after
+from asyncdl.limits import RateLimiter
 from asyncdl.responses import rows
 from asyncdl.sources import GRIDS
 
@@ -219,7 +220,7 @@ async def test_rate_is_global_across_a_run(emulator, tmp_path):
     # the k-th request a start no earlier than `start + (k - 1) / rate`, and a request reaches the
     # server only after its start, so the k-th arrival cannot be earlier either. A busy machine
     # only delays arrivals (the check cannot fail for that); requests let through without the run's
-    # limiter (volumes, a second data set, a limiter per worker) arrive ahead of that schedule.
+    # limiter (volumes, a second data set, a limiter per lane) arrive ahead of that schedule.
     # (Requests of earlier tests that were still being answered began before `start`.)
     arrivals = sorted(begin for _, _, begin, _ in emulator.stats.log or [] if begin >= start)
     assert len(arrivals) == result.requests

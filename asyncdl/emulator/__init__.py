@@ -5,6 +5,10 @@ async with Emulator(latency_ms=50) as emu:
 
 With ``tls=True`` it serves https with a certificate made for it (needs the ``emulator-tls``
 extra); clients trust it through the CA file ``emu.ca_file``, e.g. ``FetchOptions(ca_bundle=...)``.
+
+With ``capacity=K`` it works on at most K requests at once, each for the latency, and queues the
+rest; with ``shed_queue=Q`` too, it answers 503 to a request that finds Q queued. ``emu.stats.queue``
+(and ``/__emulator__/stats``) says what waits it imposed.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from aiohttp import web
 
 from ..urls import Endpoints
 from .app import EmulatorApp, Stats
+from .capacity import QueueStats
 from .catalog import CATALOGUE_IDS, TotalRows
 from .faults import KINDS as FAULT_KINDS
 from .faults import FaultPlan
@@ -34,6 +39,7 @@ __all__ = [
     "Certificates",
     "Emulator",
     "FaultPlan",
+    "QueueStats",
     "Stats",
     "make_certificates",
     "serve",
@@ -58,6 +64,8 @@ class Emulator:
         faults: FaultPlan | None = None,
         search_total_rows: TotalRows = "matches",
         tls: bool | Certificates = False,
+        capacity: int | None = None,
+        shed_queue: int | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -70,6 +78,8 @@ class Emulator:
             record=record,
             faults=faults,
             search_total_rows=search_total_rows,
+            capacity=capacity,
+            shed_queue=shed_queue,
         )
         self._runner: web.AppRunner | None = None
         self._tls_dir: Path | None = None
@@ -147,6 +157,8 @@ async def serve(
     latency_spread: float = 0.2,
     faults: FaultPlan | None = None,
     tls: bool = False,
+    capacity: int | None = None,
+    shed_queue: int | None = None,
 ) -> None:
     """Run the emulator until cancelled, printing where it listens (and its CA file, for https)."""
     async with Emulator(
@@ -156,12 +168,21 @@ async def serve(
         latency_spread=latency_spread,
         faults=faults,
         tls=tls,
+        capacity=capacity,
+        shed_queue=shed_queue,
     ) as emu:
         print(
             f"asyncdl emulator listening on {emu.base_url} ({len(emu.app.data_sets)} data sets, "
             f"e.g. {', '.join(map(str, DATA_SET_IDS))})",
             flush=True,
         )
+        if capacity is not None:
+            shedding = f", shedding at {shed_queue} queued" if shed_queue is not None else ""
+            print(
+                f"asyncdl emulator capacity: {capacity} at once, the rest queued{shedding}; "
+                f"queue waits in {emu.base_url}/__emulator__/stats",
+                flush=True,
+            )
         if emu.ca_file is not None:
             print(
                 f"asyncdl emulator's CA certificate: {emu.ca_file} "

@@ -15,7 +15,8 @@ sends criteria percent-encoded, the 2013 script sent raw brackets.
 
 Every route can be made to misbehave, reproducibly, with a ``FaultPlan`` (see ``faults``): random
 faults at a rate, and hostile modes (drip, a maintenance window, redirects, endless answers, volumes
-of another grid).
+of another grid). The server can be given a capacity: K handlers and a queue, shedding load if
+asked (see ``capacity``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ import numpy as np
 import orjson
 from aiohttp import web
 
+from ..errors import UsageError
 from . import catalog, formats, synthetic
+from .capacity import Capacity, QueueStats, Shed
 from .envelope import failure, success
 from .faults import FaultPlan, respond_hostile, respond_with_fault
 from .ontology import FIBER_TRACT_IDS, structure_tree
@@ -51,7 +54,8 @@ _GRID_IMAGES = {"projection_density": "density", "injection_fraction": "injectio
 
 @dataclass
 class Stats:
-    """What the server has seen: requests per route, and the peak number in flight at once."""
+    """What the server has seen: requests per route (answered, sheds not included), and the peak
+    number in flight at once (queued included); with a capacity, its queue."""
 
     requests: Counter[str] = field(default_factory=Counter)
     in_flight: int = 0
@@ -62,6 +66,8 @@ class Stats:
     log: list[tuple[str, int | None, float, float]] | None = None
     #: (request target exactly as sent, User-Agent) of every request, when recording.
     wire: list[tuple[str, str]] | None = None
+    #: The queue before the handlers, when the server has a capacity.
+    queue: QueueStats | None = None
 
     def reset(self) -> None:
         self.requests.clear()
@@ -71,6 +77,8 @@ class Stats:
             self.log.clear()
         if self.wire is not None:
             self.wire.clear()
+        if self.queue is not None:
+            self.queue.reset()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -78,6 +86,7 @@ class Stats:
             "in_flight": self.in_flight,
             "peak_in_flight": self.peak_in_flight,
             "tls_handshakes": self.tls_handshakes,
+            **({"queue": self.queue.as_dict()} if self.queue is not None else {}),
         }
 
 
@@ -150,11 +159,23 @@ class EmulatorApp:
         record: bool = False,
         faults: FaultPlan | None = None,
         search_total_rows: catalog.TotalRows = "matches",
+        capacity: int | None = None,
+        shed_queue: int | None = None,
+        retry_after: int = 1,
     ) -> None:
         self.latency = latency_ms / 1000.0
         self.spread = latency_spread
         self.data_sets = frozenset(data_sets)
-        self.stats = Stats(log=[] if record else None, wire=[] if record else None)
+        self.capacity = Capacity(capacity, shed_queue) if capacity is not None else None
+        if shed_queue is not None and self.capacity is None:
+            raise UsageError("shedding needs a capacity (--capacity K)")
+        #: What a shed request is told: seconds to wait before asking again.
+        self.retry_after = retry_after
+        self.stats = Stats(
+            log=[] if record else None,
+            wire=[] if record else None,
+            queue=self.capacity.stats if self.capacity is not None else None,
+        )
         self.search_total_rows = search_total_rows
         self.faults = faults or FaultPlan()
         self._random = random.Random(seed)
@@ -195,33 +216,47 @@ class EmulatorApp:
         if stats.wire is not None:
             stats.wire.append((request.raw_path, request.headers.get("User-Agent", "")))
         try:
-            # Faults are drawn per decoded URL: the same whether brackets came encoded or raw.
-            fault = (
-                None
-                if route == "stats"
-                else self.faults.pick(request.rel_url.path_qs, route, route in _JSON_ROUTES)
-            )
-            if fault is not None:
-                response = await respond_with_fault(fault, request, self.faults, handler)
-            elif self.faults.hostile and route != "stats":
-                response = await respond_hostile(
-                    request, route, self.faults, handler, self._wrong_grid
-                )
-            else:
+            if route == "stats":
                 response = await handler(request)
-            if self.latency > 0 and route != "stats":
-                # The latency is an answer's whole time at the server, its work included, as on
-                # a server that works on many requests at once: the work is done while it waits.
-                jitter = self._random.uniform(-self.spread, self.spread)
-                remaining = self.latency * (1.0 + jitter) - (time.monotonic() - started)
-                if remaining > 0:
-                    await asyncio.sleep(remaining)
+            elif self.capacity is None:
+                response = await self._serve(request, route, handler)
+            else:
+                try:
+                    async with self.capacity.handler():
+                        response = await self._serve(request, route, handler)
+                except Shed:
+                    return web.Response(
+                        status=503, text="busy", headers={"Retry-After": str(self.retry_after)}
+                    )
             stats.requests[route] += 1
             return response
         finally:
             stats.in_flight -= 1
             if stats.log is not None:
                 stats.log.append((route, _data_set_of(request), started, time.monotonic()))
+
+    async def _serve(
+        self, request: web.Request, route: str, handler: Handler
+    ) -> web.StreamResponse:
+        """The answer, a fault or a hostile answer; it takes the server's latency in all, from
+        when it began (its wait in the queue not included)."""
+        began = time.monotonic()
+        # Faults are drawn per decoded URL: the same whether brackets came encoded or raw.
+        fault = self.faults.pick(request.rel_url.path_qs, route, route in _JSON_ROUTES)
+        if fault is not None:
+            response = await respond_with_fault(fault, request, self.faults, handler)
+        elif self.faults.hostile:
+            response = await respond_hostile(request, route, self.faults, handler, self._wrong_grid)
+        else:
+            response = await handler(request)
+        if self.latency > 0:
+            # The latency is an answer's whole time at the server, its work included, as on a
+            # server that works on many requests at once: the work is done while it waits.
+            jitter = self._random.uniform(-self.spread, self.spread)
+            remaining = self.latency * (1.0 + jitter) - (time.monotonic() - began)
+            if remaining > 0:
+                await asyncio.sleep(remaining)
+        return response
 
     def _experiment(self, raw_id: str) -> synthetic.Experiment:
         if not raw_id.isdigit() or int(raw_id) not in self.data_sets:

@@ -1,0 +1,344 @@
+"""The law of ``-c auto``: how many requests to keep in flight, learnt from how the server answers.
+
+A server with K handlers and a service time L answers at most K/L requests a second. With more than
+K of ours in flight the rest wait in its queue: nothing goes faster, every answer comes later, and a
+shared public server carries a queue of ours. The controller looks for that knee and stays just
+past it, keeping the server busy with a short queue:
+
+* **slow start**: from ``INITIAL``, half a request more for each answer, so the limit grows by
+  half every round trip, until a block of answers takes a quarter longer than the quickest block
+  did (a queue is forming), or the server sheds;
+* **then, once a window**: ``limit <- limit * clamp(noload / rtt, 0.5, 1) + sqrt(limit)``. Past
+  the knee answers take ``rtt = noload * in_flight / K``, so ``limit * noload / rtt`` is K, what
+  the server gets through without a queue (Little's law), and ``sqrt(limit)`` a few more, which
+  keep it busy and probe for more. The limit settles at about K + sqrt(K): a queue wait of about
+  L / sqrt(K). Below the knee it grows by ``sqrt(limit)`` a window, twice that after each window
+  without any queue (at most a quarter of the limit), so that a false start or a server that
+  frees up is caught up with quickly;
+* **429, 503 or a timeout**: the limit is halved, at most once a round trip (what was sent before
+  the last cut does not cut it again).
+
+It stays within 1 and a ceiling (``--max-concurrency``, or a Dask worker's share).
+
+A window holds the requests sent over one no-load round trip (``MIN_SAMPLES`` at least) and closes
+once they are all back, so that it measures the limit they were sent under, whole; its round trip
+is the mean of the middle half of theirs (``typical``). The no-load round trip is the least
+window's, and is measured afresh, in a window with the limit halved (which drains any queue of
+ours), once slow start is over (what it saw may hold the start's transients: caches warming up, a
+client busy reading volumes), every ``PROBE_SECONDS`` (``PROBE_ROUNDS`` round trips for a slow
+server), and whenever latency alone has halved the limit since it was last measured. A server
+whose latency rose for good, or that others keep busy, is then taken as it is rather than as a
+queue of ours, and a queue of ours never becomes the baseline.
+
+Two parts of a round trip are not the server's doing, and are kept out of it:
+
+* **the client's own lag** (the trap). A client short of CPU (a busy machine, a throttled
+  container, a Dask worker on a small share of a core) reads its answers late: its round trips
+  grow although the server has no queue, and a latency law that took that for a queue would back
+  off, and off again, for nothing. ``limits.LoopLag`` measures how late the event loop runs what
+  is due; the window's mean lag is taken off its round trip (but the no-load round trip is measured
+  whole, so that a noisy lag cannot drag it down). What that misses (a client whose sends and
+  answers lock into the periods of a throttled CPU, so that every answer waits out a whole freeze)
+  the re-measurement after a halving catches: the no-load round trip is then taken with the lag in
+  it. A client whose own CPU is the bottleneck finds its knee like a server's: more in flight would
+  only wait in its own buffers.
+* **connecting**. A request that had to open its connection (TCP and TLS handshakes, several
+  network round trips to a distant server) is no measure of the server's queue; its round trip is
+  used only when a window has too few others.
+
+Outcomes that are neither an answer nor an overload (a refused connection, a cancelled request)
+are no samples, and the caller gives only one kind of request (the spatial search) as samples.
+
+What was taken from each of these, read before writing this one (no code was copied):
+
+* TCP Vegas (Brakmo and Peterson, 1994), as Netflix's ``VegasLimit`` and tower-acc's ``Vegas``
+  apply it to requests: the signal. Compare the round trip with the no-load one; the difference
+  times the rate is the queue we hold at the server (``in_flight * (1 - noload / rtt)``); keep it
+  small but above zero, so that the server never idles for want of a request; measure the no-load
+  round trip again now and then rather than trust the first minimum forever.
+* Netflix concurrency-limits (``Gradient2Limit``, ``WindowedLimit``): the gradient ``noload /
+  rtt`` clamped to [0.5, 1], so one noisy window can at most halve the limit and a quick one cannot
+  inflate it; no growth while less than half the limit is in use (it is not what limits then); the
+  law applied to windows of samples rather than to each answer.
+* Envoy's adaptive concurrency filter (gradient controller): the same gradient with a burst
+  headroom of ``sqrt(limit)``; a window's round trip summarised by a robust statistic of its
+  samples (Envoy's is a percentile); the minRTT measured periodically at a reduced limit, and again
+  when the limit has been driven down (Envoy re-measures when it sits at its minimum).
+* tower-acc (Rust: AIMD, Gradient2 and Vegas behind one ``Algorithm`` trait): a small interface
+  between the limit's users and its law (report each outcome, read the limit); which outcomes
+  count as overload decided in one place (its ``Classifier``; here ``limits.Slot``); a cancelled
+  request is no sample.
+* TCP congestion control (slow start and multiplicative decrease, RFC 5681): start low and double
+  each round trip until the first sign of a queue; halve on a loss, once a round trip.
+
+Times are plain floats in seconds from any monotonic clock: the caller passes them in, so the law is
+pure, and the tests drive it with a simulated server and clock (``tests/queue_model.py``).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+#: The limit a run starts from, and how much slow start adds to it for each answer (a half: the
+#: limit grows by half every round trip, so that the queue it is looking for, which shows a round
+#: trip late, is not overshot by much).
+INITIAL = 8
+SLOW_START_GROWTH = 0.5
+#: Answers needed for a round trip to be trusted: a window's, or slow start's latest.
+MIN_SAMPLES = 8
+#: The shortest span of a window, in seconds (for a server that answers in a millisecond).
+MIN_WINDOW = 0.01
+#: How much longer than the quickest block of answers a block may take before slow start ends.
+SLOW_START_QUEUE = 0.25
+#: The factor of a multiplicative decrease (429, 503, timeout).
+BACKOFF = 0.5
+#: The no-load round trip is measured afresh this often: every PROBE_SECONDS, or every
+#: PROBE_ROUNDS no-load round trips if that is longer (so that probing costs a slow server as
+#: little of its time as a fast one)...
+PROBE_SECONDS = 10.0
+PROBE_ROUNDS = 100
+#: ... with the limit divided by this for one window, which drains any queue of ours.
+PROBE_DEPTH = 2
+#: A window closes without its last requests once they are this many of its round trips late
+#: (a request that will time out).
+STRAGGLERS = 3.0
+
+#: Reads the event loop's lag so far: (seconds late, summed over its ticks; ticks). See LoopLag.
+LagReading = Callable[[], tuple[float, int]]
+
+
+def _no_lag() -> tuple[float, int]:
+    return 0.0, 0
+
+
+def typical(rtts: Iterable[float]) -> float:
+    """The mean of the middle half: a queue shows even when it holds fewer than half of the
+    requests (which the median would miss), and a few very slow answers do not fake one."""
+    ordered = sorted(rtts)
+    cut = len(ordered) // 4
+    return statistics.fmean(ordered[cut : len(ordered) - cut])
+
+
+@dataclass
+class _Window:
+    """The requests sent after ``start`` until its span ends, and how they came back.
+
+    The span ends at the first request sent a no-load round trip after the first one, once it
+    holds ``MIN_SAMPLES`` requests; the window closes once all of them are back, so that it
+    measures the limit they were sent under, whole, rather than the first answers to come back.
+    """
+
+    start: float
+    lag: tuple[float, int]
+    #: A window sent under a lowered limit, to measure the no-load round trip.
+    probe: bool = False
+    end: float = math.inf
+    #: When its first request was sent: the span is a round trip of sends from there.
+    first: float = math.inf
+    sent: int = 0
+    back: int = 0
+    rtts: list[float] = field(default_factory=list)
+    #: Round trips of requests that had to open their connection.
+    fresh: list[float] = field(default_factory=list)
+    #: The most requests in flight seen at an answer.
+    peak: int = 0
+
+    def holds(self, sent: float) -> bool:
+        return self.start < sent <= self.end
+
+    def round_trip(self) -> float | None:
+        """The window's round trip, of requests that reused a connection if there are enough."""
+        rtts = self.rtts if len(self.rtts) * 2 >= MIN_SAMPLES else self.rtts + self.fresh
+        return typical(rtts) if rtts else None
+
+
+class Controller:
+    """The limit of ``-c auto``: tell it of each request sent and of what became of it; read
+    ``limit``.
+
+    ``lag`` reads the event loop's lag so far (``LagReading``); without it, none is assumed. ``now``
+    is when the first window starts.
+    """
+
+    def __init__(
+        self,
+        ceiling: int,
+        *,
+        initial: int = INITIAL,
+        lag: LagReading = _no_lag,
+        now: float = -math.inf,
+    ) -> None:
+        if ceiling < 1:
+            raise ValueError(f"ceiling must be at least 1, got {ceiling}")
+        self.ceiling = ceiling
+        self._limit = float(min(initial, ceiling))
+        self._lag = lag
+        self.slow_start = True
+        #: The round trip without a queue at the server (seconds), once it has been measured.
+        self.noload: float | None = None
+        self._block: list[float] = []  # slow start's latest round trips
+        self._clean = 0  # windows in a row that showed no queue: the growth doubles with each
+        self._window = _Window(now, lag())
+        self._cut = -math.inf  # when the limit was last cut: older requests cannot cut it again
+        self._probe_at = math.inf  # when the no-load round trip is next measured
+        self._probing: float | None = None  # the limit to go back to once the probe is sent
+        self._measured_at = 0.0  # the limit when the no-load round trip was measured, or it was cut
+
+    @property
+    def limit(self) -> int:
+        return max(1, min(self.ceiling, int(self._limit)))
+
+    def set_ceiling(self, ceiling: int) -> None:
+        """A new ceiling (a Dask worker's share); the limit keeps below it from now on."""
+        if ceiling < 1:
+            raise ValueError(f"ceiling must be at least 1, got {ceiling}")
+        self.ceiling = ceiling
+        self._limit = min(self._limit, ceiling)
+
+    def sending(self, now: float) -> None:
+        """A request goes out now."""
+        window = self._window
+        if not window.holds(now):
+            return
+        window.sent += 1
+        window.first = min(window.first, now)
+        span = max(self.noload or 0.0, MIN_WINDOW)
+        if window.end == math.inf and window.sent >= MIN_SAMPLES and now - window.first >= span:
+            window.end = now
+            if self._probing is not None:  # the probe is sent: what follows may go out again
+                self._limit, self._probing = self._probing, None
+
+    def answered(self, sent: float, done: float, in_flight: int, *, fresh: bool = False) -> int:
+        """A request sent at ``sent`` was answered at ``done``, with ``in_flight`` requests out
+        (itself included). ``fresh``: it opened its connection. Returns the limit."""
+        rtt = done - sent
+        if self.slow_start:
+            if in_flight * 2 >= self._limit:
+                self._limit = min(self._limit + SLOW_START_GROWTH, self.ceiling)
+            if not fresh:
+                self._block.append(rtt)
+                if len(self._block) >= max(MIN_SAMPLES, self._limit / 4):
+                    self._watch_slow_start(done)
+        window = self._window
+        if window.holds(sent):
+            (window.fresh if fresh else window.rtts).append(rtt)
+            window.peak = max(window.peak, in_flight)
+        self._back(sent, done)
+        return self.limit
+
+    def overloaded(self, sent: float, done: float) -> int:
+        """The server shed a request sent at ``sent`` (429, 503), or it timed out. Returns the
+        limit."""
+        if sent <= self._cut or done - self._cut < (self.noload or 0.0):
+            self._back(sent, done)
+            return self.limit  # the last cut, less than a round trip ago, was made for it
+        if self._probing is not None:
+            self._limit, self._probing = self._probing, None
+        self._end_slow_start(done)
+        self._cut = done
+        self._limit = max(1.0, self._limit * BACKOFF)
+        self._measured_at = self._limit
+        self._window = _Window(done, self._lag())
+        return self.limit
+
+    def ignored(self, sent: float, done: float) -> None:
+        """A request sent at ``sent`` came to nothing that says how the server is (a refused
+        connection, a cancelled request): no sample, but no longer awaited."""
+        self._back(sent, done)
+
+    def _back(self, sent: float, done: float) -> None:
+        """A request is back, or done with: the window closes once all of its are, or once its
+        last are far too late."""
+        window = self._window
+        if window.holds(sent):
+            window.back += 1
+        if window.end == math.inf:
+            return
+        late = STRAGGLERS * max(window.round_trip() or self.noload or 0.0, MIN_WINDOW)
+        if window.back >= window.sent or done - window.end > late:
+            self._close(window, done)
+
+    def _lag_since(self, reading: tuple[float, int]) -> float:
+        """The event loop's mean lag since ``reading``."""
+        lag, ticks = self._lag()
+        return (lag - reading[0]) / (ticks - reading[1]) if ticks > reading[1] else 0.0
+
+    def _watch_slow_start(self, now: float) -> None:
+        """Slow start ends when a block of its latest answers (a quarter of the limit, more as it
+        grows) takes too long: a queue is forming. Until then the quickest block is the no-load
+        round trip, for now: the first answers may be slow for reasons of their own (a server's
+        caches warming up)."""
+        rtt = typical(self._block)
+        self._block.clear()
+        lag = self._lag_since(self._window.lag)
+        if self.noload is not None and rtt - lag > self.noload * (1 + SLOW_START_QUEUE):
+            self._end_slow_start(now)
+            self._apply(rtt, lag, self._window.peak)
+            self._window = _Window(now, self._lag())
+        elif self.noload is None or rtt < self.noload:
+            self.noload = rtt
+
+    def _end_slow_start(self, now: float) -> None:
+        """Slow start is over: the no-load round trip is measured as soon as the limit settles,
+        since what slow start saw may hold the start's transients (a server's caches warming up, a
+        client busy reading volumes)."""
+        if self.slow_start:
+            self.slow_start = False
+            self._probe_at = now
+
+    def _close(self, window: _Window, now: float) -> None:
+        """The law, once a window is back; then the next window, or a probe, begins."""
+        rtt = window.round_trip()
+        reading = self._lag()
+        if rtt is not None:
+            if window.probe:  # a drained window: the no-load round trip, afresh
+                self.noload = rtt
+                self._measured_at = self._limit
+            elif not self.slow_start:
+                self._apply(rtt, self._lag_since(window.lag), window.peak)
+            elif self.noload is not None:
+                self.noload = min(self.noload, rtt)
+        if now >= self._probe_at:
+            self._probe(now, reading)
+        else:
+            self._window = _Window(now, reading)
+
+    def _apply(self, rtt: float, lag: float, peak: int) -> None:
+        """``limit * clamp(noload / rtt, 0.5, 1) + sqrt(limit)``, not grown while half unused.
+
+        The round trip taken is the server's part of it: less the client's own lag, but no less
+        than the no-load round trip (which is measured whole, lag included, so that a noisy
+        estimate of the lag cannot drag it down).
+        """
+        if self.noload is None or rtt < self.noload:
+            self.noload = rtt
+        served = max(rtt - lag, self.noload, 1e-9)  # (a clock too coarse to see a round trip)
+        gradient = max(0.5, self.noload / served)
+        headroom = math.sqrt(self._limit)
+        # No queue at all (less than half the one the law keeps): grow faster each time, up to a
+        # quarter a window, so that the knee is soon found again after a false start or when the
+        # server frees up, and not overshot by much.
+        self._clean = self._clean + 1 if served < self.noload * (1 + 0.5 / headroom) else 0
+        growth = max(headroom, min(headroom * 2 ** (self._clean - 1), self._limit / 4))
+        limit = self._limit * gradient + growth
+        if limit > self._limit and peak * 2 < self._limit:
+            return  # less than half of it in use: the limit is not what limits, leave it
+        self._limit = max(1.0, min(limit, float(self.ceiling)))
+        if self._limit < self._measured_at / 2:
+            # Halved by latency alone since it was last measured: a server whose latency rose
+            # for good, or a client too starved to read its answers in time, rather than a queue
+            # of ours. Measure again rather than cut on (as Envoy does when its limit stays at
+            # the minimum).
+            self._probe_at = -math.inf
+
+    def _probe(self, now: float, reading: tuple[float, int]) -> None:
+        """Lower the limit for the sends of one window, whose round trip becomes the no-load one:
+        a queue of ours drains first, so what is left is the server's own latency (or the client's
+        own lag), which the law should take as given. The limit is back once they are sent."""
+        self._window = _Window(now, reading, probe=True)
+        self._probing = self._limit
+        self._limit = max(1.0, self._limit / PROBE_DEPTH)
+        self._probe_at = now + max(PROBE_SECONDS, PROBE_ROUNDS * (self.noload or 0.0))

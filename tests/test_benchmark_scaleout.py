@@ -1,0 +1,61 @@
+"""The scale-out benchmark's arithmetic: steady rate, tail, fairness (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.scaleout.analysis import (
+    Task,
+    all_busy,
+    jain,
+    mean_limits,
+    steady_rate,
+    tail,
+    worker_rates,
+)
+
+
+def test_the_steady_rate_leaves_out_the_start_and_the_end():
+    # 100 answers a second from t = 10 to t = 20, nothing before (volumes) or after.
+    samples = [(t / 10, 0 if t <= 100 else min(1000, (t - 100) * 10)) for t in range(0, 250)]
+    counts = steady_rate(samples)
+    assert len(counts) == 8 and counts == pytest.approx([100.0] * 8)
+    # A slow start and a slow end (20 a second for the first and last 2 s) are left out as far
+    # as the middle 80 % allows: 1 s at either end of a 10 s span; the rest counts as it was.
+    slow: list[tuple[float, int]] = [(0.0, 0)]
+    n = 0
+    for k in range(1, 101):
+        n += 2 if k <= 20 or k > 80 else 10
+        slow.append((k / 10, n))
+    counts = steady_rate(slow)
+    assert counts == pytest.approx([20.0] + [100.0] * 6 + [20.0])
+
+
+def test_no_answers_no_rate():
+    assert steady_rate([(0.0, 5), (1.0, 5)]) == []
+
+
+def test_the_tail_is_the_idle_time_at_the_end():
+    even = tail([Task("a", 1, 0.0, 5.0), Task("a", 2, 5.0, 10.0), Task("b", 3, 0.0, 10.0)])
+    assert (even.seconds, even.lost, even.span) == (0.0, 0.0, 10.0)
+    # b runs out at 6 while a works on to 10: 4 s of tail, b idle for 4 of the 2 x 10 s.
+    late = tail([Task("a", 1, 0.0, 4.0), Task("a", 2, 3.0, 10.0), Task("b", 3, 0.0, 6.0)])
+    assert late.seconds == 4.0 and late.lost == pytest.approx(0.2)
+
+
+def test_jains_index():
+    assert jain([5.0, 5.0, 5.0]) == pytest.approx(1.0)
+    assert jain([9.0, 0.0, 0.0]) == pytest.approx(1 / 3)
+    assert 0.9 < jain([10.0, 7.0]) < 1.0
+
+
+def test_fair_shares_from_the_limits_and_from_the_rates():
+    tasks = [Task("a", 1, 0.0, 6.0), Task("a", 2, 5.0, 10.0), Task("b", 3, 1.0, 8.0)]
+    assert all_busy(tasks) == (1.0, 8.0)
+    # a reports 10 throughout; b 2 until t = 3, then 10: over [1, 8], b averages 2*2/7 + 10*5/7.
+    shares = [(0.0, {"a": 10, "b": 2}), (3.0, {"a": 10, "b": 10})]
+    limits = mean_limits(shares, 1.0, 8.0)
+    assert limits["a"] == pytest.approx(10.0) and limits["b"] == pytest.approx(54 / 7)
+    rates = worker_rates(tasks, {1: 600, 2: 400, 3: 700})
+    assert rates == pytest.approx({"a": 100.0, "b": 100.0})
+    assert jain(list(rates.values())) == pytest.approx(1.0)
