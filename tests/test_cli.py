@@ -258,6 +258,16 @@ def test_dry_run_counts_targets_and_samples_a_few(emulator, tmp_path, concurrenc
         assert _peak(grids) > 4
 
 
+def test_a_dry_run_under_c_auto_says_at_what_bound_it_figured_the_time(emulator, tmp_path):
+    proc = run_cli("fetch", SEED_ID, "--dry-run", "-o", tmp_path, *server_args(emulator))
+    assert proc.returncode == 0, proc.stderr
+    per_data_set, _, time, _ = proc.stdout.strip().splitlines()
+    at = f"at -c auto ({FetchOptions().max_concurrency} at most)"
+    assert per_data_set.startswith(f"{SEED_ID}: 1947 target requests, ~")
+    assert per_data_set.endswith(at)
+    assert time.startswith("time: ~") and at in time
+
+
 def test_fetch_by_injection_structure_searches_first(emulator, tmp_path):
     proc = run_cli(
         "fetch",
