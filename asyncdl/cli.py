@@ -34,7 +34,7 @@ from .config import (
 )
 from .crashes import crash_line
 from .errors import AsyncdlError, StorageError, TLSError, UsageError
-from .events import Events, JsonReporter, LineReporter, Tee
+from .events import Events, JsonReporter, LineReporter, Tee, size
 from .exits import Exit, help_text
 from .idsfile import read_ids_file
 from .planning import describe_forecast
@@ -757,7 +757,7 @@ async def run_cache(args: argparse.Namespace) -> int:
     if args.action == "list":
         chosen = _chosen(found, args.what) if args.what else found
         for entry in chosen:
-            print(f"{cache.human(entry.size):>10}  {entry.label:<56}  {entry.what}")
+            print(f"{size(entry.size):>10}  {entry.label:<56}  {entry.what}")
         return Exit.OK
     if not cache.is_cache(root):
         raise UsageError(f"{root} is not an asyncdl cache (it has no {cache.TAG}): nothing removed")
@@ -768,7 +768,7 @@ async def run_cache(args: argparse.Namespace) -> int:
     done = await asyncio.to_thread(cache.remove, chosen)
     if args.action == "purge":
         await asyncio.to_thread(cache.tidy, root)
-    print(f"removed {_entries(done.removed)} ({cache.human(done.freed)}) from {root}")
+    print(f"removed {_entries(done.removed)} ({size(done.freed)}) from {root}")
     if done.busy:
         names = ", ".join(entry.label for entry in done.busy)
         print(f"left {_entries(len(done.busy))} that a running asyncdl is using: {names}")
@@ -795,7 +795,7 @@ def cache_info(root: Path, origin: str, found: Sequence[cache.Entry]) -> str:
     total = sum(entry.size for entry in found)
     lines = [
         f"cache: {root} ({why})",
-        f"size: {cache.human(total)} in {_entries(len(found))}",
+        f"size: {size(total)} in {_entries(len(found))}",
     ]
     kinds = {
         "shared": "needed by every data set",
@@ -810,13 +810,13 @@ def cache_info(root: Path, origin: str, found: Sequence[cache.Entry]) -> str:
             those = [entry for entry in mine if entry.kind == kind]
             if not those:
                 continue
-            size = cache.human(sum(entry.size for entry in those))
+            used = size(sum(entry.size for entry in those))
             if kind == "grid":
                 data_sets = len({entry.data_set for entry in those})
                 detail = f"{data_sets} data set{'' if data_sets == 1 else 's'}"
             else:
                 detail = ", ".join(entry.name for entry in those)
-            lines.append(f"  {label + ':':<28}{len(those):>5} {size:>10}  {detail}")
+            lines.append(f"  {label + ':':<28}{len(those):>5} {used:>10}  {detail}")
     return "\n".join(lines) + "\n"
 
 

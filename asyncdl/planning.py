@@ -12,6 +12,7 @@ to OUT.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import statistics
 import time
@@ -66,6 +67,12 @@ async def survey_data_sets(
         source = VolumeSource(
             client, endpoints, cache_dir, options.volumes, allensdk=options.allensdk_cache
         )
+
+        # What every data set's count needs (the annotation, the structure tree, the tract
+        # mask) first: queued behind every data set's grids, no data set could be counted until
+        # all of them were in. A failure here is each data set's to report, below.
+        with contextlib.suppress(AsyncdlError, OSError):
+            await source.prefetch_shared(Tally())
 
         async def count(data_set: int) -> Survey:
             tally = Tally()

@@ -235,8 +235,17 @@ def _peak(intervals):
 @pytest.mark.parametrize("concurrency", [2, 16])
 def test_dry_run_counts_targets_and_samples_a_few(emulator, tmp_path, concurrency):
     ids = DATA_SET_IDS[:6]
+    cache = ("--cache-dir", tmp_path / "cache")  # empty: the shared files are fetched too
     proc = run_cli(
-        "fetch", *ids, "--dry-run", "-o", tmp_path, "-c", concurrency, *server_args(emulator)
+        "fetch",
+        *ids,
+        "--dry-run",
+        "-o",
+        tmp_path,
+        "-c",
+        concurrency,
+        *cache,
+        *server_args(emulator),
     )
     assert proc.returncode == 0, proc.stderr
     *per_data_set, total, time, disk = proc.stdout.strip().splitlines()
@@ -254,6 +263,10 @@ def test_dry_run_counts_targets_and_samples_a_few(emulator, tmp_path, concurrenc
     grids = [(start, end) for route, _, start, end in emulator.stats.log if route == "grid_nrrd"]
     assert len(grids) == 2 * len(ids)
     assert _peak(grids) <= concurrency
+    # What every count needs came first, so that data sets are counted as their grids come in
+    # (behind 5,200 grids, a whole atlas's dry run counted nothing for its first 12 minutes).
+    [annotation] = [end for route, _, _, end in emulator.stats.log if route == "annotation"]
+    assert annotation <= min(start for start, _ in grids)
     if concurrency == 16:
         assert _peak(grids) > 4
 
