@@ -263,14 +263,14 @@ def test_dry_run_counts_targets_and_samples_a_few(tmp_path, concurrency):
         assert emulator.stats.requests["query"] == (planning.SAMPLES + 1) * len(ids)
         assert not list(tmp_path.glob("*/lines.ndjson")) and not list(tmp_path.glob("*/data.json"))
         # The volumes come in as concurrently as -c allows (it was 2 data sets at a time whatever -c).
-        grids = [
-            (start, end) for route, _, start, end in emulator.stats.log if route == "grid_nrrd"
-        ]
+        log = emulator.stats.log
+        assert log is not None  # record=True
+        grids = [(start, end) for route, _, start, end in log if route == "grid_nrrd"]
         assert len(grids) == 2 * len(ids)
         assert _peak(grids) <= concurrency
         # What every count needs came first, so that data sets are counted as their grids come in
         # (behind 5,200 grids, a whole atlas's dry run counted nothing for its first 12 minutes).
-        [annotation] = [end for route, _, _, end in emulator.stats.log if route == "annotation"]
+        [annotation] = [end for route, _, _, end in log if route == "annotation"]
         assert annotation <= min(start for start, _ in grids)
         if concurrency == 16:
             assert _peak(grids) > 4  # the 12 grids went out together (not 2 data sets at a time)
