@@ -268,6 +268,20 @@ def emulator(emulator_server: Emulator) -> Emulator:
     return emulator_server
 
 
+@pytest.fixture(scope="module")
+def https_server() -> Iterator[Emulator]:
+    """An https emulator (a certificate made at start) for a test module."""
+    with EmulatorThread(tls=True) as emu:
+        yield emu
+
+
+@pytest.fixture
+def https(https_server: Emulator) -> Emulator:
+    """The module's https emulator with its counters reset for this test."""
+    https_server.stats.reset()
+    return https_server
+
+
 @pytest.fixture(scope="session")
 def seed_reference(emulator_server: Emulator) -> Iterator[Any]:
     """``reference(id, volumes)``: the seed's data.json for a data set, computed once per session."""

@@ -20,7 +20,7 @@ import asyncdl
 from asyncdl import FetchOptions, UsageError
 from asyncdl.proxies import Proxies, direct, proxy_url
 
-from .conftest import PROXY_VARIABLES, SEED_ID, EmulatorThread, command, server_args
+from .conftest import PROXY_VARIABLES, SEED_ID, command, server_args
 from .proxy_recorder import LOG_VARIABLE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,18 +175,6 @@ def proxy(proxy_server):
     """The module's proxy with its record emptied for this test."""
     proxy_server.reset()
     return proxy_server
-
-
-@pytest.fixture(scope="module")
-def https_server():
-    with EmulatorThread(tls=True) as emu:
-        yield emu
-
-
-@pytest.fixture
-def https(https_server):
-    https_server.stats.reset()
-    return https_server
 
 
 @pytest.fixture(scope="module")

@@ -32,19 +32,6 @@ def no_ca_from_the_environment(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def https_server():
-    with EmulatorThread(tls=True) as emu:
-        yield emu
-
-
-@pytest.fixture
-def https(https_server):
-    """The module's https emulator with its counters reset for this test."""
-    https_server.stats.reset()
-    return https_server
-
-
-@pytest.fixture(scope="module")
 def over_http(emulator_server, tmp_path_factory):
     """data.json of the seed's data set fetched over plain http, to compare https runs with."""
     out = tmp_path_factory.mktemp("http")
