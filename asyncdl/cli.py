@@ -827,7 +827,7 @@ async def run_verify(args: argparse.Namespace) -> int:
 
     ids = [data_set_id(value) for value in args.ids] or None
     verdicts = await asyncio.to_thread(verify, args.out, ids, each=show)
-    counts = Counter(v.status for v in verdicts)
+    counts: Counter[str] = Counter(v.status for v in verdicts)
     print(
         f"verify: {len(verdicts)} data sets, {counts['verified']} verified, "
         f"{counts['damaged']} damaged, {counts['unfinished']} unfinished"
@@ -836,9 +836,15 @@ async def run_verify(args: argparse.Namespace) -> int:
         + ("; verify the busy ones again once that process has ended" if counts["busy"] else ""),
         file=sys.stderr,
     )
+    return _checked_exit(counts, failed="unfinished")
+
+
+def _checked_exit(counts: Counter[str], *, failed: str) -> Exit:
+    """How verify and export end: DAMAGED before FAILED (data sets counted as ``failed``) before
+    BUSY (left to another process) before OK."""
     if counts["damaged"]:
         return Exit.DAMAGED
-    if counts["unfinished"]:
+    if counts[failed]:
         return Exit.FAILED
     return Exit.BUSY if counts["busy"] else Exit.OK
 
@@ -865,11 +871,7 @@ async def run_export(args: argparse.Namespace) -> int:
         + ("; export the busy ones again once that process has ended" if counts["busy"] else ""),
         file=sys.stderr,
     )
-    if counts["damaged"]:
-        return Exit.DAMAGED
-    if counts["failed"]:
-        return Exit.FAILED
-    return Exit.BUSY if counts["busy"] else Exit.OK
+    return _checked_exit(counts, failed="failed")
 
 
 async def run_preview(args: argparse.Namespace) -> int:
