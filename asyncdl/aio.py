@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -215,11 +216,22 @@ class _Held:
         self._budget._give(self._n)
 
 
+#: The first uvloop that detaches the socket of a connection cancelled while it is made
+#: (MagicStack/uvloop#738, fixed in 0.23.0). An older one leaves the socket object owning an fd
+#: that the kernel hands to the next connection, and closes it when collected: an unrelated
+#: transport of the run breaks. The run is cancelled mid-connect whenever a data set fails.
+UVLOOP_FLOOR = (0, 23)
+
+
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's loop when it is installed (extra ``fast``): less CPU per request."""
+    """uvloop's loop when it is installed (extra ``fast``), for less CPU per request; asyncio's
+    own (``None``) without it, or with a uvloop older than ``UVLOOP_FLOOR``."""
     try:
         import uvloop
     except ImportError:
+        return None
+    release = re.match(r"(\d+)\.(\d+)", uvloop.__version__)
+    if release is None or (int(release[1]), int(release[2])) < UVLOOP_FLOOR:
         return None
     return uvloop.new_event_loop
 

@@ -1,10 +1,14 @@
 import asyncio
+import contextlib
 import random
+import socket
+import sys
 import threading
+import types
 
 import pytest
 
-from asyncdl import ApiError
+from asyncdl import ApiError, aio
 from asyncdl.aio import Budget, Slots, all_of, both, in_thread
 
 
@@ -209,3 +213,47 @@ async def test_a_budget_serves_in_order_and_a_cancelled_waiter_frees_those_behin
     with pytest.raises(ValueError, match="cannot hold 11"):
         async with budget.hold(11):
             pass
+
+
+def test_the_loop_of_a_run_frees_the_socket_of_a_connection_cancelled_while_it_is_made():
+    # A data set that fails cancels its other downloads, some while they connect. uvloop before
+    # 0.23 then left the socket object owning an fd the kernel reuses (MagicStack/uvloop#738); the
+    # run's loop must be one that does not (asyncio's, or a uvloop that detaches the socket).
+    async def cancelled_connections() -> int:
+        loop = asyncio.get_running_loop()
+        server = await asyncio.start_server(lambda reader, writer: writer.close(), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        still_owned = 0
+        async with server:
+            for _ in range(20):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.setblocking(False)
+                await loop.sock_connect(sock, ("127.0.0.1", port))
+                connecting = asyncio.ensure_future(
+                    loop.create_connection(asyncio.Protocol, sock=sock)
+                )
+                await asyncio.sleep(0)
+                connecting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    transport, _ = await connecting
+                    transport.close()  # made before the cancel came: not the case asked about
+                    continue
+                if sock.fileno() != -1:
+                    still_owned += 1
+                    sock.detach()  # the transport closed its fd already: do not close it twice
+        return still_owned
+
+    assert aio.run(cancelled_connections()) == 0
+
+
+@pytest.mark.parametrize(
+    ("version", "used"), [("0.17.0", False), ("0.22.1", False), ("0.23.0", True), ("1.0", True)]
+)
+def test_uvloop_is_used_only_from_the_release_that_frees_cancelled_connections(
+    monkeypatch, version, used
+):
+    uvloop = types.ModuleType("uvloop")
+    uvloop.__version__ = version  # type: ignore[attr-defined]
+    uvloop.new_event_loop = asyncio.new_event_loop  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "uvloop", uvloop)
+    assert (aio.event_loop_factory() is asyncio.new_event_loop) is used
