@@ -230,7 +230,7 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
         import uvloop
     except ImportError:
         return None
-    release = re.match(r"(\d+)\.(\d+)", uvloop.__version__)
+    release = re.match(r"(\d+)\.(\d+)", getattr(uvloop, "__version__", ""))
     if release is None or (int(release[1]), int(release[2])) < UVLOOP_FLOOR:
         return None
     return uvloop.new_event_loop
