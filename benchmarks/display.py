@@ -3,9 +3,9 @@
 The same fetch (same ids, warm volume cache, a fresh output folder each time) runs with its stderr
 on a pseudo-terminal, once with the bars and once with ``-q`` (a line per data set on the same
 terminal), alternately, ``--repeats`` times each; the medians of the request rate asyncdl reports
-for each are compared. The emulator runs in a process of its own, with a fixed latency chosen so
-that the client runs at about 4,000 requests a second. Writes ``benchmarks/display.json``; the
-figures are discussed in results.md's analysis.
+for each are compared. The emulator runs in a process of its own, with a fixed latency at which
+``-c 256`` asks up to 5,120 requests a second (about 2,800 on 2 cores, the emulator beside the
+client). Writes ``benchmarks/display.json``; the figures are discussed in results.md's analysis.
 """
 
 from __future__ import annotations
