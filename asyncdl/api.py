@@ -28,7 +28,7 @@ from .pipeline import Pipeline
 from .plan import RunPlan
 from .planning import Forecast, Measures, forecast, survey_data_sets
 from .results import DataSetResult, Survey, Verdict
-from .sources import VolumeSource
+from .sources import VolumeSource, counted_targets
 from .status import disk_use, outlook
 from .store import DataSetStore, chosen_data_sets
 from .urls import Endpoints, data_set_id
@@ -86,6 +86,10 @@ async def fetch(
     # Before any request: never mix old and new results.
     refuse_mixing(plan.out, plan.ids, plan.params, plan.options.restart)
     ahead = await asyncio.to_thread(outlook, plan.out, plan.ids, restart=plan.options.restart)
+    unknown = [ds for ds in plan.ids if ds not in ahead.complete and ds not in ahead.targets]
+    counted = await asyncio.to_thread(
+        counted_targets, plan.cache, plan.endpoints, options.volumes, unknown, options.density_range
+    )
     started = time.monotonic()
     with ExitStack() as shown:
         listeners = [LogReporter(), *([events] if events is not None else [])]
@@ -94,7 +98,7 @@ async def fetch(
 
             listeners.append(shown.enter_context(RichProgress()))
         tell = Tee(*listeners)
-        tell.planned(sorted(ahead.complete), ahead.targets)
+        tell.planned(sorted(ahead.complete), {**counted, **ahead.targets})
         if client is not None or workers is not None or scheduler is not None:
             results = await _on_dask(
                 plan, tell, client=client, workers=workers, scheduler=scheduler
@@ -266,7 +270,7 @@ def verify(
 
 def _verify(store: DataSetStore) -> Verdict:
     """``store.verify()`` under the data set's lock."""
-    with store.locked() as holder:
+    with store.locked("verifying") as holder:
         if holder is not None:
-            return Verdict(store.data_set, "busy", f"{holder} holds it; not checked")
+            return Verdict(store.data_set, "busy", f"held by {holder}; not checked")
         return store.verify()

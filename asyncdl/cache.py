@@ -9,7 +9,8 @@ One cache per user, shared by every output folder and every process on the machi
         structure_graph_1.json
         fiber_mask_<hash>.npy
         grids/grid_<id>_<volume>.nrrd    a data set's own grids: they go once it is complete
-        NAME.meta.json              beside each entry: its source key, size and SHA-256
+        NAME.meta.json              beside each entry: its source key, size and SHA-256 (and a
+                                    density grid's target counts, for a run's estimate)
         .NAME.lock                  beside each entry: its lock
 
 An entry is written, and its temp files removed, only by the process holding its lock (``flock``,

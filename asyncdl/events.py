@@ -31,8 +31,9 @@ class Events:
     """Hooks called by a run, all on the event loop; keep them quick. The default does nothing."""
 
     def planned(self, complete: Sequence[int], targets: Mapping[int, int]) -> None:
-        """Before the run begins, what its output folder says: these data sets are ``complete``
-        already (they will be skipped), and an earlier run found ``targets`` for these others."""
+        """Before the run begins, what is known of it: these data sets are ``complete`` already
+        (they will be skipped), and these others have ``targets``, as an earlier run found them
+        (their run.json) or counted from their grids in the cache (a dry run's)."""
 
     def started(self, data_sets: Sequence[int]) -> None:
         """The run begins, for these data sets."""

@@ -22,7 +22,7 @@ import hashlib
 import io
 import os
 import shutil
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -160,6 +160,8 @@ class VolumeSource:
         )
         (density, injection), allowed = await both(volumes, self.allowed_mask(tally))
         targets = await asyncio.to_thread(select_targets, density, allowed, options.density_range)
+        name, counted = self._grid_entry(data_set, "density"), len(targets)
+        await self.cache.annotate(name, _TARGETS, {_range_key(options.density_range): counted})
         return targets, injection_coordinates(injection, options.injection_threshold)
 
     async def allowed_mask(self, tally: Tally) -> BoolArray:
@@ -227,6 +229,36 @@ class VolumeSource:
         if self.kind == "legacy":
             return self.endpoints.fiber_tracts_legacy(), "fiber_tracts_197646984.zip"
         return self.endpoints.annotation_nrrd(), "annotation_25.nrrd"
+
+
+#: The field of a density grid's record holding its target counts, by density range.
+_TARGETS = "targets"
+
+
+def _range_key(density_range: tuple[float, float]) -> str:
+    return ",".join(map(repr, density_range))
+
+
+def counted_targets(
+    cache_dir: Path,
+    endpoints: Endpoints,
+    kind: VolumeKind,
+    data_sets: Iterable[int],
+    density_range: tuple[float, float],
+) -> dict[int, int]:
+    """The targets counted earlier (by a dry run, or a run) from each data set's density grid still
+    in the cache at ``cache_dir``, at ``density_range``: how a run's progress estimates the data
+    sets whose volumes are not in yet. Only the grids' records are read, without their locks
+    (records are written whole; an estimate may be a moment old)."""
+    folder, key = cache_dir / source_folder(endpoints.name), _range_key(density_range)
+    extension = "nrrd" if kind == "nrrd" else "zip"
+    counted = {}
+    for data_set in data_sets:
+        record = _record_of(meta_path(folder / grid_entry(data_set, "density", extension)))
+        known = None if record is None else record.get(_TARGETS)
+        if isinstance(known, dict) and isinstance(n := known.get(key), int) and n >= 0:
+            counted[data_set] = n
+    return counted
 
 
 def _read_tract_ids(path: Path, url: str) -> frozenset[int]:
@@ -347,6 +379,20 @@ class FileCache:
             finally:
                 lock.release(remove=True)
             return True
+
+    async def annotate(self, name: str, field: str, value: dict[str, object]) -> None:
+        """Merge ``value`` into ``field`` of entry ``name``'s record, which goes with the entry
+        (and is written afresh with a new download), if the entry is still recorded."""
+
+        def merge() -> None:
+            record = _record_of(self._meta(name))
+            if record is not None:
+                known = record.get(field)
+                merged = {**(known if isinstance(known, dict) else {}), **value}
+                atomic_write(self._meta(name), [orjson.dumps({**record, field: merged})])
+
+        async with self.locked(name):
+            await asyncio.to_thread(merge)
 
     def _record(self, name: str, key: str, size: int, digest: str) -> None:
         record = {"key": key, "size": size, "sha256": digest}

@@ -20,7 +20,15 @@ from asyncdl.cache import EntryLock, cache_root, entries, locate
 from asyncdl.emulator import Emulator, FaultPlan
 from asyncdl.sources import _verified
 
-from .conftest import SEED_ID, EmulatorProcess, command, run_cli, server_args, source_dir
+from .conftest import (
+    SEED_ID,
+    EmulatorProcess,
+    Recorder,
+    command,
+    run_cli,
+    server_args,
+    source_dir,
+)
 
 SMALL = ("--density-range", "0.1", "0.11")  # about a hundred targets
 OPTIONS = FetchOptions(density_range=(0.1, 0.11), concurrency=8)
@@ -78,6 +86,31 @@ async def test_a_dry_run_fills_the_same_cache_that_fetch_then_reads(emulator, tm
     assert emulator.stats.requests["annotation"] == 0
     assert emulator.stats.requests["structure_graph"] == 0
     assert shared_only(user_cache)  # and its grids went once it was complete
+
+
+async def test_a_run_after_a_dry_run_knows_every_data_sets_targets_from_the_start(
+    emulator, tmp_path, user_cache
+):
+    # The dry run leaves each count beside the grid it was counted from: a run's total is then
+    # exact before any volume is read (and still marked an estimate until each data set starts).
+    ids = [SEED_ID, 100141219, 112514202]
+    surveys = await asyncdl.survey(ids, options=OPTIONS, endpoints=emulator.endpoints)
+    counted = {s.data_set: s.targets for s in surveys}
+    assert all(counted.values())
+    seen = Recorder()
+    await asyncdl.fetch(ids, tmp_path, options=OPTIONS, endpoints=emulator.endpoints, events=seen)
+    [planned] = seen.of("planned")
+    assert planned["targets"] == counted
+    assert {s["data_set"]: s["targets"] for s in seen.of("data_set_started")} == counted
+    # Gone with the grids of the complete data sets; and a count at one density range is no
+    # estimate at another.
+    await asyncdl.survey(ids[:1], options=OPTIONS, endpoints=emulator.endpoints)
+    other = FetchOptions(density_range=(0.1, 0.12), concurrency=8)
+    seen = Recorder()
+    await asyncdl.fetch(
+        ids, tmp_path / "other", options=other, endpoints=emulator.endpoints, events=seen
+    )
+    assert seen.of("planned")[0]["targets"] == {}
 
 
 # -- the lock of an entry -----------------------------------------------------------------------
