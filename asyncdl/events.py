@@ -51,8 +51,8 @@ class Events:
         has learnt of the server (told when it changes, at most every second)."""
 
     def data_set_waiting(self, data_set: int, holder: str) -> None:
-        """Another process (``holder`` says which) is fetching the data set; this run waits for
-        it (``FetchOptions.wait``) and does the others meanwhile."""
+        """Another process (``holder`` says which, and what it is doing) holds the data set; this
+        run waits for it (``FetchOptions.wait``) and does the others meanwhile."""
 
     def repairing(self, data_set: int, damage: str, remedy: str) -> None:
         """A data set's folder was found damaged (``damage``: a final file missing or of the wrong
@@ -90,7 +90,7 @@ def describe(result: DataSetResult) -> str:
     if result.status == "failed":
         return head + f"FAILED: {result.error}"
     if result.status == "busy":
-        return head + f"BUSY: {result.held_by} is fetching it; left to that process"
+        return head + f"BUSY: held by {result.held_by}; left to that process"
     return (
         head + f"{'ok' if result.complete else 'INCOMPLETE'}: {result.targets} targets, "
         f"{result.lines} lines, {result.requests} requests, {result.retries} retries, "
@@ -122,7 +122,7 @@ def describe_failure(data_set: int, rank: int, error: str) -> str:
 
 def describe_waiting(data_set: int, holder: str) -> str:
     """One line saying that a run waits for another process to finish a data set."""
-    return f"{data_set}: waiting for {holder}, which is fetching it"
+    return f"{data_set}: waiting for {holder}"
 
 
 def describe_repair(data_set: int, damage: str, remedy: str) -> str:

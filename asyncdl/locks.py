@@ -2,7 +2,7 @@
 
 The lock is ``flock``'s: the kernel holds it for an open file and drops it when the process ends,
 however it ends (SIGKILL, a crash, a lost Dask worker), so there is never a stale lock to clean up.
-Who holds it (pid, host, since when) is written into the file for messages only; the lock itself is
+Who holds it (pid, host, since when, doing what) is written into the file for messages only; the lock itself is
 never read from the file. On Linux, ``flock`` on NFS is carried by NFS's own byte-range locks, so
 the lock also holds between machines that share ``OUT``.
 """
@@ -34,6 +34,8 @@ class Holder:
     pid: int | None = None
     host: str | None = None
     since: datetime | None = None
+    #: What it is doing with the data set: ``fetching``, ``verifying``, ``exporting``.
+    doing: str | None = None
 
     def __str__(self) -> str:
         who = f"process {self.pid}" if self.pid is not None else "another process"
@@ -41,6 +43,8 @@ class Holder:
             who += f" on {self.host}"
         if self.since is not None:
             who += f" (since {self.since.astimezone():%Y-%m-%d %H:%M:%S})"
+        if self.doing is not None:
+            who += f", which is {self.doing} it"
         return who
 
 
@@ -59,8 +63,9 @@ class FolderLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def acquire(self) -> Holder | None:
-        """Take the lock if it is free (``None``); otherwise leave it and say who holds it.
+    def acquire(self, doing: str) -> Holder | None:
+        """Take the lock if it is free (``None``), for ``doing`` (e.g. ``"fetching"``: what a
+        process that finds it held is told); otherwise leave it and say who holds it.
 
         Taking a lock already held here returns ``None`` too. The folder is created if needed.
         """
@@ -82,6 +87,7 @@ class FolderLock:
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "since": datetime.now().astimezone().isoformat(timespec="seconds"),
+            "doing": doing,
         }
         with contextlib.suppress(OSError):  # a full disk: the lock holds; the message says less
             os.ftruncate(fd, 0)
@@ -118,7 +124,7 @@ def _read_holder(fd: int) -> Holder:
         return Holder()  # not written yet (it has only just taken the lock), or damaged
     if not isinstance(record, dict):
         return Holder()
-    pid, host, since = record.get("pid"), record.get("host"), record.get("since")
+    pid, host, since, doing = (record.get(k) for k in ("pid", "host", "since", "doing"))
     try:
         when = datetime.fromisoformat(since) if isinstance(since, str) else None
     except ValueError:
@@ -127,7 +133,8 @@ def _read_holder(fd: int) -> Holder:
         return Holder()
     if host == socket.gethostname() and not _alive(pid):
         return Holder()  # an earlier holder's record: the one holding it now has not written yet
-    return Holder(pid, host, when)
+    known = isinstance(doing, str) and doing.isalpha() and len(doing) <= 20  # a word, no more
+    return Holder(pid, host, when, doing if known else None)
 
 
 def _alive(pid: int) -> bool:

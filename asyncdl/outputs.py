@@ -122,9 +122,9 @@ def export(out: Path, data_set: int, formats: Iterable[OutputFormat]) -> Exporte
     under the data set's lock: one that another process holds (a fetch may be writing it) is
     left to it."""
     store = DataSetStore(out, data_set)
-    with store.locked() as holder:
+    with store.locked("exporting") as holder:
         if holder is not None:
-            return Exported(store.data_set, "busy", f"{holder} holds it; not exported")
+            return Exported(store.data_set, "busy", f"held by {holder}; not exported")
         return _export(store, formats)
 
 

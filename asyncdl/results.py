@@ -35,7 +35,7 @@ class DataSetResult:
     @property
     def status(self) -> str:
         """``ok``, ``skipped`` (complete already), ``incomplete`` (some targets failed),
-        ``failed``, or ``busy`` (left to another process that is fetching it)."""
+        ``failed``, or ``busy`` (left to another process that holds it: ``held_by`` says which)."""
         if self.skipped:
             return "skipped"
         if self.held_by is not None:

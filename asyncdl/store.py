@@ -133,25 +133,27 @@ class DataSetStore:
         self._written: FileRecord | None = None  # data.json as finalize wrote it
         self._lock = FolderLock(self.dir)
 
-    def lock(self) -> Holder | None:
-        """Take the data set's lock without waiting: ``None`` once this store holds it, otherwise
-        who does. Held until ``unlock`` (or until the process ends, however it ends)."""
+    def lock(self, doing: str = "fetching") -> Holder | None:
+        """Take the data set's lock without waiting, for ``doing`` (what another process that
+        finds it held is told): ``None`` once this store holds it, otherwise who does. Held until
+        ``unlock`` (or until the process ends, however it ends)."""
         with writing(self._lock.path):
-            return self._lock.acquire()
+            return self._lock.acquire(doing)
 
     def unlock(self) -> None:
         self._lock.release()
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[Holder | None]:
-        """The lock for a command on finished output (``verify``, ``export``) to read and write
-        the data set under: yields ``None`` while held, or who holds it instead (then the block
-        must leave the data set alone). A folder that is not there is not made just to lock it."""
+    def locked(self, doing: str) -> Iterator[Holder | None]:
+        """The lock for a command on finished output (``verify``, ``export``: ``doing`` is
+        ``"verifying"``, ``"exporting"``) to read and write the data set under: yields ``None``
+        while held, or who holds it instead (then the block must leave the data set alone). A
+        folder that is not there is not made just to lock it."""
         if not self.dir.is_dir():
             yield None
             return
         mine = self._lock.held  # held before the block: still held after it
-        holder = self.lock()
+        holder = self.lock(doing)
         try:
             yield holder
         finally:

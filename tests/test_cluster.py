@@ -105,7 +105,7 @@ async def test_a_data_set_another_process_holds_is_left_to_it_or_waited_for(
     """As in a local run: left to the process that holds it, or with ``wait``, waited for."""
     folder = tmp_path / str(SEED_ID)
     lock = FolderLock(folder)  # held by this process: another process to the workers
-    assert lock.acquire() is None
+    assert lock.acquire("fetching") is None
 
     class Release(Recorder):
         def data_set_waiting(self, data_set: int, holder: str) -> None:

@@ -34,7 +34,7 @@ NARROW = (0.1, 0.12)  # a few hundred targets: quick runs
 
 _HOLD = (
     "import sys; from pathlib import Path; from asyncdl.locks import FolderLock; "
-    "assert FolderLock(Path(sys.argv[1])).acquire() is None; sys.stdin.read()"
+    "assert FolderLock(Path(sys.argv[1])).acquire('fetching') is None; sys.stdin.read()"
 )
 
 
@@ -99,37 +99,38 @@ def server_options(emu: EmulatorProcess) -> list[str]:
 
 def test_a_held_lock_names_its_holder_and_is_free_again_once_released(tmp_path):
     first, second = FolderLock(tmp_path / "7"), FolderLock(tmp_path / "7")
-    assert first.acquire() is None and first.held
-    assert first.acquire() is None  # taken already: still ours
-    holder = second.acquire()  # another open file: excluded even within one process
+    assert first.acquire("verifying") is None and first.held
+    assert first.acquire("verifying") is None  # taken already: still ours
+    holder = second.acquire("fetching")  # another open file: excluded even within one process
     assert holder is not None and not second.held
     assert holder.pid == os.getpid() and holder.host == socket.gethostname()
-    assert holder.since is not None
+    assert holder.since is not None and holder.doing == "verifying"
     assert str(holder).startswith(f"process {os.getpid()} on {socket.gethostname()} (since ")
+    assert str(holder).endswith("), which is verifying it")
     first.release()
     assert (tmp_path / "7" / LOCK).read_bytes() == b""  # a free lock names nobody
-    assert second.acquire() is None
+    assert second.acquire("fetching") is None
     second.release()
 
 
 def test_the_kernel_lets_go_of_the_lock_of_a_killed_process(tmp_path):
     other = LockHolder(tmp_path / "7")
     try:
-        holder = FolderLock(tmp_path / "7").acquire()
+        holder = FolderLock(tmp_path / "7").acquire("fetching")
         assert holder is not None and holder.pid == other.pid
     finally:
         other.kill()  # SIGKILL: no cleanup of its own runs
     lock = FolderLock(tmp_path / "7")
-    assert lock.acquire() is None
+    assert lock.acquire("fetching") is None
     lock.release()
 
 
 @pytest.mark.parametrize("record", [b"\x00garbage", b"[]", b'{"pid": "1"}', b""])
 def test_a_damaged_or_missing_holder_record_is_an_unknown_holder(tmp_path, record):
     mine = FolderLock(tmp_path / "7")
-    assert mine.acquire() is None
+    assert mine.acquire("fetching") is None
     (tmp_path / "7" / LOCK).write_bytes(record)
-    holder = FolderLock(tmp_path / "7").acquire()
+    holder = FolderLock(tmp_path / "7").acquire("fetching")
     assert holder is not None and str(holder) == "another process"
     mine.release()
 
@@ -143,15 +144,26 @@ def test_a_record_left_by_a_process_that_has_ended_names_nobody(tmp_path):
         check=True,
     )
     mine = FolderLock(tmp_path / "7")
-    assert mine.acquire() is None
+    assert mine.acquire("fetching") is None
     record = {
         "pid": int(ended.stdout),
         "host": socket.gethostname(),
         "since": "2026-01-01T00:00:00+00:00",
     }
     (tmp_path / "7" / LOCK).write_bytes(orjson.dumps(record))
-    holder = FolderLock(tmp_path / "7").acquire()
+    holder = FolderLock(tmp_path / "7").acquire("fetching")
     assert holder is not None and str(holder) == "another process"
+    mine.release()
+
+
+def test_what_a_holder_says_it_is_doing_is_shown_only_if_it_is_a_word(tmp_path):
+    mine = FolderLock(tmp_path / "7")
+    assert mine.acquire("fetching") is None
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "doing": "\x1b[2Jrm -rf ~"}
+    (tmp_path / "7" / LOCK).write_bytes(orjson.dumps(record))
+    holder = FolderLock(tmp_path / "7").acquire("fetching")
+    assert holder is not None and holder.pid == os.getpid() and holder.doing is None
+    assert str(holder) == f"process {os.getpid()} on {socket.gethostname()}"
     mine.release()
 
 
@@ -183,8 +195,8 @@ async def test_a_data_set_another_process_holds_is_left_to_it(emulator, holder, 
     assert all(f"{SEED_ID}" not in path for path, _ in emulator.stats.wire or [])
     assert [p.name for p in (tmp_path / str(SEED_ID)).iterdir()] == [LOCK]
     line = asyncdl.events.describe(busy)
-    assert line.startswith(f"{SEED_ID}: BUSY: process {holder.pid} on ")
-    assert line.endswith("is fetching it; left to that process")
+    assert line.startswith(f"{SEED_ID}: BUSY: held by process {holder.pid} on ")
+    assert line.endswith(", which is fetching it; left to that process")
 
     holder.release()  # once the holder has gone, the same call finishes it
     again = await asyncdl.fetch([SEED_ID], tmp_path, options=options, endpoints=emulator.endpoints)
@@ -228,8 +240,8 @@ async def test_verify_leaves_a_data_set_another_process_holds_unread_and_unmarke
         (folder / "data.json").write_bytes(data[: len(data) // 2])  # as the holder writes it
         verified, busy = asyncdl.verify(tmp_path)  # in id order
         assert busy.data_set == SEED_ID and busy.status == "busy"
-        assert busy.problem.startswith(f"process {other.pid} on ")
-        assert busy.problem.endswith(" holds it; not checked")
+        assert busy.problem.startswith(f"held by process {other.pid} on ")
+        assert busy.problem.endswith(", which is fetching it; not checked")
         assert (verified.data_set, verified.status) == (OTHER_ID, "verified")
         assert (folder / "summary.json").read_bytes() == summary  # not marked damaged
         (folder / "data.json").write_bytes(data)  # the holder has finished writing
@@ -250,8 +262,8 @@ def test_verify_on_the_command_line_says_which_process_holds_a_data_set(tmp_path
         other.release()
     assert held.returncode == 1, held.stderr  # unfinished beats busy, as failed does in fetch
     busy, unfinished = held.stdout.splitlines()
-    assert busy.startswith(f"{SEED_ID}: BUSY: process {other.pid} on ")
-    assert busy.endswith(" holds it; not checked")
+    assert busy.startswith(f"{SEED_ID}: BUSY: held by process {other.pid} on ")
+    assert busy.endswith(", which is fetching it; not checked")
     assert unfinished == f"{OTHER_ID}: UNFINISHED: not fetched"
     assert "1 unfinished, 1 busy; verify the busy ones again once" in held.stderr
     assert not (tmp_path / str(OTHER_ID)).exists()  # no lock file is made where nothing is
@@ -262,7 +274,7 @@ def test_verify_on_the_command_line_says_which_process_holds_a_data_set(tmp_path
         other.release()
     assert only_busy.returncode == 75, only_busy.stderr
     [line] = only_busy.stdout.splitlines()
-    assert line.startswith(f"{SEED_ID}: BUSY: process {other.pid} on ")
+    assert line.startswith(f"{SEED_ID}: BUSY: held by process {other.pid} on ")
 
 
 def test_export_leaves_a_data_set_another_process_holds(emulator, tmp_path):
@@ -278,8 +290,8 @@ def test_export_leaves_a_data_set_another_process_holds(emulator, tmp_path):
     assert held.returncode == 75, held.stderr
     assert held.stdout.startswith(f"{OTHER_ID}: wrote ")  # the others go on
     busy = held.stderr.splitlines()[0]
-    assert busy.startswith(f"{SEED_ID}: BUSY: process {other.pid} on ")
-    assert busy.endswith(" holds it; not exported")
+    assert busy.startswith(f"{SEED_ID}: BUSY: held by process {other.pid} on ")
+    assert busy.endswith(", which is fetching it; not exported")
     assert "export the busy ones again once that process has ended" in held.stderr
     assert not list(folder.glob("*.parquet")) and (folder / "summary.json").read_bytes() == summary
     again = run_cli("export", tmp_path, SEED_ID, "--format", "parquet")
@@ -320,12 +332,13 @@ def test_the_same_command_started_twice_on_one_out(server, seed_reference, tmp_p
             assert second.returncode == 75, second.stderr
             start, busy, summary, advice = _lines(second.stderr)
             assert start == "asyncdl: starting 1 data set"
-            assert busy.startswith(f"{SEED_ID}: BUSY: process {first.pid} on ")
+            assert busy.startswith(f"{SEED_ID}: BUSY: held by process {first.pid} on ")
+            assert busy.endswith(", which is fetching it; left to that process")
             assert "0 of 1 data sets complete (1 left to another process)" in summary
             assert advice.startswith("asyncdl: 1 data set(s) left to another process; run the")
             checked = run_cli("verify", tmp_path, SEED_ID)  # not judged half written
             assert checked.returncode == 75, checked.stderr
-            assert checked.stdout.startswith(f"{SEED_ID}: BUSY: process {first.pid} on ")
+            assert checked.stdout.startswith(f"{SEED_ID}: BUSY: held by process {first.pid} on ")
             log = tmp_path / "third.log"
             with log.open("w") as stderr:
                 third = _fetch(server, tmp_path, "--wait", stderr=stderr)
