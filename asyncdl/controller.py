@@ -72,7 +72,7 @@ What was taken from each of these, read before writing this one (no code was cop
   each round trip until the first sign of a queue; halve on a loss, once a round trip.
 
 Times are plain floats in seconds from any monotonic clock: the caller passes them in, so the law is
-pure, and the tests drive it with a simulated server and clock (``tests/queue_model.py``).
+pure, and the tests drive it with a simulated server and clock (``benchmarks/queue_model.py``).
 """
 
 from __future__ import annotations

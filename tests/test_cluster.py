@@ -545,13 +545,12 @@ def test_the_start_line_says_how_the_workers_share_the_run():
 
 
 def _shared_server(workers: int, stagger: float) -> tuple[float, float, float]:
-    """Simulated (tests/queue_model.py): ``workers`` clients, each its own controller as under -c
+    """Simulated (benchmarks/queue_model.py): ``workers`` clients, each its own controller as under -c
     auto on Dask, against one server of 64 handlers at 50 ms, starting ``stagger`` s apart.
     Over the last two thirds of 30 s: the throughput as a fraction of K/L, the mean queue wait in
     units of L, and Jain's index over the clients' throughputs."""
+    from benchmarks.queue_model import simulate
     from benchmarks.scaleout.analysis import jain
-
-    from .queue_model import simulate
 
     latency, handlers, seconds = 0.05, 64, 30.0
     out = simulate(

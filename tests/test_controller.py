@@ -7,8 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from asyncdl.controller import INITIAL, MIN_SAMPLES, PROBE_SECONDS, Controller, typical
-
-from .queue_model import Outcome, simulate
+from benchmarks.queue_model import Outcome, simulate
 
 L = 0.05  # the service time of the simulated servers, as in the capacity benchmark
 

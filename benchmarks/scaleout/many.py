@@ -2,8 +2,8 @@
 
 What two cores cannot show: N Dask workers under ``-c auto``, each its own controller, against
 one server of K handlers at L = 50 ms, for N up to 100. The simulation is the controller tests'
-own (``tests/queue_model.py``: the real ``Controller``, simulated time, a FIFO server, each client
-with a CPU of its own at asyncdl's 218 µs an answer). Over the last two thirds of each run: the
+own (``benchmarks/queue_model.py``: the real ``Controller``, simulated time, a FIFO server, each
+client with a CPU of its own at asyncdl's 218 µs an answer). Over the last two thirds of each run: the
 throughput as a fraction of K/L, the mean queue wait in units of L, and Jain's index over the
 workers' throughputs. (A server that sheds is left out: the model's clients do not wait out a
 Retry-After, as asyncdl does.) Writes ``many.json`` beside this file and prints a table. Deterministic.
@@ -15,8 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from tests.queue_model import simulate
-
+from ..queue_model import simulate
 from .analysis import jain
 
 LATENCY = 0.05

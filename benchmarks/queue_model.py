@@ -1,4 +1,5 @@
-"""A simulated server and client for the controller's own tests: deterministic, in simulated time.
+"""A simulated server and client for the controller's tests and ``benchmarks.scaleout.many``:
+deterministic, in simulated time.
 
 The server has ``handlers`` workers, each taking ``service * uniform(1 - spread, 1 + spread)``
 seconds a request (``service`` may be a function of the time), and a FIFO queue beyond them; with ``shed_queue`` it answers 503 at once when
