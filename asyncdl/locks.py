@@ -2,9 +2,9 @@
 
 The lock is ``flock``'s: the kernel holds it for an open file and drops it when the process ends,
 however it ends (SIGKILL, a crash, a lost Dask worker), so there is never a stale lock to clean up.
-Who holds it (pid, host, since when, doing what) is written into the file for messages only; the lock itself is
-never read from the file. On Linux, ``flock`` on NFS is carried by NFS's own byte-range locks, so
-the lock also holds between machines that share ``OUT``.
+Who holds it (pid, host, since when, doing what) is written into the file for messages only; the
+lock itself is never read from the file. On Linux, ``flock`` on NFS is carried by NFS's own
+byte-range locks, so the lock also holds between machines that share ``OUT``.
 """
 
 from __future__ import annotations

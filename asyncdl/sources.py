@@ -256,7 +256,8 @@ def counted_targets(
     for data_set in data_sets:
         record = _record_of(meta_path(folder / grid_entry(data_set, "density", extension)))
         known = None if record is None else record.get(_TARGETS)
-        if isinstance(known, dict) and isinstance(n := known.get(key), int) and n >= 0:
+        n = known.get(key) if isinstance(known, dict) else None
+        if type(n) is int and n >= 0:
             counted[data_set] = n
     return counted
 

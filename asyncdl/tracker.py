@@ -4,8 +4,9 @@
 progress events read its ``snapshot``. The total covers every data set of the run from the start:
 a data set whose volumes are not in yet counts the targets an earlier run found for it (its
 run.json) or a dry run counted from its grids (recorded beside them in the cache), else the mean of
-those known, and the total is marked as an estimate until every data set's targets are known. The rate is that of the answers of the last ``RATE_WINDOW`` seconds, and
-the time left is what remains at that rate. Counting a target costs two additions: it happens
+those known, and the total is marked as an estimate until every data set's targets are known. The
+rate is that of the answers of the last ``RATE_WINDOW`` seconds, and the time left is what remains
+at that rate. Counting a target costs two additions: it happens
 millions of times in a whole-atlas run, and the display reads the counts only when it draws.
 """
 
