@@ -279,42 +279,43 @@ class HttpClient:
         of the server's queue, most often from another host.
         """
         tally.requests += 1
-        async with self.limits.slot(sample=sample) as slot:
+        # The wait for an https origin's first contact comes before the slot: a request waiting
+        # there holds none (others, to other hosts, may go), and its round trip does not count it.
+        async with self._origins.contact(url) as contact, self.limits.slot(sample=sample) as slot:
             transfer = _Transfer(url, self.options)
             with _mapped(transfer, self.options.ca_bundle):
-                async with self._response(transfer, slot) as resp:
+                async with self._response(transfer, slot, contact) as resp:
                     result, size = await consume(resp, transfer)
         tally.bytes += size
         return result
 
     @asynccontextmanager
     async def _response(
-        self, transfer: _Transfer, slot: Slot
+        self, transfer: _Transfer, slot: Slot, contact: _Contact
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """The answer to a GET of ``transfer.url``, its status checked. Redirects are followed
         here, not by aiohttp, so that each is checked before anything is sent where it leads:
         ``MAX_REDIRECTS`` at most, each reported, never from https to plain http. The ``slot`` is
         told of each hop's answer as its headers come (the last one is what the controller reads)."""
         url = URL(transfer.url, encoded=True)
-        async with self._origins.contact(url, transfer) as contact:
-            for _ in range(MAX_REDIRECTS + 1):
-                request = self.session.get(
-                    url, timeout=self._timeout, proxy=self._proxy(url), allow_redirects=False
-                )
-                async with request as resp:
-                    slot.answered(resp)
-                    location = resp.headers.get("Location") if resp.status in _REDIRECTS else None
-                    if location is None:
-                        contact.answered()
-                        _check_status(resp, transfer.url)
-                        yield resp
-                        return
-                target = follow_redirect(transfer.url, location)
-                if self._on_redirect is not None:
-                    self._on_redirect(transfer.url, target)
-                transfer.url = target
-                url = URL(target, encoded=True)
-            raise FetchError(f"more than {MAX_REDIRECTS} redirects", transfer.url)
+        for _ in range(MAX_REDIRECTS + 1):
+            request = self.session.get(
+                url, timeout=self._timeout, proxy=self._proxy(url), allow_redirects=False
+            )
+            async with request as resp:
+                slot.answered(resp)
+                location = resp.headers.get("Location") if resp.status in _REDIRECTS else None
+                if location is None:
+                    contact.answered()
+                    _check_status(resp, transfer.url)
+                    yield resp
+                    return
+            target = follow_redirect(transfer.url, location)
+            if self._on_redirect is not None:
+                self._on_redirect(transfer.url, target)
+            transfer.url = target
+            url = URL(target, encoded=True)
+        raise FetchError(f"more than {MAX_REDIRECTS} redirects", transfer.url)
 
     def _proxy(self, url: URL) -> URL | None:
         """The proxy for ``url``'s host (a run asks for a few hosts, millions of times)."""
@@ -342,7 +343,8 @@ class HttpClient:
 
 class _Origins:
     """The first request to each https origin goes alone: the others wait for it to be answered
-    (redirects followed), proof that TLS with that server works, before they connect.
+    (redirects followed), proof that TLS with that server works, before they connect. They wait
+    before taking a slot, so that requests to other hosts are not held up meanwhile.
 
     A server whose TLS cannot work (an untrusted certificate, plain http behind an https URL, a
     redirect to plain http) then costs one handshake, whose failure the request awaiting it
@@ -358,11 +360,13 @@ class _Origins:
         #: ``TLSError`` that refused it. Absent: not tried yet, or its last try failed otherwise.
         self._state: dict[tuple[str | None, int | None], str | asyncio.Event | TLSError] = {}
 
-    def contact(self, url: URL, transfer: _Transfer) -> _Contact:
-        """``transfer``'s contact with ``url``'s origin, to enter before its first request."""
-        if url.scheme != "https" or self._state.get((url.host, url.port)) is _OPEN:
+    def contact(self, url: str) -> _Contact:
+        """A request's contact with ``url``'s origin, to enter before it takes a slot."""
+        parsed = URL(url, encoded=True)
+        origin = (parsed.host, parsed.port)
+        if parsed.scheme != "https" or self._state.get(origin) is _OPEN:
             return _ANSWERED
-        return _FirstContact(self._state, (url.host, url.port), transfer, self._ca_bundle)
+        return _FirstContact(self._state, origin, url, self._ca_bundle)
 
 
 class _Contact:
@@ -392,12 +396,12 @@ class _FirstContact(_Contact):
         self,
         state: dict[tuple[str | None, int | None], str | asyncio.Event | TLSError],
         origin: tuple[str | None, int | None],
-        transfer: _Transfer,
+        url: str,
         ca_bundle: Path | None,
     ) -> None:
         self._state = state
         self._origin = origin
-        self._transfer = transfer
+        self._url = url
         self._ca_bundle = ca_bundle
         self._first: asyncio.Event | None = None  # while this request is the first contact
 
@@ -405,7 +409,7 @@ class _FirstContact(_Contact):
         while isinstance(state := self._state.get(self._origin), asyncio.Event):
             await state.wait()
         if isinstance(state, TLSError):
-            raise type(state)(str(state), self._transfer.url, state.host)
+            raise type(state)(str(state), self._url, state.host)
         if state is None:
             self._first = self._state[self._origin] = asyncio.Event()
         return self
@@ -419,10 +423,11 @@ class _FirstContact(_Contact):
     ) -> None:
         if self._first is None:  # answered, or not the first contact
             return
-        # Refused for good if TLS cannot work; after any other failure a waiting request tries.
+        # Refused for good if TLS cannot work (an error seen as asyncdl's, mapped already, or as
+        # aiohttp's); after any other failure a waiting request tries.
         refused = exc if isinstance(exc, TLSError) else None
         if refused is None and isinstance(exc, Exception):
-            refused = _tls_failure(exc, self._transfer.url, self._ca_bundle)
+            refused = _tls_failure(exc, self._url, self._ca_bundle)
         self._end(refused)
 
     def _end(self, state: str | TLSError | None) -> None:

@@ -208,6 +208,27 @@ async def test_requests_at_once_to_a_trusted_server_all_connect(https):
     assert https.stats.tls_handshakes > 1  # once the first answered, the rest went at once
 
 
+async def test_a_request_waiting_for_a_first_contact_holds_no_slot(emulator):
+    """With -c 2, the first request to a slow https server holds one slot and a second request
+    to it waits for its answer without holding the other: a request to another host goes at once."""
+    done: list[str] = []
+    with EmulatorThread(tls=True, latency_ms=600, latency_spread=0) as slow:
+        url = slow.base_url + "/api/v2/structure_graph_download/1.json?n={}"
+        options = FetchOptions(concurrency=2, ca_bundle=slow.ca_file)
+
+        async def get(name: str, target: str) -> None:
+            await client.get_json(target, Tally(), rows)
+            done.append(name)
+
+        async with HttpClient(options) as client:
+            elsewhere = emulator.base_url + "/api/v2/structure_graph_download/1.json"
+            await asyncio.gather(
+                get("first", url.format(1)), get("waiting", url.format(2)), get("other", elsewhere)
+            )
+    assert done[0] == "other", done  # before the slow server's first answer, not after it
+    assert sorted(done) == ["first", "other", "waiting"]
+
+
 async def test_dry_run_stops_at_an_untrusted_certificate(https, tmp_path):
     with pytest.raises(CertificateError):
         await asyncdl.survey([SEED_ID, 100141219], endpoints=https.endpoints, cache_dir=tmp_path)
