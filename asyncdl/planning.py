@@ -81,6 +81,7 @@ async def survey_data_sets(
                 await source.download(data_set, tally)
                 async with decoding:
                     targets, injection = await source.select(data_set, options, tally)
+                await source.note_targets(data_set, options.density_range, len(targets))
             except ENDS_THE_RUN:
                 raise
             except (AsyncdlError, OSError) as exc:

@@ -134,7 +134,7 @@ class VolumeSource:
         return await self.cache.get(url, name, tally, read, limit=grid.max_file_bytes, local=local)
 
     def _grid_entry(self, data_set: int, volume: str) -> str:
-        return grid_entry(data_set, volume, "nrrd" if self.kind == "nrrd" else "zip")
+        return _grid_name(self.kind, data_set, volume)
 
     async def drop_grids(self, data_set: int) -> None:
         """Take a data set's own grids out of the cache (once it is complete): what every data set
@@ -160,9 +160,15 @@ class VolumeSource:
         )
         (density, injection), allowed = await both(volumes, self.allowed_mask(tally))
         targets = await asyncio.to_thread(select_targets, density, allowed, options.density_range)
-        name, counted = self._grid_entry(data_set, "density"), len(targets)
-        await self.cache.annotate(name, _TARGETS, {_range_key(options.density_range): counted})
         return targets, injection_coordinates(injection, options.injection_threshold)
+
+    async def note_targets(
+        self, data_set: int, density_range: tuple[float, float], targets: int
+    ) -> None:
+        """Keep a dry run's count of a data set's targets in its density grid's record, for a
+        later run to estimate its total from (``counted_targets``)."""
+        name = self._grid_entry(data_set, "density")
+        await self.cache.annotate(name, _TARGETS, {_range_key(density_range): targets})
 
     async def allowed_mask(self, tally: Tally) -> BoolArray:
         """Per voxel of the data sets' grid: inside the fiber volume and not in a fiber tract.
@@ -235,6 +241,11 @@ class VolumeSource:
 _TARGETS = "targets"
 
 
+def _grid_name(kind: VolumeKind, data_set: int, volume: str) -> str:
+    """The cache entry of a data set's ``density`` or ``injection`` grid, in ``kind``'s format."""
+    return grid_entry(data_set, volume, "nrrd" if kind == "nrrd" else "zip")
+
+
 def _range_key(density_range: tuple[float, float]) -> str:
     return ",".join(map(repr, density_range))
 
@@ -246,15 +257,14 @@ def counted_targets(
     data_sets: Iterable[int],
     density_range: tuple[float, float],
 ) -> dict[int, int]:
-    """The targets counted earlier (by a dry run, or a run) from each data set's density grid still
-    in the cache at ``cache_dir``, at ``density_range``: how a run's progress estimates the data
-    sets whose volumes are not in yet. Only the grids' records are read, without their locks
-    (records are written whole; an estimate may be a moment old)."""
+    """The targets a dry run counted (``VolumeSource.note_targets``) from each data set's density
+    grid still in the cache at ``cache_dir``, at ``density_range``: how a run's progress estimates
+    the data sets whose volumes are not in yet. Only the grids' records are read, without their
+    locks (records are written whole; an estimate may be a moment old)."""
     folder, key = cache_dir / source_folder(endpoints.name), _range_key(density_range)
-    extension = "nrrd" if kind == "nrrd" else "zip"
     counted = {}
     for data_set in data_sets:
-        record = _record_of(meta_path(folder / grid_entry(data_set, "density", extension)))
+        record = _record_of(meta_path(folder / _grid_name(kind, data_set, "density")))
         known = None if record is None else record.get(_TARGETS)
         n = known.get(key) if isinstance(known, dict) else None
         if type(n) is int and n >= 0:
