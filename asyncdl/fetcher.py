@@ -281,23 +281,25 @@ class HttpClient:
         tally.requests += 1
         # The wait for an https origin's first contact comes before the slot: a request waiting
         # there holds none (others, to other hosts, may go), and its round trip does not count it.
-        async with self._origins.contact(url) as contact, self.limits.slot(sample=sample) as slot:
+        target = URL(url, encoded=True)
+        contact = self._origins.contact(target, url)
+        async with contact, self.limits.slot(sample=sample) as slot:
             transfer = _Transfer(url, self.options)
             with _mapped(transfer, self.options.ca_bundle):
-                async with self._response(transfer, slot, contact) as resp:
+                async with self._response(transfer, target, slot, contact) as resp:
                     result, size = await consume(resp, transfer)
         tally.bytes += size
         return result
 
     @asynccontextmanager
     async def _response(
-        self, transfer: _Transfer, slot: Slot, contact: _Contact
+        self, transfer: _Transfer, url: URL, slot: Slot, contact: _Contact
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """The answer to a GET of ``transfer.url``, its status checked. Redirects are followed
-        here, not by aiohttp, so that each is checked before anything is sent where it leads:
-        ``MAX_REDIRECTS`` at most, each reported, never from https to plain http. The ``slot`` is
-        told of each hop's answer as its headers come (the last one is what the controller reads)."""
-        url = URL(transfer.url, encoded=True)
+        """The answer to a GET of ``transfer.url`` (``url``, parsed), its status checked. Redirects
+        are followed here, not by aiohttp, so that each is checked before anything is sent where it
+        leads: ``MAX_REDIRECTS`` at most, each reported, never from https to plain http. The
+        ``slot`` is told of each hop's answer as its headers come (the last one is what the
+        controller reads)."""
         for _ in range(MAX_REDIRECTS + 1):
             request = self.session.get(
                 url, timeout=self._timeout, proxy=self._proxy(url), allow_redirects=False
@@ -360,13 +362,13 @@ class _Origins:
         #: ``TLSError`` that refused it. Absent: not tried yet, or its last try failed otherwise.
         self._state: dict[tuple[str | None, int | None], str | asyncio.Event | TLSError] = {}
 
-    def contact(self, url: str) -> _Contact:
-        """A request's contact with ``url``'s origin, to enter before it takes a slot."""
-        parsed = URL(url, encoded=True)
-        origin = (parsed.host, parsed.port)
-        if parsed.scheme != "https" or self._state.get(origin) is _OPEN:
+    def contact(self, url: URL, text: str) -> _Contact:
+        """A request's contact with ``url``'s origin (``text``: the URL as asked, for errors), to
+        enter before it takes a slot."""
+        origin = (url.host, url.port)
+        if url.scheme != "https" or self._state.get(origin) is _OPEN:
             return _ANSWERED
-        return _FirstContact(self._state, origin, url, self._ca_bundle)
+        return _FirstContact(self._state, origin, text, self._ca_bundle)
 
 
 class _Contact:
