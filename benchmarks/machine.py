@@ -21,7 +21,7 @@ def describe(env: dict[str, str], cwd: Path) -> dict[str, Any]:
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "nproc": os.cpu_count(),
         "cpu": _cpu_model(),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "load_average_at_start": load_average(),
         "os": platform.platform(),
         "python": platform.python_version(),
         "versions": {name: _version(name) for name in _PACKAGES},
@@ -30,6 +30,11 @@ def describe(env: dict[str, str], cwd: Path) -> dict[str, Any]:
         # What the contenders import (set PYTHONPATH to benchmark another copy).
         "asyncdl_source": _asyncdl_source(env, cwd),
     }
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages, as the results record them (at the start and end)."""
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def child_env() -> dict[str, str]:

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .machine import REPO, describe
+from .machine import REPO, describe, load_average
 
 RESULTS = REPO / "benchmarks" / "parquet_results.json"
 #: A 500 um box that lines of the first data sets pass through (CCF um: AP, DV, ML).
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             loads[name] = json.loads(done.stdout)
         results["load"] = loads
-    results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["load_average_at_end"] = load_average()
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(summary(results))
     return 0

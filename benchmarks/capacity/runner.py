@@ -10,7 +10,6 @@ answered everything the one before left in its queue.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -37,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         info = machine.describe(env, work)
         for server in settings.servers:
             runs += _server_runs(server, settings, work, env)
-        info["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        info["load_average_at_end"] = machine.load_average()
     rows = analysis.rows(runs, settings)
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     report.write(settings, info, runs, rows, settings.out_dir)

@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         info = machine.describe(env, work)
         for part in settings.parts:
             runs += _part(part, settings, work, env)
-    info["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    info["load_average_at_end"] = machine.load_average()
     summary = summarize(runs, settings)
     doc = {
         "machine": info,
