@@ -100,8 +100,11 @@ async def test_a_maintenance_window_is_never_cached_and_the_next_run_succeeds(em
         assert plan.injected["html"] >= 3 and not first.complete
         assert "html" in (first.error or "").lower()
         assert f"{emu.base_url}/" in (first.error or "")  # names the URL
-        # Nothing cached but the structure tree, which is not a volume and came through whole.
-        assert [entry.name for entry in asyncdl.cache.entries(cache)] == ["structure_graph_1.json"]
+        # Nothing cached but the structure tree (not a volume, and whole when it came). Whether it
+        # came before the data set gave up is a race (the grids fail within 0.1 s at this backoff;
+        # 3 of 8 runs lost it, before this session too), so it may be absent; nothing else may be.
+        cached = {entry.name: entry.kind for entry in asyncdl.cache.entries(cache)}
+        assert set(cached) <= {"structure_graph_1.json"}, cached
         plan.html_requests = 0  # the maintenance is over
         [second] = await asyncdl.fetch(
             [SEED_ID], tmp_path / "b", options=QUICK, endpoints=emu.endpoints, cache_dir=cache
