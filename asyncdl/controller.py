@@ -32,16 +32,22 @@ queue of ours, and a queue of ours never becomes the baseline.
 
 Two parts of a round trip are not the server's doing, and are kept out of it:
 
-* **the client's own lag** (the trap). A client short of CPU (a busy machine, a throttled
+* **the client's own delay** (the trap). A client short of CPU (a busy machine, a throttled
   container, a Dask worker on a small share of a core) reads its answers late: its round trips
   grow although the server has no queue, and a latency law that took that for a queue would back
-  off, and off again, for nothing. ``limits.LoopLag`` measures how late the event loop runs what
-  is due; the window's mean lag is taken off its round trip (but the no-load round trip is measured
-  whole, so that a noisy lag cannot drag it down). What that misses (a client whose sends and
-  answers lock into the periods of a throttled CPU, so that every answer waits out a whole freeze)
-  the re-measurement after a halving catches: the no-load round trip is then taken with the lag in
-  it. A client whose own CPU is the bottleneck finds its knee like a server's: more in flight would
-  only wait in its own buffers.
+  off, and off again, for nothing. Two meters tell it: ``limits.LoopLag``, how late the event loop
+  runs what is due, and ``limits.CpuWait``, how long its thread waited for a CPU (the kernel's
+  run-queue wait, a cgroup's throttling included). The window's mean lag is taken off its round
+  trip; and if the thread waited for a CPU a larger share of the window than while the no-load
+  round trip was measured, that much more of the round trip is taken off (an answer cannot be
+  read while its reader waits). That catches what the mean lag misses: a throttled client whose
+  probe, at half the limit, runs within its quota, so that its no-load round trip is quick and
+  every window at the full limit waits out whole freezes. The no-load round trip is measured
+  whole, lag included, so that a noisy estimate cannot drag it down, and measured again (at most
+  once a ``PROBE_SECONDS``) when the client waits for a CPU much more than it did then, so that
+  a machine that got busy does not hide a queue at the server for long. A client whose own CPU
+  is the bottleneck may so grow towards its ceiling: the extra requests wait in its own buffers,
+  not at the server (which has time to spare), and each turn of its loop reads more answers.
 * **connecting**. A request that had to open its connection (TCP and TLS handshakes, several
   network round trips to a distant server) is no measure of the server's queue; its round trip is
   used only when a window has too few others.
@@ -102,16 +108,25 @@ PROBE_SECONDS = 10.0
 PROBE_ROUNDS = 100
 #: ... with the limit divided by this for one window, which drains any queue of ours.
 PROBE_DEPTH = 2
+#: The no-load round trip is measured afresh (at most once a PROBE_SECONDS) when the client
+#: waits for a CPU this much more of a window's time than it did while it was measured.
+STARVED_SHIFT = 0.25
 #: A window closes without its last requests once they are this many of its round trips late
 #: (a request that will time out).
 STRAGGLERS = 3.0
 
 #: Reads the event loop's lag so far: (seconds late, summed over its ticks; ticks). See LoopLag.
 LagReading = Callable[[], tuple[float, int]]
+#: Reads how long the event loop's thread has waited for a CPU so far, in seconds. See cpu_wait.
+WaitReading = Callable[[], float]
 
 
 def _no_lag() -> tuple[float, int]:
     return 0.0, 0
+
+
+def _no_wait() -> float:
+    return 0.0
 
 
 def typical(rtts: Iterable[float]) -> float:
@@ -133,6 +148,7 @@ class _Window:
 
     start: float
     lag: tuple[float, int]
+    waited: float
     #: A window sent under a lowered limit, to measure the no-load round trip.
     probe: bool = False
     end: float = math.inf
@@ -159,8 +175,9 @@ class Controller:
     """The limit of ``-c auto``: tell it of each request sent and of what became of it; read
     ``limit``.
 
-    ``lag`` reads the event loop's lag so far (``LagReading``); without it, none is assumed. ``now``
-    is when the first window starts.
+    ``lag`` reads the event loop's lag so far (``LagReading``) and ``waited`` how long its thread
+    has waited for a CPU (``WaitReading``); without them, neither is assumed. ``now`` is when the
+    first window starts.
     """
 
     def __init__(
@@ -169,6 +186,7 @@ class Controller:
         *,
         initial: int = INITIAL,
         lag: LagReading = _no_lag,
+        waited: WaitReading = _no_wait,
         now: float = -math.inf,
     ) -> None:
         if ceiling < 1:
@@ -176,16 +194,20 @@ class Controller:
         self.ceiling = ceiling
         self._limit = float(min(initial, ceiling))
         self._lag = lag
+        self._waited = waited
         self.slow_start = True
         #: The round trip without a queue at the server (seconds), once it has been measured.
         self.noload: float | None = None
+        #: The share of the time the client waited for a CPU while ``noload`` was measured.
+        self._noload_starved = 0.0
         self._block: list[float] = []  # slow start's latest round trips
         self._clean = 0  # windows in a row that showed no queue: the growth doubles with each
-        self._window = _Window(now, lag())
+        self._window = self._open(now)
         self._cut = -math.inf  # when the limit was last cut: older requests cannot cut it again
         self._probe_at = math.inf  # when the no-load round trip is next measured
         self._probing: float | None = None  # the limit to go back to once the probe is sent
         self._measured_at = 0.0  # the limit when the no-load round trip was measured, or it was cut
+        self._shifted_at = -math.inf  # when more starvation than the no-load's last asked a probe
 
     @property
     def limit(self) -> int:
@@ -241,7 +263,7 @@ class Controller:
         self._cut = done
         self._limit = max(1.0, self._limit * BACKOFF)
         self._measured_at = self._limit
-        self._window = _Window(done, self._lag())
+        self._window = self._open(done)
         return self.limit
 
     def ignored(self, sent: float, done: float) -> None:
@@ -261,10 +283,29 @@ class Controller:
         if window.back >= window.sent or done - window.end > late:
             self._close(window, done)
 
-    def _lag_since(self, reading: tuple[float, int]) -> float:
-        """The event loop's mean lag since ``reading``."""
+    def _open(self, now: float, *, probe: bool = False) -> _Window:
+        return _Window(now, self._lag(), self._waited(), probe=probe)
+
+    def _starved(self, window: _Window, now: float) -> float:
+        """The share of ``window`` so far in which the event loop's thread waited for a CPU."""
+        span = now - window.start
+        return min(1.0, (self._waited() - window.waited) / span) if span > 0 else 0.0
+
+    def _own_delay(self, window: _Window, rtt: float, now: float) -> float:
+        """How much of a round trip of ``window`` may have been the client's own doing: the
+        event loop's mean lag; or, if its thread waited for a CPU a larger share of the window
+        than while the no-load round trip was measured, that much more of the round trip (an
+        answer cannot be read while it waits, and the no-load round trip holds the rest)."""
         lag, ticks = self._lag()
-        return (lag - reading[0]) / (ticks - reading[1]) if ticks > reading[1] else 0.0
+        before, ticked = window.lag
+        mean_lag = (lag - before) / (ticks - ticked) if ticks > ticked else 0.0
+        return max(mean_lag, (self._starved(window, now) - self._noload_starved) * rtt)
+
+    def _measured(self, rtt: float, window: _Window, now: float) -> float:
+        """``rtt``, of ``window``, is the no-load round trip from now on."""
+        self.noload = rtt
+        self._noload_starved = self._starved(window, now)
+        return rtt
 
     def _watch_slow_start(self, now: float) -> None:
         """Slow start ends when a block of its latest answers (a quarter of the limit, more as it
@@ -273,13 +314,13 @@ class Controller:
         caches warming up)."""
         rtt = typical(self._block)
         self._block.clear()
-        lag = self._lag_since(self._window.lag)
-        if self.noload is not None and rtt - lag > self.noload * (1 + SLOW_START_QUEUE):
+        own = self._own_delay(self._window, rtt, now)
+        if self.noload is not None and rtt - own > self.noload * (1 + SLOW_START_QUEUE):
             self._end_slow_start(now)
-            self._apply(rtt, lag, self._window.peak)
-            self._window = _Window(now, self._lag())
+            self._apply(rtt, own, self._window, now)
+            self._window = self._open(now)
         elif self.noload is None or rtt < self.noload:
-            self.noload = rtt
+            self._measured(rtt, self._window, now)
 
     def _end_slow_start(self, now: float) -> None:
         """Slow start is over: the no-load round trip is measured as soon as the limit settles,
@@ -292,39 +333,40 @@ class Controller:
     def _close(self, window: _Window, now: float) -> None:
         """The law, once a window is back; then the next window, or a probe, begins."""
         rtt = window.round_trip()
-        reading = self._lag()
         if rtt is not None:
             if window.probe:  # a drained window: the no-load round trip, afresh
-                self.noload = rtt
+                self._measured(rtt, window, now)
                 self._measured_at = self._limit
             elif not self.slow_start:
-                self._apply(rtt, self._lag_since(window.lag), window.peak)
-            elif self.noload is not None:
-                self.noload = min(self.noload, rtt)
+                self._apply(rtt, self._own_delay(window, rtt, now), window, now)
+                self._watch_starvation(window, now)
+            elif self.noload is not None and rtt < self.noload:
+                self._measured(rtt, window, now)
         if now >= self._probe_at:
-            self._probe(now, reading)
+            self._probe(now)
         else:
-            self._window = _Window(now, reading)
+            self._window = self._open(now)
 
-    def _apply(self, rtt: float, lag: float, peak: int) -> None:
+    def _apply(self, rtt: float, own: float, window: _Window, now: float) -> None:
         """``limit * clamp(noload / rtt, 0.5, 1) + sqrt(limit)``, not grown while half unused.
 
-        The round trip taken is the server's part of it: less the client's own lag, but no less
-        than the no-load round trip (which is measured whole, lag included, so that a noisy
-        estimate of the lag cannot drag it down).
+        The round trip taken is the server's part of it: less what may have been the client's own
+        delay (``own``), but no less than the no-load round trip (which is measured whole, lag
+        included, so that a noisy estimate of the client's delay cannot drag it down).
         """
-        if self.noload is None or rtt < self.noload:
-            self.noload = rtt
-        served = max(rtt - lag, self.noload, 1e-9)  # (a clock too coarse to see a round trip)
-        gradient = max(0.5, self.noload / served)
+        noload = self.noload
+        if noload is None or rtt < noload:
+            noload = self._measured(rtt, window, now)
+        served = max(rtt - own, noload, 1e-9)  # (a clock too coarse to see a round trip)
+        gradient = max(0.5, noload / served)
         headroom = math.sqrt(self._limit)
         # No queue at all (less than half the one the law keeps): grow faster each time, up to a
         # quarter a window, so that the knee is soon found again after a false start or when the
         # server frees up, and not overshot by much.
-        self._clean = self._clean + 1 if served < self.noload * (1 + 0.5 / headroom) else 0
+        self._clean = self._clean + 1 if served < noload * (1 + 0.5 / headroom) else 0
         growth = max(headroom, min(headroom * 2 ** (self._clean - 1), self._limit / 4))
         limit = self._limit * gradient + growth
-        if limit > self._limit and peak * 2 < self._limit:
+        if limit > self._limit and window.peak * 2 < self._limit:
             return  # less than half of it in use: the limit is not what limits, leave it
         self._limit = max(1.0, min(limit, float(self.ceiling)))
         if self._limit < self._measured_at / 2:
@@ -334,11 +376,21 @@ class Controller:
             # the minimum).
             self._probe_at = -math.inf
 
-    def _probe(self, now: float, reading: tuple[float, int]) -> None:
+    def _watch_starvation(self, window: _Window, now: float) -> None:
+        """A client that waits for a CPU much more than while the no-load round trip was measured
+        (its machine got busy) measures it again, so that its queue at the server shows again:
+        at once, but at most once a ``PROBE_SECONDS`` (a throttled client whose probe, at half
+        the limit, runs within its quota would measure the same again)."""
+        shift = self._starved(window, now) - self._noload_starved
+        if shift > STARVED_SHIFT and now - self._shifted_at >= PROBE_SECONDS:
+            self._shifted_at = now
+            self._probe_at = -math.inf
+
+    def _probe(self, now: float) -> None:
         """Lower the limit for the sends of one window, whose round trip becomes the no-load one:
         a queue of ours drains first, so what is left is the server's own latency (or the client's
         own lag), which the law should take as given. The limit is back once they are sent."""
-        self._window = _Window(now, reading, probe=True)
+        self._window = self._open(now, probe=True)
         self._probing = self._limit
         self._limit = max(1.0, self._limit / PROBE_DEPTH)
         self._probe_at = now + max(PROBE_SECONDS, PROBE_ROUNDS * (self.noload or 0.0))

@@ -4,7 +4,8 @@
                    ``-c auto`` (``controller``), and at most a Dask worker's share of either
     RateLimiter    request starts at least ``1 / --rate`` apart
     LoopLag        how late the event loop runs what is due: what the controller takes off the
-                   round trips, which are not the server's doing
+    CpuWait        round trips, which are not the server's doing, with how long the loop's thread
+                   waited for a CPU
 
 Each attempt takes a ``Slot`` (``async with limits.slot() as slot``), tells it when the server's
 answer came (``slot.answered(response)``), and gives it back; the slot hands its outcome to the
@@ -105,6 +106,30 @@ class LoopLag:
         self._handle = self._loop.call_at(self._due, self._tick)
 
 
+class CpuWait:
+    """How long the calling thread has waited for a CPU so far, in seconds: runnable but not
+    running, on a busy machine or frozen by its cgroup's CPU quota (a throttled container).
+
+    Linux's run-queue wait of the thread (``/proc/thread-self/schedstat``, the second field, in
+    which a cgroup's throttling counts too). Read it from the event loop's thread. Where it cannot
+    be read, it stays 0.
+    """
+
+    PATH = "/proc/thread-self/schedstat"
+
+    def __init__(self) -> None:
+        self._readable = True
+
+    def __call__(self) -> float:
+        if self._readable:
+            try:
+                with open(self.PATH, "rb") as stats:
+                    return int(stats.read().split()[1]) / 1e9
+            except (OSError, ValueError, IndexError):
+                self._readable = False
+        return 0.0
+
+
 class Limits:
     """The meters every request of an ``HttpClient`` goes through; ``start`` and ``stop`` it on
     the event loop.
@@ -125,7 +150,7 @@ class Limits:
         self.clock = clock
         self._lag = LoopLag()
         self.controller = (
-            Controller(options.max_in_flight, lag=self._lag.reading, now=clock())
+            Controller(options.max_in_flight, lag=self._lag.reading, waited=CpuWait(), now=clock())
             if options.adaptive
             else None
         )

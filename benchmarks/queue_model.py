@@ -7,13 +7,16 @@ that many are queued. Answers take ``network`` seconds each way. The client alwa
 sends whenever fewer than the controller's limit (or ``fixed``) are in flight, and reports each
 outcome to the controller.
 
-The client has one CPU, which reading an answer occupies for ``cpu_per_answer`` seconds; with
+The client has one CPU, which reading an answer occupies for ``cpu_per_answer`` seconds, and
+waking up ``cpu_per_wakeup`` more when it was idle (an event loop's turn, shared by the answers
+that arrived together: a client that keeps few requests in flight spends more on each); with
 ``quota=(runs, period)`` it may use only ``runs`` seconds of it in each ``period`` and is frozen
 for the rest, as a process throttled by a cgroup's CPU quota is; with ``taken=(held, period,
 since)`` another process holds the CPU for ``held`` seconds of every ``period`` from ``since`` on,
 whatever the client does. Its event loop ticks every
 ``TICK``; a tick waits for the CPU like an answer does, and how late it runs is the lag a
-``LoopLag`` reads (given to the controller unless ``lag_corrected`` is false).
+``LoopLag`` reads. What the controller is told of the client's own delay is ``told``: that lag,
+and how long the CPU had work it could not run (``waited``, what ``limits.cpu_wait`` reads).
 
 With ``clients=N``, N such clients (Dask workers under ``-c auto``) share the one server, each with
 its own CPU, loop and controller, starting ``stagger`` seconds apart.
@@ -66,16 +69,24 @@ class _Cpu:
     another process has it."""
 
     def __init__(
-        self, quota: tuple[float, float] | None, taken: tuple[float, float, float] | None
+        self,
+        quota: tuple[float, float] | None,
+        taken: tuple[float, float, float] | None,
+        wake: float = 0.0,
     ) -> None:
         self.quota = quota
         self.taken = taken
+        self.wake = wake
         self.free = 0.0
+        #: Seconds it had a task ready but could not run it (frozen, or the CPU taken).
+        self.waited = 0.0
         self.used: defaultdict[int, float] = defaultdict(float)
 
     def run(self, at: float, cost: float) -> float:
         """When a task that is ready at ``at`` starts running."""
-        start = max(at, self.free)
+        ready = start = max(at, self.free)
+        if start > self.free:  # the loop wakes up (from waiting for answers or from a freeze)
+            cost += self.wake
         if self.taken is not None:
             held, period, since = self.taken
             if start >= since and start % period < held:
@@ -87,6 +98,7 @@ class _Cpu:
                 k += 1
                 start = max(start, k * period)
             self.used[k] += cost
+        self.waited += start - ready
         self.free = start + cost
         return start
 
@@ -102,9 +114,10 @@ def simulate(
     ceiling: int = 256,
     fixed: int | None = None,
     cpu_per_answer: float = 0.0,
+    cpu_per_wakeup: float = 0.0,
     quota: tuple[float, float] | None = None,
     taken: tuple[float, float, float] | None = None,
-    lag_corrected: bool = True,
+    told: tuple[str, ...] = ("lag", "waited"),
     seed: int = 0,
     clients: int = 1,
     stagger: float = 0.0,
@@ -114,7 +127,7 @@ def simulate(
     # (time, order, kind, client, sent, wait)
     events: list[tuple[float, int, str, int, float, float]] = []
     order = itertools.count()
-    each = [_Client(ceiling, quota, taken, lag_corrected) for _ in range(clients)]
+    each = [_Client(ceiling, _Cpu(quota, taken, cpu_per_wakeup), told) for _ in range(clients)]
 
     def limit(client: _Client) -> int:
         return fixed if fixed is not None else client.controller.limit
@@ -186,18 +199,15 @@ def simulate(
 class _Client:
     """One client's own: its CPU, its loop's lag, its controller, its requests in flight."""
 
-    def __init__(
-        self,
-        ceiling: int,
-        quota: tuple[float, float] | None,
-        taken: tuple[float, float, float] | None,
-        lag_corrected: bool,
-    ) -> None:
-        self.cpu = _Cpu(quota, taken)
+    def __init__(self, ceiling: int, cpu: _Cpu, told: tuple[str, ...]) -> None:
+        self.cpu = cpu
         self.lag = [0.0, 0.0]  # the ticks run so far: seconds late in all, how many
         self.in_flight = 0
 
-        def reading() -> tuple[float, int]:
-            return (self.lag[0], int(self.lag[1])) if lag_corrected else (0.0, 0)
+        def lag() -> tuple[float, int]:
+            return (self.lag[0], int(self.lag[1])) if "lag" in told else (0.0, 0)
 
-        self.controller = Controller(ceiling, lag=reading)
+        def waited() -> float:
+            return cpu.waited if "waited" in told else 0.0
+
+        self.controller = Controller(ceiling, lag=lag, waited=waited)

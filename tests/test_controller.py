@@ -268,6 +268,34 @@ def test_a_client_whose_own_cpu_is_the_bottleneck_gets_as_much_as_a_fixed_limit(
     assert auto.rate(2, seconds) >= 0.95 * fixed.rate(2, seconds)
 
 
+def test_a_throttled_client_whose_probe_runs_within_its_quota_keeps_the_limit_its_cpu_needs():
+    # Three clients (Dask workers on small machines), each throttled to 0.2 of a core, against a
+    # server of no limit: their CPUs are what limits. At half the limit, in the probe of the
+    # no-load round trip, a client runs within its quota: the probe is quick. At the full limit it
+    # is throttled again and its round trips grow by whole freezes, more than its loop's mean lag
+    # says. A loop's turn costs CPU of its own (here twice an answer, to show it plainly), so a
+    # client whose limit is cut reads fewer answers a turn and gets less done. Told how much
+    # longer it waited for a CPU than during the probe, the controller does not cut for it.
+    seconds = 20.0
+    common = dict(
+        handlers=10_000,
+        service=L,
+        seconds=seconds,
+        cpu_per_answer=150e-6,
+        cpu_per_wakeup=300e-6,
+        quota=(0.02, 0.1),
+        clients=3,
+        stagger=0.3,
+    )
+    fixed = simulate(**common, fixed=256)  # type: ignore[arg-type]
+    auto = simulate(**common, ceiling=256)  # type: ignore[arg-type]
+    lag_only = simulate(**common, ceiling=256, told=("lag",))  # type: ignore[arg-type]
+    for c in range(3):
+        assert auto.rate(5, seconds, c) >= 0.97 * fixed.rate(5, seconds, c)
+    # The trap it avoids: told only of its loop's lag, it loses more than 5 % of what it could do.
+    assert lag_only.rate(5, seconds) < 0.95 * fixed.rate(5, seconds)
+
+
 def test_a_window_closes_when_requests_of_it_are_shed_soon_after_a_cut():
     controller = Controller(1000, initial=32, now=0.0)
     controller.overloaded(sent=0.5, done=1.0)

@@ -1,8 +1,12 @@
 """The meters every request goes through: slots sized by -c or by the controller, the event
-loop's lag, and what each attempt's outcome tells the controller, on real sockets."""
+loop's lag and its thread's wait for a CPU, and what each attempt's outcome tells the controller, on real sockets."""
 
 import asyncio
 import itertools
+import json
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -10,7 +14,7 @@ from aiohttp import web
 
 from asyncdl import FetchOptions, TransientError
 from asyncdl.fetcher import HttpClient, Tally
-from asyncdl.limits import REPORT_SECONDS, LoopLag
+from asyncdl.limits import REPORT_SECONDS, CpuWait, LoopLag
 from asyncdl.responses import rows
 
 from .conftest import EmulatorThread
@@ -19,6 +23,63 @@ QUERY = (
     "/api/v2/data/query.json?criteria=service::mouse_connectivity_target_spatial"
     "[seed_point$eq6600,3900,5700][section_data_set$eq156394513]"
 )
+
+
+#: A process that measures its own wait for a CPU: first asleep, then busy on one CPU beside two
+#: other busy processes there.
+_SHARED_CPU = """
+import json, os, subprocess, sys, time
+from asyncdl.limits import CpuWait
+cpu = min(os.sched_getaffinity(0))
+os.sched_setaffinity(0, {cpu})
+waited = CpuWait()
+
+before = waited()
+for _ in range(20):
+    time.sleep(0.02)
+asleep = waited() - before
+rivals = [subprocess.Popen([sys.executable, "-c", sys.argv[1]]) for _ in range(2)]
+time.sleep(0.3)  # the rivals are up and spinning
+before, ran, start = waited(), time.thread_time(), time.monotonic()
+while time.monotonic() - start < 1.0:
+    pass
+busy, ran, wall = waited() - before, time.thread_time() - ran, time.monotonic() - start
+for rival in rivals:
+    rival.wait()
+print(json.dumps({"asleep": asleep, "busy": busy, "ran": ran, "wall": wall}))
+"""
+_RIVAL = """
+import os, time
+os.sched_setaffinity(0, {%d})
+end = time.monotonic() + 2.0
+while time.monotonic() < end:
+    pass
+"""
+
+
+@pytest.mark.skipif(not os.path.exists(CpuWait.PATH), reason="no per-thread schedstat here")
+def test_cpu_wait_is_the_time_a_thread_could_run_but_waited_for_a_cpu():
+    cpu = min(os.sched_getaffinity(0))
+    child = subprocess.run(
+        [sys.executable, "-c", _SHARED_CPU, _RIVAL % cpu],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert child.returncode == 0, child.stderr
+    seconds = json.loads(child.stdout)
+    # Asleep it waits for nothing. Spinning, it is always runnable: each moment it either runs or
+    # waits, so the two add up to the wall-clock time; on a CPU shared with two other spinning
+    # processes it waits about two thirds of it (more on a busy machine).
+    assert seconds["asleep"] < 0.1
+    assert seconds["ran"] + seconds["busy"] == pytest.approx(seconds["wall"], rel=0.1)
+    assert seconds["busy"] >= 0.5 * seconds["wall"]
+
+
+def test_cpu_wait_is_zero_where_it_cannot_be_read(monkeypatch):
+    waited = CpuWait()
+    monkeypatch.setattr(CpuWait, "PATH", "/nonexistent/schedstat")
+    assert waited() == waited() == 0.0
 
 
 async def test_the_loop_lag_counts_every_tick_that_was_due_while_the_loop_was_blocked():
