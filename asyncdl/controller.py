@@ -23,12 +23,24 @@ It stays within 1 and a ceiling (``--max-concurrency``, or a Dask worker's share
 A window holds the requests sent over one no-load round trip (``MIN_SAMPLES`` at least) and closes
 once they are all back, so that it measures the limit they were sent under, whole; its round trip
 is the mean of the middle half of theirs (``typical``). The no-load round trip is the least
-window's, and is measured afresh, in a window with the limit halved (which drains any queue of
-ours), once slow start is over (what it saw may hold the start's transients: caches warming up, a
-client busy reading volumes), every ``PROBE_SECONDS`` (``PROBE_ROUNDS`` round trips for a slow
-server), and whenever latency alone has halved the limit since it was last measured. A server
-whose latency rose for good, or that others keep busy, is then taken as it is rather than as a
-queue of ours, and a queue of ours never becomes the baseline.
+window's, and is measured afresh in a probe: a window with the limit divided by ``PROBE_DEPTH``,
+which drains any queue of ours. A probe comes
+
+* **periodically**, at every multiple of ``PROBE_SECONDS`` (of ``PROBE_ROUNDS`` round trips, in
+  powers of two, for a slow server) on the wall clock, so that the workers of a run, each with a
+  controller of its own, probe together. Alone, a worker's probe would find the queue that the
+  others keep, take it for the server's latency and grow into it, and each of them in turn: a
+  queue that grows without end (the queue model showed it, at 2 to 10 workers, over minutes).
+  Together they drain it. What a periodic probe measures is taken as it is, so that a server
+  whose latency rose for good, or that other people keep busy, is followed rather than fought;
+* **out of turn**, once slow start is over (what it saw may hold the start's transients: caches
+  warming up, a client busy reading volumes) and when the client waits for a CPU much more than
+  before (below). Such a probe may lower the no-load round trip, but raise it only by what the
+  client's own delay explains: it does not drain the others' queue.
+
+Between two probes latency alone at most halves the limit: a server slower for good is measured
+at the next periodic probe, and meanwhile keeps half of what it had (as Envoy holds its limit at a
+minimum until its next minRTT measurement).
 
 Two parts of a round trip are not the server's doing, and are kept out of it:
 
@@ -106,8 +118,10 @@ BACKOFF = 0.5
 #: little of its time as a fast one)...
 PROBE_SECONDS = 10.0
 PROBE_ROUNDS = 100
-#: ... with the limit divided by this for one window, which drains any queue of ours.
-PROBE_DEPTH = 2
+#: ... with the limit divided by this for one window, which drains any queue of ours (and, with
+#: the other workers of a run probing at the same time, a queue of theirs as long as the server
+#: has handlers: a fourth of K + Q in flight is under K while Q < 3 K).
+PROBE_DEPTH = 4
 #: The no-load round trip is measured afresh (at most once a PROBE_SECONDS) when the client
 #: waits for a CPU this much more of a window's time than it did while it was measured.
 STARVED_SHIFT = 0.25
@@ -117,7 +131,7 @@ STRAGGLERS = 3.0
 
 #: Reads the event loop's lag so far: (seconds late, summed over its ticks; ticks). See LoopLag.
 LagReading = Callable[[], tuple[float, int]]
-#: Reads how long the event loop's thread has waited for a CPU so far, in seconds. See cpu_wait.
+#: Reads how long the event loop's thread has waited for a CPU so far, in seconds. See limits.CpuWait.
 WaitReading = Callable[[], float]
 
 
@@ -149,8 +163,10 @@ class _Window:
     start: float
     lag: tuple[float, int]
     waited: float
-    #: A window sent under a lowered limit, to measure the no-load round trip.
+    #: A window sent under a lowered limit, to measure the no-load round trip...
     probe: bool = False
+    #: ... in its turn (not because something changed), on the shared clock.
+    periodic: bool = False
     end: float = math.inf
     #: When its first request was sent: the span is a round trip of sends from there.
     first: float = math.inf
@@ -177,7 +193,8 @@ class Controller:
 
     ``lag`` reads the event loop's lag so far (``LagReading``) and ``waited`` how long its thread
     has waited for a CPU (``WaitReading``); without them, neither is assumed. ``now`` is when the
-    first window starts.
+    first window starts; ``epoch`` what to add to the caller's clock to read the clock the
+    periodic probes keep to (the wall clock, which the workers of a run share).
     """
 
     def __init__(
@@ -188,6 +205,7 @@ class Controller:
         lag: LagReading = _no_lag,
         waited: WaitReading = _no_wait,
         now: float = -math.inf,
+        epoch: float = 0.0,
     ) -> None:
         if ceiling < 1:
             raise ValueError(f"ceiling must be at least 1, got {ceiling}")
@@ -195,6 +213,7 @@ class Controller:
         self._limit = float(min(initial, ceiling))
         self._lag = lag
         self._waited = waited
+        self._epoch = epoch
         self.slow_start = True
         #: The round trip without a queue at the server (seconds), once it has been measured.
         self.noload: float | None = None
@@ -204,7 +223,8 @@ class Controller:
         self._clean = 0  # windows in a row that showed no queue: the growth doubles with each
         self._window = self._open(now)
         self._cut = -math.inf  # when the limit was last cut: older requests cannot cut it again
-        self._probe_at = math.inf  # when the no-load round trip is next measured
+        self._probe_at = math.inf  # when the no-load round trip is next measured, periodically
+        self._unscheduled = False  # measure it at the end of this window, out of turn
         self._probing: float | None = None  # the limit to go back to once the probe is sent
         self._measured_at = 0.0  # the limit when the no-load round trip was measured, or it was cut
         self._shifted_at = -math.inf  # when more starvation than the no-load's last asked a probe
@@ -283,8 +303,8 @@ class Controller:
         if window.back >= window.sent or done - window.end > late:
             self._close(window, done)
 
-    def _open(self, now: float, *, probe: bool = False) -> _Window:
-        return _Window(now, self._lag(), self._waited(), probe=probe)
+    def _open(self, now: float, *, probe: bool = False, periodic: bool = False) -> _Window:
+        return _Window(now, self._lag(), self._waited(), probe=probe, periodic=periodic)
 
     def _starved(self, window: _Window, now: float) -> float:
         """The share of ``window`` so far in which the event loop's thread waited for a CPU."""
@@ -328,13 +348,15 @@ class Controller:
         client busy reading volumes)."""
         if self.slow_start:
             self.slow_start = False
-            self._probe_at = now
+            self._unscheduled = True
 
     def _close(self, window: _Window, now: float) -> None:
         """The law, once a window is back; then the next window, or a probe, begins."""
         rtt = window.round_trip()
         if rtt is not None:
             if window.probe:  # a drained window: the no-load round trip, afresh
+                if not (window.periodic or self.noload is None):
+                    rtt = min(rtt, self.noload + self._own_delay(window, rtt, now))
                 self._measured(rtt, window, now)
                 self._measured_at = self._limit
             elif not self.slow_start:
@@ -342,7 +364,7 @@ class Controller:
                 self._watch_starvation(window, now)
             elif self.noload is not None and rtt < self.noload:
                 self._measured(rtt, window, now)
-        if now >= self._probe_at:
+        if self._unscheduled or now >= self._probe_at:
             self._probe(now)
         else:
             self._window = self._open(now)
@@ -368,29 +390,45 @@ class Controller:
         limit = self._limit * gradient + growth
         if limit > self._limit and window.peak * 2 < self._limit:
             return  # less than half of it in use: the limit is not what limits, leave it
-        self._limit = max(1.0, min(limit, float(self.ceiling)))
-        if self._limit < self._measured_at / 2:
-            # Halved by latency alone since it was last measured: a server whose latency rose
-            # for good, or a client too starved to read its answers in time, rather than a queue
-            # of ours. Measure again rather than cut on (as Envoy does when its limit stays at
-            # the minimum).
-            self._probe_at = -math.inf
+        # Latency alone halves it at most between two probes: more would be a server whose
+        # latency rose for good (or a client too starved to read its answers in time) rather
+        # than a queue of ours, which the next periodic probe measures.
+        self._limit = max(1.0, self._measured_at / 2, min(limit, float(self.ceiling)))
 
     def _watch_starvation(self, window: _Window, now: float) -> None:
         """A client that waits for a CPU much more than while the no-load round trip was measured
         (its machine got busy) measures it again, so that its queue at the server shows again:
-        at once, but at most once a ``PROBE_SECONDS`` (a throttled client whose probe, at half
-        the limit, runs within its quota would measure the same again)."""
+        at once, but at most once a ``PROBE_SECONDS`` (a throttled client whose probe, at a
+        lowered limit, runs within its quota would measure the same again)."""
         shift = self._starved(window, now) - self._noload_starved
         if shift > STARVED_SHIFT and now - self._shifted_at >= PROBE_SECONDS:
             self._shifted_at = now
-            self._probe_at = -math.inf
+            self._unscheduled = True
 
     def _probe(self, now: float) -> None:
         """Lower the limit for the sends of one window, whose round trip becomes the no-load one:
         a queue of ours drains first, so what is left is the server's own latency (or the client's
         own lag), which the law should take as given. The limit is back once they are sent."""
-        self._window = self._open(now, probe=True)
+        periodic = not self._unscheduled
+        self._window = self._open(now, probe=True, periodic=periodic)
+        self._unscheduled = False
         self._probing = self._limit
         self._limit = max(1.0, self._limit / PROBE_DEPTH)
-        self._probe_at = now + max(PROBE_SECONDS, PROBE_ROUNDS * (self.noload or 0.0))
+        if periodic or self._probe_at == math.inf:
+            self._probe_at = self._next_probe(now)
+
+    def _next_probe(self, now: float) -> float:
+        """When the next periodic probe is due: the first multiple of its period on the shared
+        clock (``now + epoch``) at least half a period away. The period is ``PROBE_SECONDS``, or
+        that times a power of two for ``PROBE_ROUNDS`` no-load round trips."""
+        rounds = PROBE_ROUNDS * (self.noload or 0.0) / PROBE_SECONDS
+        period = (
+            PROBE_SECONDS * 2 ** max(0, math.ceil(math.log2(rounds)))
+            if rounds > 0
+            else PROBE_SECONDS
+        )
+        shared = now + self._epoch
+        due = (math.floor(shared / period) + 1) * period
+        if due - shared < period / 2:
+            due += period
+        return due - self._epoch

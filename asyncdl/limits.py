@@ -150,7 +150,13 @@ class Limits:
         self.clock = clock
         self._lag = LoopLag()
         self.controller = (
-            Controller(options.max_in_flight, lag=self._lag.reading, waited=CpuWait(), now=clock())
+            Controller(
+                options.max_in_flight,
+                lag=self._lag.reading,
+                waited=CpuWait(),
+                now=clock(),
+                epoch=time.time() - clock(),  # probes on the wall clock: a run's workers together
+            )
             if options.adaptive
             else None
         )

@@ -6,7 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from asyncdl.controller import INITIAL, MIN_SAMPLES, PROBE_SECONDS, Controller, typical
+from asyncdl.controller import (
+    INITIAL,
+    MIN_SAMPLES,
+    PROBE_DEPTH,
+    PROBE_SECONDS,
+    Controller,
+    typical,
+)
 from benchmarks.queue_model import Outcome, simulate
 
 L = 0.05  # the service time of the simulated servers, as in the capacity benchmark
@@ -62,9 +69,9 @@ def test_a_queue_ends_slow_start():
 def test_the_law_once_a_window_and_the_probes_of_the_no_load_round_trip():
     controller = Controller(1000, initial=32, now=0.0)
     controller.overloaded(sent=0.5, done=1.0)  # out of slow start at 16; a probe is due
-    now = window(controller, 1.0, 0.05, 16)
-    assert controller.limit == 10  # grown to 16 + sqrt(16), then halved to drain any queue
-    now = window(controller, now, 0.06, 10)  # the probe: a drained window
+    now = window(controller, 1.0, 0.06, 16)
+    assert controller.limit == 20 // PROBE_DEPTH  # grown to 16 + sqrt(16), lowered to drain
+    now = window(controller, now, 0.06, MIN_SAMPLES)  # the probe: a drained window
     assert controller.noload == pytest.approx(0.06) and controller.limit == 20
     # Twice the no-load round trip: half of what is in flight waits in the server's queue. What
     # the server serves without a queue (limit * noload / rtt), and sqrt(limit) more.
@@ -80,17 +87,58 @@ def test_the_law_once_a_window_and_the_probes_of_the_no_load_round_trip():
     now = window(controller, now, 0.09, controller.limit)
     limit = limit * 0.06 / 0.09 + math.sqrt(limit)
     assert controller.limit == int(limit)
-    # A queue of sqrt(limit) is kept. PROBE_SECONDS after the first probe, another: the limit
-    # halved for one window.
+    # A queue of sqrt(limit) is kept. At the next multiple of PROBE_SECONDS, another probe: the
+    # limit lowered for one window.
     while True:
         now = window(controller, now, 0.06 * (1 + 1 / math.sqrt(limit)), controller.limit)
         limit = limit / (1 + 1 / math.sqrt(limit)) + math.sqrt(limit)
         if controller.limit != int(limit):
             break
-    assert now > 1.0 + PROBE_SECONDS
-    assert controller.limit == int(limit / 2)
-    window(controller, now, 0.04, controller.limit)
+    assert PROBE_SECONDS <= now < PROBE_SECONDS + 0.2
+    assert controller.limit == int(limit / PROBE_DEPTH)
+    window(controller, now, 0.04, max(MIN_SAMPLES, controller.limit))
     assert controller.noload == pytest.approx(0.04) and controller.limit == int(limit)
+
+
+def test_periodic_probes_fall_on_the_shared_clock_so_that_workers_probe_together():
+    # Two workers of a run, started 0.7 s apart, each with a monotonic clock of its own
+    # (``epoch``: what it adds to its clock to read the wall clock): their periodic probes come
+    # at the same moments, so that together they drain the queue that each alone would take for
+    # the server's latency.
+    starts = []
+    for start, epoch in ((1.3, 1000.0), (4.1, 997.9)):
+        controller = Controller(1000, initial=32, now=start, epoch=epoch)
+        controller.overloaded(sent=start, done=start + 0.1)
+        now = window(controller, start + 0.1, 0.05, 16)  # the law, then a probe out of turn
+        now = window(controller, now, 0.05, MIN_SAMPLES)
+        probes: list[float] = []
+        while len(probes) < 2:
+            before = controller.limit
+            now = window(controller, now, 0.05, max(MIN_SAMPLES, before))
+            if controller.limit < before:
+                probes.append(now + epoch)
+        starts.append(probes)
+    for first, second in zip(*starts, strict=True):
+        assert first == pytest.approx(second, abs=0.2)
+        assert first % PROBE_SECONDS == pytest.approx(0, abs=0.2)
+
+
+def test_latency_alone_halves_the_limit_at_most_between_two_probes():
+    # A server four times slower from one moment on: taken for a queue, the limit is cut, but no
+    # further than half of what it was when last measured, until the next periodic probe
+    # measures the new round trip.
+    controller = Controller(1000, initial=32, now=0.0)
+    controller.overloaded(sent=0.5, done=1.0)
+    now = window(controller, 1.0, 0.05, 16)
+    now = window(controller, now, 0.05, MIN_SAMPLES)
+    measured = controller.limit
+    for _ in range(20):
+        now = window(controller, now, 0.2, max(MIN_SAMPLES, controller.limit))
+    assert now < PROBE_SECONDS and controller.limit == measured // 2
+    while now < PROBE_SECONDS + 1:
+        now = window(controller, now, 0.2, max(MIN_SAMPLES, controller.limit))
+    assert controller.noload == pytest.approx(0.2)
+    assert controller.limit > measured // 2
 
 
 def test_the_event_loops_own_lag_is_not_taken_for_a_queue_at_the_server():
