@@ -33,10 +33,10 @@ which drains any queue of ours. A probe comes
   queue that grows without end (the queue model showed it, at 2 to 10 workers, over minutes).
   Together they drain it. What a periodic probe measures is taken as it is, so that a server
   whose latency rose for good, or that other people keep busy, is followed rather than fought;
-* **out of turn**, once slow start is over (what it saw may hold the start's transients: caches
-  warming up, a client busy reading volumes) and when the client waits for a CPU much more than
-  before (below). Such a probe may lower the no-load round trip, but raise it only by what the
-  client's own delay explains: it does not drain the others' queue.
+* **out of turn**: once slow start is over (what it saw may hold the start's transients: caches
+  warming up, a client busy reading volumes), taken as it is; and when the client waits for a CPU
+  much more than before (below), which may lower the no-load round trip but raise it only by
+  what the client's own delay explains, since it does not drain the others' queue.
 
 Between two probes latency alone at most halves the limit: a server slower for good is measured
 at the next periodic probe, and meanwhile keeps half of what it had (as Envoy holds its limit at a
@@ -119,9 +119,9 @@ BACKOFF = 0.5
 PROBE_SECONDS = 10.0
 PROBE_ROUNDS = 100
 #: ... with the limit divided by this for one window, which drains any queue of ours (and, with
-#: the other workers of a run probing at the same time, a queue of theirs as long as the server
-#: has handlers: a fourth of K + Q in flight is under K while Q < 3 K).
-PROBE_DEPTH = 4
+#: the other workers of a run probing at the same time, theirs: half of K + Q in flight is under
+#: K while the queue Q is shorter than K).
+PROBE_DEPTH = 2
 #: The no-load round trip is measured afresh (at most once a PROBE_SECONDS) when the client
 #: waits for a CPU this much more of a window's time than it did while it was measured.
 STARVED_SHIFT = 0.25
@@ -165,8 +165,8 @@ class _Window:
     waited: float
     #: A window sent under a lowered limit, to measure the no-load round trip...
     probe: bool = False
-    #: ... in its turn (not because something changed), on the shared clock.
-    periodic: bool = False
+    #: ... taken as it is (the first probe, and those in their turn on the shared clock).
+    whole: bool = False
     end: float = math.inf
     #: When its first request was sent: the span is a round trip of sends from there.
     first: float = math.inf
@@ -303,8 +303,8 @@ class Controller:
         if window.back >= window.sent or done - window.end > late:
             self._close(window, done)
 
-    def _open(self, now: float, *, probe: bool = False, periodic: bool = False) -> _Window:
-        return _Window(now, self._lag(), self._waited(), probe=probe, periodic=periodic)
+    def _open(self, now: float, *, probe: bool = False, whole: bool = False) -> _Window:
+        return _Window(now, self._lag(), self._waited(), probe=probe, whole=whole)
 
     def _starved(self, window: _Window, now: float) -> float:
         """The share of ``window`` so far in which the event loop's thread waited for a CPU."""
@@ -355,7 +355,7 @@ class Controller:
         rtt = window.round_trip()
         if rtt is not None:
             if window.probe:  # a drained window: the no-load round trip, afresh
-                if not (window.periodic or self.noload is None):
+                if not (window.whole or self.noload is None):
                     rtt = min(rtt, self.noload + self._own_delay(window, rtt, now))
                 self._measured(rtt, window, now)
                 self._measured_at = self._limit
@@ -410,17 +410,18 @@ class Controller:
         a queue of ours drains first, so what is left is the server's own latency (or the client's
         own lag), which the law should take as given. The limit is back once they are sent."""
         periodic = not self._unscheduled
-        self._window = self._open(now, probe=True, periodic=periodic)
+        first = self._probe_at == math.inf
+        self._window = self._open(now, probe=True, whole=periodic or first)
         self._unscheduled = False
         self._probing = self._limit
         self._limit = max(1.0, self._limit / PROBE_DEPTH)
-        if periodic or self._probe_at == math.inf:
+        if periodic or first:
             self._probe_at = self._next_probe(now)
 
     def _next_probe(self, now: float) -> float:
-        """When the next periodic probe is due: the first multiple of its period on the shared
-        clock (``now + epoch``) at least half a period away. The period is ``PROBE_SECONDS``, or
-        that times a power of two for ``PROBE_ROUNDS`` no-load round trips."""
+        """When the next periodic probe is due: the next multiple of its period on the shared
+        clock (``now + epoch``). The period is ``PROBE_SECONDS``, or that times a power of two for
+        ``PROBE_ROUNDS`` no-load round trips."""
         rounds = PROBE_ROUNDS * (self.noload or 0.0) / PROBE_SECONDS
         period = (
             PROBE_SECONDS * 2 ** max(0, math.ceil(math.log2(rounds)))
@@ -428,7 +429,4 @@ class Controller:
             else PROBE_SECONDS
         )
         shared = now + self._epoch
-        due = (math.floor(shared / period) + 1) * period
-        if due - shared < period / 2:
-            due += period
-        return due - self._epoch
+        return (math.floor(shared / period) + 1) * period - self._epoch
