@@ -19,7 +19,8 @@ whatever the client does. Its event loop ticks every
 and how long the CPU had work it could not run (``waited``, what ``limits.cpu_wait`` reads).
 
 With ``clients=N``, N such clients (Dask workers under ``-c auto``) share the one server, each with
-its own CPU, loop and controller, starting ``stagger`` seconds apart.
+its own CPU, loop and controller, starting ``stagger`` seconds apart. Their clocks agree (their
+periodic probes fall together) unless ``clocks`` gives each its clock's offset.
 """
 
 from __future__ import annotations
@@ -121,13 +122,15 @@ def simulate(
     seed: int = 0,
     clients: int = 1,
     stagger: float = 0.0,
+    clocks: tuple[float, ...] = (),
 ) -> Outcome:
     """Run the clients against the server for ``seconds`` of simulated time."""
     draw = random.Random(seed)
     # (time, order, kind, client, sent, wait)
     events: list[tuple[float, int, str, int, float, float]] = []
     order = itertools.count()
-    each = [_Client(ceiling, _Cpu(quota, taken, cpu_per_wakeup), told) for _ in range(clients)]
+    offsets = clocks or (0.0,) * clients
+    each = [_Client(ceiling, _Cpu(quota, taken, cpu_per_wakeup), told, o) for o in offsets]
 
     def limit(client: _Client) -> int:
         return fixed if fixed is not None else client.controller.limit
@@ -199,7 +202,7 @@ def simulate(
 class _Client:
     """One client's own: its CPU, its loop's lag, its controller, its requests in flight."""
 
-    def __init__(self, ceiling: int, cpu: _Cpu, told: tuple[str, ...]) -> None:
+    def __init__(self, ceiling: int, cpu: _Cpu, told: tuple[str, ...], clock: float) -> None:
         self.cpu = cpu
         self.lag = [0.0, 0.0]  # the ticks run so far: seconds late in all, how many
         self.in_flight = 0
@@ -210,4 +213,4 @@ class _Client:
         def waited() -> float:
             return cpu.waited if "waited" in told else 0.0
 
-        self.controller = Controller(ceiling, lag=lag, waited=waited)
+        self.controller = Controller(ceiling, lag=lag, waited=waited, epoch=clock)
