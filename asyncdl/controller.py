@@ -80,14 +80,19 @@ What was taken from each of these, read before writing this one (no code was cop
   law applied to windows of samples rather than to each answer.
 * Envoy's adaptive concurrency filter (gradient controller): the same gradient with a burst
   headroom of ``sqrt(limit)``; a window's round trip summarised by a robust statistic of its
-  samples (Envoy's is a percentile); the minRTT measured periodically at a reduced limit, and again
-  when the limit has been driven down (Envoy re-measures when it sits at its minimum).
+  samples (Envoy's is a percentile); the minRTT measured periodically at a reduced limit (with
+  jitter there; here on the wall clock, below), the limit held meanwhile rather than driven down.
 * tower-acc (Rust: AIMD, Gradient2 and Vegas behind one ``Algorithm`` trait): a small interface
   between the limit's users and its law (report each outcome, read the limit); which outcomes
   count as overload decided in one place (its ``Classifier``; here ``limits.Slot``); a cancelled
   request is no sample.
 * TCP congestion control (slow start and multiplicative decrease, RFC 5681): start low and double
   each round trip until the first sign of a queue; halve on a loss, once a round trip.
+* BBR's ProbeRTT (Cardwell et al., 2016): flows that share a bottleneck see its true minimum round
+  trip only when they drain it together, and BBR's flows fall into step to do so; here the
+  workers of a run probe at the same multiples of the wall clock. The failure it avoids is Vegas'
+  persistent congestion (Low, Peterson and Wang, 2002): a flow that measures its base round trip
+  inside the others' queue takes that queue for the path's own delay.
 
 Times are plain floats in seconds from any monotonic clock: the caller passes them in, so the law is
 pure, and the tests drive it with a simulated server and clock (``benchmarks/queue_model.py``).
@@ -393,7 +398,7 @@ class Controller:
         # Latency alone halves it at most between two probes: more would be a server whose
         # latency rose for good (or a client too starved to read its answers in time) rather
         # than a queue of ours, which the next periodic probe measures.
-        self._limit = max(1.0, self._measured_at / 2, min(limit, float(self.ceiling)))
+        self._limit = max(1.0, min(max(limit, self._measured_at / 2), float(self.ceiling)))
 
     def _watch_starvation(self, window: _Window, now: float) -> None:
         """A client that waits for a CPU much more than while the no-load round trip was measured

@@ -3,9 +3,9 @@
     Slots          requests in flight: at most ``-c N``, or the controller's limit under
                    ``-c auto`` (``controller``), and at most a Dask worker's share of either
     RateLimiter    request starts at least ``1 / --rate`` apart
-    LoopLag        how late the event loop runs what is due: what the controller takes off the
-    CpuWait        round trips, which are not the server's doing, with how long the loop's thread
-                   waited for a CPU
+    LoopLag        how late the event loop runs what is due, and
+    CpuWait        how long its thread waited for a CPU: what the controller takes off the round
+                   trips, which are not the server's doing
 
 Each attempt takes a ``Slot`` (``async with limits.slot() as slot``), tells it when the server's
 answer came (``slot.answered(response)``), and gives it back; the slot hands its outcome to the
