@@ -16,7 +16,7 @@ since)`` another process holds the CPU for ``held`` seconds of every ``period`` 
 whatever the client does. Its event loop ticks every
 ``TICK``; a tick waits for the CPU like an answer does, and how late it runs is the lag a
 ``LoopLag`` reads. What the controller is told of the client's own delay is ``told``: that lag,
-and how long the CPU had work it could not run (``waited``, what ``limits.cpu_wait`` reads).
+and how long the CPU had work it could not run (``waited``, what ``limits.CpuWait`` reads).
 
 With ``clients=N``, N such clients (Dask workers under ``-c auto``) share the one server, each with
 its own CPU, loop and controller, starting ``stagger`` seconds apart. Their clocks agree (their
