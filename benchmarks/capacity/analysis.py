@@ -104,15 +104,14 @@ def figures(run: Run, settings: Settings) -> Figures:
     end = polls[-1].at
     steady = start + settings.settle_s
     throughput = _rate(polls, steady, end)
-    before, after = _at(polls, steady), _at(polls, end)
+    before, after = at(polls, steady), at(polls, end)
     waits = [b - a for a, b in zip(before.histogram, after.histogram, strict=True)]
-    served = after.served - before.served
     total = polls[-1].served - polls[0].served + polls[-1].sheds - polls[0].sheds
     return Figures(
         throughput=throughput,
         capacity_fraction=throughput / capacity,
         whole_fraction=_rate(polls, start, end) / capacity,
-        mean_wait_l=(after.wait_s - before.wait_s) / max(served, 1) / settings.latency_s,
+        mean_wait_l=mean_wait(before, after) / settings.latency_s,
         p99_wait_l=percentile(waits, 0.99) / settings.latency_s,
         sheds=polls[-1].sheds - polls[0].sheds,
         shed_fraction=(polls[-1].sheds - polls[0].sheds) / max(total, 1),
@@ -163,10 +162,10 @@ def series(run: Run, settings: Settings, step: float = STEP_S) -> dict[str, list
     times, rates, waits, in_flight = [], [], [], []
     t = start
     while t + step <= run.polls[-1].at:
-        a, b = _at(run.polls, t), _at(run.polls, t + step)
+        a, b = at(run.polls, t), at(run.polls, t + step)
         times.append(t - start)
         rates.append((b.answered - a.answered) / step / capacity)
-        waits.append((b.wait_s - a.wait_s) / max(b.served - a.served, 1) / settings.latency_s)
+        waits.append(mean_wait(a, b) / settings.latency_s)
         in_flight.append(float(b.in_flight))
         t += step
     return {"t": times, "throughput": rates, "wait": waits, "in_flight": in_flight}
@@ -186,7 +185,7 @@ def _first_target(polls: Sequence[Poll], latency_s: float) -> float:
     return max(first - latency_s, 0.0)
 
 
-def _at(polls: Sequence[Poll], t: float) -> Poll:
+def at(polls: Sequence[Poll], t: float) -> Poll:
     """The counters at ``t``, interpolated between the polls around it (the last one after)."""
     if t <= polls[0].at:
         return polls[0]
@@ -205,10 +204,15 @@ def _at(polls: Sequence[Poll], t: float) -> Poll:
     return polls[-1]
 
 
+def mean_wait(before: Poll, after: Poll) -> float:
+    """The mean queue wait (seconds) of the requests given a handler between two readings."""
+    return (after.wait_s - before.wait_s) / max(after.served - before.served, 1)
+
+
 def _rate(polls: Sequence[Poll], start: float, end: float) -> float:
     if end <= start:
         return 0.0
-    return (_at(polls, end).answered - _at(polls, start).answered) / (end - start)
+    return (at(polls, end).answered - at(polls, start).answered) / (end - start)
 
 
 def _converged(
@@ -219,8 +223,8 @@ def _converged(
     converged = None
     t = start
     while t + 1.0 <= end:
-        a, b = _at(polls, t), _at(polls, t + 1.0)
-        wait = (b.wait_s - a.wait_s) / max(b.served - a.served, 1) / settings.latency_s
+        a, b = at(polls, t), at(polls, t + 1.0)
+        wait = mean_wait(a, b) / settings.latency_s
         good = b.answered - a.answered >= throughput and wait <= CONVERGED_WAIT_L
         if not good:
             converged = None

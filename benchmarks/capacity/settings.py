@@ -64,13 +64,29 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         description="asyncdl -c auto against fixed -c on emulated servers of limited capacity.",
     )
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument(
+        "--servers",
+        type=_server,
+        nargs="+",
+        metavar="K[:Q]",
+        help="the servers: K handlers, shedding at Q queued (16 64 256 16:8)",
+    )
+    parser.add_argument("--latency-ms", type=float, help="the servers' latency L (50)")
     parser.add_argument("--repeats", type=int, help="runs of each contender on each server (3)")
     parser.add_argument("--seconds", type=float, help="each run is stopped after this long (15)")
     parser.add_argument("--out-dir", type=Path, help="where results go (benchmarks/capacity)")
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else Settings()
     overrides = {k: v for k, v in vars(args).items() if k != "quick" and v is not None}
+    if "servers" in overrides:
+        overrides["servers"] = tuple(overrides["servers"])
     settings = dataclasses.replace(settings, **overrides)
     if settings.repeats < 1 or settings.seconds <= settings.settle_s + 1:
         parser.error("--repeats must be positive and --seconds longer than the settling time")
     return settings
+
+
+def _server(text: str) -> Server:
+    """``K`` or ``K:Q`` (argparse reports a ValueError as a bad value)."""
+    handlers, _, queue = text.partition(":")
+    return Server(int(handlers), int(queue) if queue else None)

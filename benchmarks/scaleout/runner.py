@@ -407,14 +407,18 @@ def _parse(argv: Sequence[str] | None) -> tuple[Settings, Path]:
     parser.add_argument("--shed-queue", type=int)
     parser.add_argument("--server-workers", type=int, nargs="+", default=defaults.server_workers)
     parser.add_argument(
-        "--data-sets", type=int, default=len(DATA_SETS), help="how many of the twelve (smoke runs)"
+        "--data-sets",
+        type=int,
+        default=len(DATA_SETS),
+        help="how many: fewer than the twelve for a smoke run, more (from the emulator's "
+        "catalogue) for a long one",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     settings = Settings(
         parts=tuple(args.parts),
         rounds=args.rounds,
-        data_sets=DATA_SETS[: args.data_sets],
+        data_sets=data_sets(args.data_sets),
         quota=args.quota,
         workers=tuple(args.workers),
         concurrencies=tuple(args.concurrencies),
@@ -422,6 +426,14 @@ def _parse(argv: Sequence[str] | None) -> tuple[Settings, Path]:
         server_workers=tuple(args.server_workers),
     )
     return settings, args.out
+
+
+def data_sets(count: int) -> tuple[int, ...]:
+    """The first ``count`` of the twelve, then of the rest of the emulator's catalogue."""
+    from asyncdl.emulator import CATALOGUE_IDS
+
+    rest = [i for i in CATALOGUE_IDS if i not in DATA_SETS]
+    return (*DATA_SETS, *rest)[:count]
 
 
 def _say(message: str) -> None:
