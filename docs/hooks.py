@@ -41,6 +41,9 @@ BENCHMARK_FILES = (
     "capacity/results.md",
     "capacity/capacity.png",
     "capacity/results.json",
+    "capacity/slow/results.md",
+    "capacity/slow/capacity.png",
+    "capacity/slow/results.json",
 )
 _DIRECTIVE = re.compile(r"^<!-- generated: ([\w-]+) -->$", re.M)
 
