@@ -87,6 +87,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
 
 
 def _server(text: str) -> Server:
-    """``K`` or ``K:Q`` (argparse reports a ValueError as a bad value)."""
+    """A server given as ``K`` or ``K:Q``."""
     handlers, _, queue = text.partition(":")
-    return Server(int(handlers), int(queue) if queue else None)
+    try:
+        return Server(int(handlers), int(queue) if queue else None)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"K or K:Q, two whole numbers; got {text!r}") from None

@@ -194,16 +194,13 @@ def server_figures(run: Run, latency_ms: float, settle_s: float) -> dict[str, An
     lo, hi = all_busy(run.tasks) if run.tasks else (0.0, 0.0)
     limits = mean_limits(run.shares, lo, hi)
     rates = worker_rates(run.tasks, run.requests)
-    late = hi - LATE * (hi - lo)
+    # A queue that grows over the run (workers that each take the others' queue for the server's
+    # latency) shows at its end, where the mean over the run hides it.
+    late = capacity.at(run.polls, hi - LATE * (hi - lo)), capacity.at(run.polls, hi)
     return {
         "capacity_fraction": f.capacity_fraction,
         "mean_wait_l": f.mean_wait_l,
-        # A queue that grows over the run (workers that each take the others' queue for the
-        # server's latency) shows at its end, where the mean over the run hides it.
-        "late_wait_l": capacity.mean_wait(capacity.at(run.polls, late), capacity.at(run.polls, hi))
-        / (latency_ms / 1000)
-        if hi > lo
-        else None,
+        "late_wait_l": capacity.mean_wait(*late) / (latency_ms / 1000) if hi > lo else None,
         "p99_wait_l": f.p99_wait_l,
         "shed_fraction": f.shed_fraction,
         "retries": f.retries,
