@@ -78,8 +78,10 @@ def test_a_queue_that_grows_shows_in_the_last_fifth():
         wait += 100 * (k // 50) * 0.1 * L
     tasks = [Task("a", 1, 0.0, 50.0), Task("b", 2, 0.0, 50.0)]
     answered = [(0.0, 0), (50.0, 50_000)]
-    run = Run("server", 2, "auto", 1, 0, 50.0, answered, tasks, {1: 25_000, 2: 25_000})
-    run.server, run.polls = Server(64), polls
+    requests = {1: 25_000, 2: 25_000}
+    run = Run(
+        "server", 2, "auto", 1, 0, 50.0, answered, tasks, requests, server=Server(64), polls=polls
+    )
     figures = server_figures(run, latency_ms=50.0, settle_s=2.0)
     assert figures["late_wait_l"] == pytest.approx(0.85, abs=0.02)
     assert figures["mean_wait_l"] < 0.5

@@ -200,7 +200,7 @@ def server_figures(run: Run, latency_ms: float, settle_s: float) -> dict[str, An
     return {
         "capacity_fraction": f.capacity_fraction,
         "mean_wait_l": f.mean_wait_l,
-        "late_wait_l": capacity.mean_wait(*late) / (latency_ms / 1000) if hi > lo else None,
+        "late_wait_l": capacity.mean_wait(*late) / settings.latency_s if hi > lo else None,
         "p99_wait_l": f.p99_wait_l,
         "shed_fraction": f.shed_fraction,
         "retries": f.retries,
