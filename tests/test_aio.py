@@ -6,7 +6,9 @@ import sys
 import threading
 import types
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from asyncdl import ApiError, aio
 from asyncdl.aio import Budget, Slots, all_of, both, in_thread
@@ -244,6 +246,49 @@ def test_the_loop_of_a_run_frees_the_socket_of_a_connection_cancelled_while_it_i
         return still_owned
 
     assert aio.run(cancelled_connections()) == 0
+
+
+async def test_requests_from_two_threads_each_reach_the_server_as_sent(serve):
+    # Two event loops in one process: asyncdl's own in a thread under Jupyter (aio.run), and the
+    # emulator's in the tests. aiohttp before 3.13 wrote every message's headers into one static C
+    # buffer (aio-libs/aiohttp#11464, fixed in 3.13.0): a thread switch midway sent one request
+    # with the other's bytes, request line and all (a 400, or another target's answer). A header
+    # whose str() waits for the other thread forces that switch here; in the wild any Python code
+    # run meanwhile can (a garbage collection's finalizers).
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(text=request.path)
+
+    base = await serve(echo)
+    paused, sent = threading.Event(), threading.Event()
+
+    class Pausing(str):
+        def __str__(self) -> str:
+            paused.set()
+            sent.wait(10)
+            return str.__str__(self)
+
+    def get(path: str, headers: dict[str, str]) -> tuple[int, str]:
+        async def main() -> tuple[int, str]:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(base + path, headers=headers) as resp,
+            ):
+                return resp.status, await resp.text()
+
+        return asyncio.run(main())
+
+    def second() -> tuple[int, str]:
+        assert paused.wait(10), "the first request's headers were not paused"
+        try:
+            return get("/second", {})
+        finally:
+            sent.set()
+
+    first = asyncio.to_thread(get, "/first", {"X-Probe": Pausing("1")})
+    assert list(await asyncio.gather(first, asyncio.to_thread(second))) == [
+        (200, "/first"),
+        (200, "/second"),
+    ]
 
 
 @pytest.mark.parametrize(
