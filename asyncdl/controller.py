@@ -218,6 +218,7 @@ class Controller:
         self._limit = float(min(initial, ceiling))
         self._lag = lag
         self._waited = waited
+        self._reading = (math.nan, 0.0)  # the last reading of ``waited``: (when, seconds)
         self._epoch = epoch
         self.slow_start = True
         #: The round trip without a queue at the server (seconds), once it has been measured.
@@ -309,12 +310,19 @@ class Controller:
             self._close(window, done)
 
     def _open(self, now: float, *, probe: bool = False, whole: bool = False) -> _Window:
-        return _Window(now, self._lag(), self._waited(), probe=probe, whole=whole)
+        return _Window(now, self._lag(), self._waited_at(now), probe=probe, whole=whole)
+
+    def _waited_at(self, now: float) -> float:
+        """How long the event loop's thread had waited for a CPU at ``now``: read once for all
+        that is decided then (a window's close asks up to four times; a reading opens a file)."""
+        if self._reading[0] != now:
+            self._reading = (now, self._waited())
+        return self._reading[1]
 
     def _starved(self, window: _Window, now: float) -> float:
         """The share of ``window`` so far in which the event loop's thread waited for a CPU."""
         span = now - window.start
-        return min(1.0, (self._waited() - window.waited) / span) if span > 0 else 0.0
+        return min(1.0, (self._waited_at(now) - window.waited) / span) if span > 0 else 0.0
 
     def _own_delay(self, window: _Window, rtt: float, now: float) -> float:
         """How much of a round trip of ``window`` may have been the client's own doing: the

@@ -158,6 +158,31 @@ def test_the_event_loops_own_lag_is_not_taken_for_a_queue_at_the_server():
     assert controller.limit > before
 
 
+def test_the_cpu_wait_is_read_once_for_all_that_is_decided_at_one_instant():
+    # Each reading opens a file (limits.CpuWait); a window's close asks for it several times
+    # (its own delay, starvation, the next window), all at one instant.
+    instant, readings = 0.0, []
+
+    def waited() -> float:
+        readings.append(instant)
+        return instant / 10  # the thread waits for a CPU a tenth of the time
+
+    controller = Controller(1000, initial=32, waited=waited, now=0.0)
+    now = 0.0
+    for _ in range(60):  # against a server of 64 handlers: slow start, then the law and probes
+        count = max(MIN_SAMPLES, controller.limit)
+        span, rtt = max(L, controller.noload or 0.0), L * max(1.0, count / 64)
+        sends = [now + 1e-6 + span * n / (count - 1) for n in range(count)]
+        for sent in sends:
+            controller.sending(sent)
+        for sent in sends:
+            instant = sent + rtt
+            controller.answered(sent, instant, count)
+        now = instant
+    assert not controller.slow_start and len(readings) > 50  # a reading at each close at least...
+    assert len(readings) == len(set(readings))  # ... and one an instant
+
+
 def test_a_busy_answer_halves_the_limit_once_a_round_trip():
     controller = Controller(1000, initial=64, now=0.0)
     for sent in (1.0, 1.1, 1.2):
