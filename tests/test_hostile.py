@@ -5,6 +5,7 @@ nothing bad in the cache and stay within bounded memory."""
 import asyncio
 import subprocess
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -93,13 +94,17 @@ async def test_a_maintenance_window_is_never_cached_and_the_next_run_succeeds(em
     # Every volume is a 200 text/html maintenance page until the window closes.
     plan = FaultPlan(html_requests=10_000)
     cache = tmp_path / "cache"
-    async with Emulator(faults=plan) as emu, asyncio.timeout(RUN_LIMIT_S):
+    async with Emulator(faults=plan, record=True) as emu, asyncio.timeout(RUN_LIMIT_S):
         [first] = await asyncdl.fetch(
             [SEED_ID], tmp_path / "a", options=QUICK, endpoints=emu.endpoints, cache_dir=cache
         )
-        assert plan.injected["html"] >= 3 and not first.complete
-        assert "html" in (first.error or "").lower()
-        assert f"{emu.base_url}/" in (first.error or "")  # names the URL
+        assert not first.complete and "html" in (first.error or "").lower()
+        # The page is transient: the volume the error names was asked 1 + retries times. (How
+        # often the others were asked before the data set gave up is a race.)
+        assert emu.stats.wire is not None
+        asked = Counter(raw for raw, _agent in emu.stats.wire)
+        [named] = [raw for raw in asked if f"{emu.base_url}{raw})" in (first.error or "")]
+        assert asked[named] == 1 + QUICK.retries
         # Nothing cached but the structure tree (not a volume, and whole when it came). Whether it
         # came before the data set gave up is a race (the grids fail within 0.1 s at this backoff;
         # 3 of 8 runs lost it, before this session too), so it may be absent; nothing else may be.
