@@ -232,7 +232,11 @@ class Slot:
         self._limits = limits
         self._sample = sample
         self.sent = 0.0
-        self._answered: tuple[float, int, bool] | None = None  # (when, status, on a new connection)
+        #: When the answer's status line and headers were in, once they are; its status; and
+        #: whether its request had to open its connection.
+        self.done: float | None = None
+        self.status = 0
+        self.fresh = False
 
     async def __aenter__(self) -> Slot:
         limits = self._limits
@@ -253,11 +257,14 @@ class Slot:
         limits = self._limits
         done = limits.clock()
         limits.fastest_answer = min(limits.fastest_answer, done - self.sent)
-        connection = response.connection.protocol if response.connection is not None else None
-        fresh = connection is not None and connection not in limits._connections
-        if fresh:
+        # The connection it came on. ``response.connection`` is None once a small answer is read
+        # whole (the connection is back in the pool, as nearly every spatial search's is), so
+        # aiohttp's own record of it is read.
+        connection = getattr(response, "_protocol", None)
+        self.fresh = connection is not None and connection not in limits._connections
+        if self.fresh:
             limits._connections.add(connection)
-        self._answered = (done, response.status, fresh)
+        self.done, self.status = done, response.status
         if response.status not in BUSY_STATUSES and response.status < 500:
             limits.last_good = done
 
@@ -272,12 +279,11 @@ class Slot:
         if controller is not None:
             if not self._sample:
                 controller.ignored(self.sent, now)
-            elif self._answered is not None:
-                done, status, fresh = self._answered
-                if status in BUSY_STATUSES:
-                    controller.overloaded(self.sent, done)
+            elif self.done is not None:
+                if self.status in BUSY_STATUSES:
+                    controller.overloaded(self.sent, self.done)
                 else:
-                    controller.answered(self.sent, done, in_flight, fresh=fresh)
+                    controller.answered(self.sent, self.done, in_flight, fresh=self.fresh)
             elif isinstance(exc, TimeoutError) or isinstance(exc and exc.__cause__, TimeoutError):
                 controller.overloaded(self.sent, now)
             else:  # refused, reset, cancelled: nothing said about the server's load

@@ -9,12 +9,13 @@ import subprocess
 import sys
 import time
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 from asyncdl import FetchOptions, TransientError
 from asyncdl.fetcher import HttpClient, Tally
-from asyncdl.limits import REPORT_SECONDS, CpuWait, LoopLag
+from asyncdl.limits import REPORT_SECONDS, CpuWait, Limits, LoopLag
 from asyncdl.responses import rows
 
 from .conftest import EmulatorThread
@@ -80,6 +81,20 @@ def test_cpu_wait_is_zero_where_it_cannot_be_read(monkeypatch):
     waited = CpuWait()
     monkeypatch.setattr(CpuWait, "PATH", "/nonexistent/schedstat")
     assert waited() == waited() == 0.0
+
+
+async def test_an_answer_on_a_new_connection_is_told_from_one_on_a_connection_used_before(serve):
+    # A spatial search's answer is small: read whole with its headers, its connection is back in
+    # the pool (``response.connection`` is None) by the time the slot is told of it.
+    url = await serve(ok) + "/q"
+    limits = Limits(FetchOptions())
+    fresh = []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3):
+            async with limits.slot() as slot, session.get(url) as response:
+                slot.answered(response)
+            fresh.append(slot.fresh)
+    assert fresh == [True, False, False]
 
 
 async def test_the_loop_lag_counts_every_tick_that_was_due_while_the_loop_was_blocked():
