@@ -70,11 +70,12 @@ def test_a_queue_that_grows_shows_in_the_last_fifth():
     # Two workers busy from 0 to 50 s against a server of 64 handlers at L = 50 ms: 1,000
     # requests a second, their queue wait rising from nothing by 0.1 L every 5 s, so that the
     # last 10 s (0.8 to 0.9 L) fail the goal while the mean over the run (about 0.45 L) passes.
+    # Each request holds a handler for 1.2 L (a server short of CPU): 60 of the 64 in use.
     L = 0.05
     polls, wait = [], 0.0
     for k in range(501):
         t = k / 10
-        polls.append(Poll(t, 1000 * k // 10, 1000 * k // 10, wait, (0,), 0, 64))
+        polls.append(Poll(t, 1000 * k // 10, 1000 * k // 10, wait, (0,), 0, 64, 1000 * 1.2 * L * t))
         wait += 100 * (k // 50) * 0.1 * L
     tasks = [Task("a", 1, 0.0, 50.0), Task("b", 2, 0.0, 50.0)]
     answered = [(0.0, 0), (50.0, 50_000)]
@@ -85,6 +86,8 @@ def test_a_queue_that_grows_shows_in_the_last_fifth():
     figures = server_figures(run, latency_ms=50.0, settle_s=2.0)
     assert figures["late_wait_l"] == pytest.approx(0.85, abs=0.02)
     assert figures["mean_wait_l"] < 0.5
+    assert figures["handler_use"] == pytest.approx(60 / 64, abs=0.01)
+    assert figures["held_l"] == pytest.approx(1.2, abs=0.01)
     goals = server_goals({run.setup: {**figures, "runs": 1}})
     assert goals[f"{run.setup}: mean wait <= 0.5 L"][1]
     assert not goals[f"{run.setup}: mean wait in the last 20% together <= 0.5 L"][1]

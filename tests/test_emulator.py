@@ -317,6 +317,8 @@ async def test_a_server_of_limited_capacity_queues_what_it_cannot_take():
     assert queue.served == 6 and queue.sheds == 0 and queue.wait_seconds > 0
     assert stats["served"] == 6 and stats["handlers"] == 2 and stats["shed_queue"] is None
     assert stats["mean_wait_ms"] == pytest.approx(queue.wait_seconds / 6 * 1000)
+    # Each request held a handler for its 100 ms at least, and never more than 2 were in use.
+    assert 6 * 0.1 <= stats["busy_seconds"] <= 2 * elapsed
 
 
 async def test_the_queue_is_first_come_first_served():

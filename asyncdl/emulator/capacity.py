@@ -4,8 +4,9 @@ Each request holds a handler for its whole time at the server (the emulator's la
 included), so K handlers with a service time L answer at most K/L requests a second; a request
 that finds them all busy waits its turn, in the order of arrival. With ``shed_queue=Q``, a request
 that arrives when Q are already waiting is answered ``503`` at once with a Retry-After, as a server
-that sheds load does. The server records the queue waits it imposed: what a client's concurrency
-costs it.
+that sheds load does. The server records the queue waits it imposed, what a client's concurrency
+costs it, and how long its handlers were in use, what of its capacity a client used (a server
+short of CPU holds a handler longer than L, so K/L is out of reach with every handler busy).
 """
 
 from __future__ import annotations
@@ -47,6 +48,21 @@ class QueueStats:
     histogram: list[int] = field(default_factory=lambda: [0] * (len(WAIT_EDGES) + 1))
     #: Requests turned away with a 503 because the queue was full.
     sheds: int = 0
+    #: Handler-seconds in use so far (the integral of ``busy`` over time, up to the last change
+    #: or reading): over a span, the difference of two readings over K times the span is the
+    #: share of the handlers' time in use.
+    busy_seconds: float = 0.0
+    _since: float = field(default_factory=time.monotonic, repr=False)
+
+    def add_busy(self, change: int) -> None:
+        """``change`` more handlers in use from now on."""
+        self._settle()
+        self.busy += change
+
+    def _settle(self) -> None:
+        now = time.monotonic()
+        self.busy_seconds += self.busy * (now - self._since)
+        self._since = now
 
     def record(self, wait: float) -> None:
         self.peak_busy = max(self.peak_busy, self.busy)
@@ -56,9 +72,11 @@ class QueueStats:
 
     def reset(self) -> None:
         self.served, self.wait_seconds, self.sheds, self.peak_busy = 0, 0.0, 0, self.busy
+        self.busy_seconds, self._since = 0.0, time.monotonic()
         self.histogram = [0] * (len(WAIT_EDGES) + 1)
 
     def as_dict(self) -> dict[str, Any]:
+        self._settle()
         mean = self.wait_seconds / self.served if self.served else 0.0
         return {
             "handlers": self.handlers,
@@ -69,6 +87,7 @@ class QueueStats:
             "served": self.served,
             "sheds": self.sheds,
             "wait_seconds": self.wait_seconds,
+            "busy_seconds": self.busy_seconds,
             "mean_wait_ms": mean * 1000,
             "p99_wait_ms": percentile(self.histogram, 0.99) * 1000,
             "histogram": list(self.histogram),
@@ -105,7 +124,7 @@ class Capacity:
     async def handler(self) -> AsyncIterator[None]:
         stats = self.stats
         if stats.busy < stats.handlers and not self._waiting:
-            stats.busy += 1
+            stats.add_busy(1)
             stats.record(0.0)
         elif stats.shed_queue is not None and len(self._waiting) >= stats.shed_queue:
             stats.sheds += 1
@@ -115,7 +134,7 @@ class Capacity:
         try:
             yield
         finally:
-            stats.busy -= 1
+            stats.add_busy(-1)
             self._hand_on()
 
     async def _wait(self) -> None:
@@ -128,7 +147,7 @@ class Capacity:
             await turn  # the handler that frees up hands itself over (busy stays counted)
         except asyncio.CancelledError:
             if turn.done() and not turn.cancelled():
-                stats.busy -= 1  # handed over as it was cancelled: pass it on
+                stats.add_busy(-1)  # handed over as it was cancelled: pass it on
                 self._hand_on()
             else:
                 self._waiting.remove(turn)
@@ -142,5 +161,5 @@ class Capacity:
             turn = self._waiting.popleft()
             stats.queued -= 1
             if not turn.done():
-                stats.busy += 1
+                stats.add_busy(1)
                 turn.set_result(None)

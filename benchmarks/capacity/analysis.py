@@ -40,6 +40,8 @@ class Poll:
     sheds: int
     #: Requests at the server: in service or queued.
     in_flight: int
+    #: Handler-seconds in use so far.
+    busy_s: float
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,11 @@ class Figures:
     settled_s: float | None
     #: The requests at the server, median over the steady part: the concurrency it saw.
     in_flight: float
+    #: The share of the handlers' time in use over the steady part, and how long a request held
+    #: one (in units of L): a server kept full whose CPU is short holds them longer than L, and
+    #: then falls short of K / L with every handler in use.
+    handler_use: float
+    held_l: float
 
 
 @dataclass(frozen=True)
@@ -122,6 +129,8 @@ def figures(run: Run, settings: Settings) -> Figures:
         in_flight=statistics.median(p.in_flight for p in polls if p.at >= steady)
         if end > steady
         else 0.0,
+        handler_use=handler_use(before, after, run.server.handlers),
+        held_l=held(before, after) / settings.latency_s,
     )
 
 
@@ -200,8 +209,21 @@ def at(polls: Sequence[Poll], t: float) -> Poll:
                 histogram=b.histogram if w > 0.5 else a.histogram,
                 sheds=round(a.sheds + w * (b.sheds - a.sheds)),
                 in_flight=b.in_flight if w > 0.5 else a.in_flight,
+                busy_s=a.busy_s + w * (b.busy_s - a.busy_s),
             )
     return polls[-1]
+
+
+def handler_use(before: Poll, after: Poll, handlers: int) -> float:
+    """The share of the time between two readings that the server's handlers were in use."""
+    span = after.at - before.at
+    return (after.busy_s - before.busy_s) / (handlers * span) if span > 0 else 0.0
+
+
+def held(before: Poll, after: Poll) -> float:
+    """How long a request held a handler (seconds), on average between two readings."""
+    served = after.served - before.served
+    return (after.busy_s - before.busy_s) / served if served > 0 else 0.0
 
 
 def mean_wait(before: Poll, after: Poll) -> float:

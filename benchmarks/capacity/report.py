@@ -57,15 +57,15 @@ def markdown(settings: Settings, info: dict[str, Any], rows: list[Row]) -> str:
         "target phase.",
         "",
         "| server | -c | throughput / (K/L) | whole run | mean wait (L) | p99 wait (L) | in flight "
-        "| sheds | retries | converged (s) | settled (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| handlers in use | held (L) | sheds | retries | converged (s) | settled (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         f = row.figures
         lines.append(
             f"| {row.server.label} | {row.contender} | {f.capacity_fraction:.2f} "
             f"| {f.whole_fraction:.2f} | {f.mean_wait_l:.2f} | {f.p99_wait_l:.2f} "
-            f"| {f.in_flight:.0f} | {f.sheds:.0f} ({f.shed_fraction:.1%}) | {f.retries:.0f} "
+            f"| {f.in_flight:.0f} | {f.handler_use:.2f} | {f.held_l:.2f} | {f.sheds:.0f} ({f.shed_fraction:.1%}) | {f.retries:.0f} "
             f"| {_seconds(f.converged_s)} | {_seconds(f.settled_s)} |"
         )
     lines += ["", "Goals for -c auto, on every server, with no tuning:", ""]
@@ -80,7 +80,9 @@ def markdown(settings: Settings, info: dict[str, Any], rows: list[Row]) -> str:
         "Throughput: spatial searches answered a second, over the steady part (whole run: from "
         "the first target request). Waits: in the server's queue, before a handler took the "
         "request. In flight: requests at the server (in service or queued), median over the "
-        "steady part. Converged: from the first target request to when every later second "
+        "steady part. Handlers in use: the share of the handlers' time in use over the steady "
+        "part; held: how long a request held one (a server short of CPU holds them longer "
+        "than L, and then falls short of K/L with every handler in use). Converged: from the first target request to when every later second "
         "(in quarter-second steps) served at least 0.9 K/L with a mean queue wait of at most "
         "0.5 L (-: never for good); settled: the same against 0.9 of the run's own steady "
         "throughput, for when the machine rather than the server is the limit.",

@@ -152,6 +152,7 @@ def poll(emu: EmulatorProcess, started: float) -> Poll:
         histogram=tuple(queue["histogram"]),
         sheds=int(queue["sheds"]),
         in_flight=int(stats["in_flight"]) - 1,  # this reading is one of them
+        busy_s=float(queue["busy_seconds"]),
     )
 
 

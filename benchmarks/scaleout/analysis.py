@@ -206,6 +206,8 @@ def server_figures(run: Run, latency_ms: float, settle_s: float) -> dict[str, An
         "retries": f.retries,
         "converged_s": f.converged_s,
         "in_flight_over_k": f.in_flight / run.server.handlers,
+        "handler_use": f.handler_use,
+        "held_l": f.held_l,
         "cpu_per_request_us": 1e6 * sum(run.worker_cpu_s) / max(run.answered[-1][1], 1),
         "jain_limits": jain(list(limits.values())) if limits else None,
         "jain_rates": jain(list(rates.values())) if rates else None,
