@@ -65,7 +65,8 @@ def markdown(settings: Settings, info: dict[str, Any], rows: list[Row]) -> str:
         lines.append(
             f"| {row.server.label} | {row.contender} | {f.capacity_fraction:.2f} "
             f"| {f.whole_fraction:.2f} | {f.mean_wait_l:.2f} | {f.p99_wait_l:.2f} "
-            f"| {f.in_flight:.0f} | {f.handler_use:.2f} | {f.held_l:.2f} | {f.sheds:.0f} ({f.shed_fraction:.1%}) | {f.retries:.0f} "
+            f"| {f.in_flight:.0f} | {f.handler_use:.2f} | {f.held_l:.2f} "
+            f"| {f.sheds:.0f} ({f.shed_fraction:.1%}) | {f.retries:.0f} "
             f"| {_seconds(f.converged_s)} | {_seconds(f.settled_s)} |"
         )
     lines += ["", "Goals for -c auto, on every server, with no tuning:", ""]
@@ -82,10 +83,11 @@ def markdown(settings: Settings, info: dict[str, Any], rows: list[Row]) -> str:
         "request. In flight: requests at the server (in service or queued), median over the "
         "steady part. Handlers in use: the share of the handlers' time in use over the steady "
         "part; held: how long a request held one (a server short of CPU holds them longer "
-        "than L, and then falls short of K/L with every handler in use). Converged: from the first target request to when every later second "
-        "(in quarter-second steps) served at least 0.9 K/L with a mean queue wait of at most "
-        "0.5 L (-: never for good); settled: the same against 0.9 of the run's own steady "
-        "throughput, for when the machine rather than the server is the limit.",
+        "than L, and then falls short of K/L with every handler in use). Converged: from the "
+        "first target request to when every later second (in quarter-second steps) served at "
+        "least 0.9 K/L with a mean queue wait of at most 0.5 L (-: never for good); settled: "
+        "the same against 0.9 of the run's own steady throughput, for when the machine rather "
+        "than the server is the limit.",
         "",
         "![throughput, queue wait and requests at the server over time](capacity.png)",
         "",
