@@ -34,8 +34,8 @@ which drains any queue of ours. A probe comes
   Together they drain it. What a periodic probe measures is taken as it is, so that a server
   whose latency rose for good, or that other people keep busy, is followed rather than fought;
 * **out of turn**: once slow start is over (what it saw may hold the start's transients: caches
-  warming up, a client busy reading volumes), taken as it is; and when the client waits for a CPU
-  much more than before (below), which may lower the no-load round trip but raise it only by
+  warming up, a client busy reading volumes), taken as it is; and when the client's event loop
+  stalls much more than before (below), which may lower the no-load round trip but raise it only by
   what the client's own delay explains, since it does not drain the others' queue.
 
 Between two probes latency alone at most halves the limit: a server slower for good is measured
@@ -47,19 +47,24 @@ Two parts of a round trip are not the server's doing, and are kept out of it:
 * **the client's own delay** (the trap). A client short of CPU (a busy machine, a throttled
   container, a Dask worker on a small share of a core) reads its answers late: its round trips
   grow although the server has no queue, and a latency law that took that for a queue would back
-  off, and off again, for nothing. Two meters tell it: ``limits.LoopLag``, how late the event loop
-  runs what is due, and ``limits.CpuWait``, how long its thread waited for a CPU (the kernel's
-  run-queue wait, a cgroup's throttling included). The window's mean lag is taken off its round
-  trip; and if the thread waited for a CPU a larger share of the window than while the no-load
-  round trip was measured, that much more of the round trip is taken off (an answer cannot be
-  read while its reader waits). That catches what the mean lag misses: a throttled client whose
+  off, and off again, for nothing. ``limits.LoopLag`` tells it, from how late the event loop runs
+  what is due: its mean lag, and its stalls, when it could not run for a tick or more (a
+  throttled container's freezes, a CPU held by another for long). The window's mean lag is taken
+  off its round trip; and if the loop was stalled a larger share of the window than while the
+  no-load round trip was measured, that much more of the round trip is taken off (an answer
+  cannot be read in a stall). That catches what the mean lag misses: a throttled client whose
   probe, at half the limit, runs within its quota, so that its no-load round trip is quick and
-  every window at the full limit waits out whole freezes. The no-load round trip is measured
-  whole, lag included, so that a noisy estimate cannot drag it down, and measured again (at most
-  once a ``PROBE_SECONDS``) when the client waits for a CPU much more than it did then, so that
-  a machine that got busy does not hide a queue at the server for long. A client whose own CPU
-  is the bottleneck may so grow towards its ceiling: the extra requests wait in its own buffers,
-  not at the server (which has time to spare), and each turn of its loop reads more answers.
+  every window at the full limit waits out whole freezes (its sends and answers fall into step
+  with the quota's periods). Shorter waits for a CPU (a busy machine's run queue, a few
+  milliseconds each) are no stalls: they delay answers at random, as the mean lag measures, and
+  taken as a share of the round trip they would overstate it (the share swings by a tenth from
+  window to window, and a limit grown in those windows kept a queue at the server). The no-load
+  round trip is measured whole, lag included, so that a noisy estimate cannot drag it down, and
+  measured again (at most once a ``PROBE_SECONDS``) when the loop stalls much more than it did
+  then, so that a machine that got busy does not hide a queue at the server for long. A client
+  whose own CPU is the bottleneck may so grow towards its ceiling: the extra requests wait in its
+  own buffers, not at the server (which has time to spare), and each turn of its loop reads more
+  answers.
 * **connecting**. A request that had to open its connection (TCP and TLS handshakes, several
   network round trips to a distant server) is no measure of the server's queue; its round trip is
   used only when a window has too few others.
@@ -104,6 +109,7 @@ import math
 import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 #: The limit a run starts from, and how much slow start adds to it for each answer (a half: the
 #: limit grows by half every round trip, so that the queue it is looking for, which shows a round
@@ -127,25 +133,31 @@ PROBE_ROUNDS = 100
 #: the other workers of a run probing at the same time, theirs: half of K + Q in flight is under
 #: K while the queue Q is shorter than K).
 PROBE_DEPTH = 2
-#: The no-load round trip is measured afresh (at most once a PROBE_SECONDS) when the client
-#: waits for a CPU this much more of a window's time than it did while it was measured.
-STARVED_SHIFT = 0.25
+#: The no-load round trip is measured afresh (at most once a PROBE_SECONDS) when the client's
+#: loop is stalled this much more of a window's time than it was while it was measured.
+STALL_SHIFT = 0.25
 #: A window closes without its last requests once they are this many of its round trips late
 #: (a request that will time out).
 STRAGGLERS = 3.0
 
-#: Reads the event loop's lag so far: (seconds late, summed over its ticks; ticks). See LoopLag.
-LagReading = Callable[[], tuple[float, int]]
-#: Reads how long the event loop's thread has waited for a CPU so far, in seconds. See limits.CpuWait.
-WaitReading = Callable[[], float]
+
+class Lag(NamedTuple):
+    """The event loop's lag so far (``limits.LoopLag``)."""
+
+    #: Seconds late, summed over the ticks that were due.
+    late: float
+    #: How many ticks were due.
+    ticks: int
+    #: Seconds it was stalled, in stalls of a tick or more.
+    stalled: float
 
 
-def _no_lag() -> tuple[float, int]:
-    return 0.0, 0
+#: Reads the event loop's lag so far.
+LagReading = Callable[[], Lag]
 
 
-def _no_wait() -> float:
-    return 0.0
+def _no_lag() -> Lag:
+    return Lag(0.0, 0, 0.0)
 
 
 def typical(rtts: Iterable[float]) -> float:
@@ -166,8 +178,7 @@ class _Window:
     """
 
     start: float
-    lag: tuple[float, int]
-    waited: float
+    lag: Lag
     #: A window sent under a lowered limit, to measure the no-load round trip...
     probe: bool = False
     #: ... taken as it is (the first probe, and those in their turn on the shared clock).
@@ -196,10 +207,9 @@ class Controller:
     """The limit of ``-c auto``: tell it of each request sent and of what became of it; read
     ``limit``.
 
-    ``lag`` reads the event loop's lag so far (``LagReading``) and ``waited`` how long its thread
-    has waited for a CPU (``WaitReading``); without them, neither is assumed. ``now`` is when the
-    first window starts; ``epoch`` what to add to the caller's clock to read the clock the
-    periodic probes keep to (the wall clock, which the workers of a run share).
+    ``lag`` reads the event loop's lag so far (``LagReading``); without it, none is assumed.
+    ``now`` is when the first window starts; ``epoch`` what to add to the caller's clock to read
+    the clock the periodic probes keep to (the wall clock, which the workers of a run share).
     """
 
     def __init__(
@@ -208,7 +218,6 @@ class Controller:
         *,
         initial: int = INITIAL,
         lag: LagReading = _no_lag,
-        waited: WaitReading = _no_wait,
         now: float = -math.inf,
         epoch: float = 0.0,
     ) -> None:
@@ -217,14 +226,12 @@ class Controller:
         self.ceiling = ceiling
         self._limit = float(min(initial, ceiling))
         self._lag = lag
-        self._waited = waited
-        self._reading = (math.nan, 0.0)  # the last reading of ``waited``: (when, seconds)
         self._epoch = epoch
         self.slow_start = True
         #: The round trip without a queue at the server (seconds), once it has been measured.
         self.noload: float | None = None
-        #: The share of the time the client waited for a CPU while ``noload`` was measured.
-        self._noload_starved = 0.0
+        #: The share of the time the client's loop was stalled while ``noload`` was measured.
+        self._noload_stalled = 0.0
         self._block: list[float] = []  # slow start's latest round trips
         self._clean = 0  # windows in a row that showed no queue: the growth doubles with each
         self._window = self._open(now)
@@ -233,7 +240,7 @@ class Controller:
         self._unscheduled = False  # measure it at the end of this window, out of turn
         self._probing: float | None = None  # the limit to go back to once the probe is sent
         self._measured_at = 0.0  # the limit when the no-load round trip was measured, or it was cut
-        self._shifted_at = -math.inf  # when more starvation than the no-load's last asked a probe
+        self._shifted_at = -math.inf  # when more stalls than the no-load's last asked a probe
 
     @property
     def limit(self) -> int:
@@ -310,34 +317,27 @@ class Controller:
             self._close(window, done)
 
     def _open(self, now: float, *, probe: bool = False, whole: bool = False) -> _Window:
-        return _Window(now, self._lag(), self._waited_at(now), probe=probe, whole=whole)
+        return _Window(now, self._lag(), probe=probe, whole=whole)
 
-    def _waited_at(self, now: float) -> float:
-        """How long the event loop's thread had waited for a CPU at ``now``: read once for all
-        that is decided then (a window's close asks up to four times; a reading opens a file)."""
-        if self._reading[0] != now:
-            self._reading = (now, self._waited())
-        return self._reading[1]
-
-    def _starved(self, window: _Window, now: float) -> float:
-        """The share of ``window`` so far in which the event loop's thread waited for a CPU."""
+    def _stalled(self, window: _Window, now: float) -> float:
+        """The share of ``window`` so far in which the event loop was stalled."""
         span = now - window.start
-        return min(1.0, (self._waited_at(now) - window.waited) / span) if span > 0 else 0.0
+        return min(1.0, (self._lag().stalled - window.lag.stalled) / span) if span > 0 else 0.0
 
     def _own_delay(self, window: _Window, rtt: float, now: float) -> float:
         """How much of a round trip of ``window`` may have been the client's own doing: the
-        event loop's mean lag; or, if its thread waited for a CPU a larger share of the window
-        than while the no-load round trip was measured, that much more of the round trip (an
-        answer cannot be read while it waits, and the no-load round trip holds the rest)."""
-        lag, ticks = self._lag()
-        before, ticked = window.lag
-        mean_lag = (lag - before) / (ticks - ticked) if ticks > ticked else 0.0
-        return max(mean_lag, (self._starved(window, now) - self._noload_starved) * rtt)
+        event loop's mean lag; or, if it was stalled a larger share of the window than while the
+        no-load round trip was measured, that much more of the round trip (an answer cannot be
+        read in a stall, and the no-load round trip holds the rest)."""
+        lag, before = self._lag(), window.lag
+        ticks = lag.ticks - before.ticks
+        mean_lag = (lag.late - before.late) / ticks if ticks > 0 else 0.0
+        return max(mean_lag, (self._stalled(window, now) - self._noload_stalled) * rtt)
 
     def _measured(self, rtt: float, window: _Window, now: float) -> float:
         """``rtt``, of ``window``, is the no-load round trip from now on."""
         self.noload = rtt
-        self._noload_starved = self._starved(window, now)
+        self._noload_stalled = self._stalled(window, now)
         return rtt
 
     def _watch_slow_start(self, now: float) -> None:
@@ -374,7 +374,7 @@ class Controller:
                 self._measured_at = self._limit
             elif not self.slow_start:
                 self._apply(rtt, self._own_delay(window, rtt, now), window, now)
-                self._watch_starvation(window, now)
+                self._watch_stalls(window, now)
             elif self.noload is not None and rtt < self.noload:
                 self._measured(rtt, window, now)
         if self._unscheduled or now >= self._probe_at:
@@ -404,17 +404,17 @@ class Controller:
         if limit > self._limit and window.peak * 2 < self._limit:
             return  # less than half of it in use: the limit is not what limits, leave it
         # Latency alone halves it at most between two probes: more would be a server whose
-        # latency rose for good (or a client too starved to read its answers in time) rather
+        # latency rose for good (or a client too stalled to read its answers in time) rather
         # than a queue of ours, which the next periodic probe measures.
         self._limit = max(1.0, min(max(limit, self._measured_at / 2), float(self.ceiling)))
 
-    def _watch_starvation(self, window: _Window, now: float) -> None:
-        """A client that waits for a CPU much more than while the no-load round trip was measured
+    def _watch_stalls(self, window: _Window, now: float) -> None:
+        """A client whose loop stalls much more than while the no-load round trip was measured
         (its machine got busy) measures it again, so that its queue at the server shows again:
         at once, but at most once a ``PROBE_SECONDS`` (a throttled client whose probe, at a
         lowered limit, runs within its quota would measure the same again)."""
-        shift = self._starved(window, now) - self._noload_starved
-        if shift > STARVED_SHIFT and now - self._shifted_at >= PROBE_SECONDS:
+        shift = self._stalled(window, now) - self._noload_stalled
+        if shift > STALL_SHIFT and now - self._shifted_at >= PROBE_SECONDS:
             self._shifted_at = now
             self._unscheduled = True
 

@@ -3,9 +3,8 @@
     Slots          requests in flight: at most ``-c N``, or the controller's limit under
                    ``-c auto`` (``controller``), and at most a Dask worker's share of either
     RateLimiter    request starts at least ``1 / --rate`` apart
-    LoopLag        how late the event loop runs what is due, and
-    CpuWait        how long its thread waited for a CPU: what the controller takes off the round
-                   trips, which are not the server's doing
+    LoopLag        how late the event loop runs what is due, and how long it stalled: what the
+                   controller takes off the round trips, which are not the server's doing
 
 Each attempt takes a ``Slot`` (``async with limits.slot() as slot``), tells it when the server's
 answer came (``slot.answered(response)``), and gives it back; the slot hands its outcome to the
@@ -26,7 +25,7 @@ import aiohttp
 
 from .aio import Slots
 from .config import FetchOptions
-from .controller import Controller
+from .controller import Controller, Lag
 from .errors import BUSY_STATUSES
 
 #: The controller's limit is reported at most this often (``Events.limit_changed``).
@@ -71,13 +70,16 @@ class LoopLag:
 
     Every tick due is counted, those the loop was too busy or too frozen to run on time included,
     so the mean lag is what an answer arriving at a random moment waits before it is read: the
-    backlog of a busy loop, half a freeze on average for a throttled process.
+    backlog of a busy loop, half a freeze on average for a throttled process. A tick that ran a
+    whole ``interval`` late or more (others were due while it waited) marks a stall of the loop
+    as long as it was late.
     """
 
     def __init__(self, interval: float = 0.01) -> None:
         self.interval = interval
         self._late = 0.0
         self._ticks = 0
+        self._stalled = 0.0
         self._due = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: asyncio.TimerHandle | None = None
@@ -92,42 +94,24 @@ class LoopLag:
             self._handle.cancel()
             self._handle = None
 
-    def reading(self) -> tuple[float, int]:
-        """(seconds late, summed over the ticks due so far; how many ticks)."""
-        return self._late, self._ticks
+    def reading(self) -> Lag:
+        """The lag so far, for the controller."""
+        return Lag(self._late, self._ticks, self._stalled)
 
-    def _tick(self) -> None:
-        assert self._loop is not None
-        late = self._loop.time() - self._due
+    def ran(self, late: float) -> int:
+        """A tick ran ``late`` seconds after it was due: count it and those due since. Returns
+        how many ticks it stands for (the next is due that many intervals after it)."""
         due = max(1, int(late / self.interval) + 1)  # this tick and those due since
         self._late += max(0.0, due * late - self.interval * due * (due - 1) / 2)
         self._ticks += due
-        self._due += due * self.interval
+        if due > 1:
+            self._stalled += late
+        return due
+
+    def _tick(self) -> None:
+        assert self._loop is not None
+        self._due += self.ran(self._loop.time() - self._due) * self.interval
         self._handle = self._loop.call_at(self._due, self._tick)
-
-
-class CpuWait:
-    """How long the calling thread has waited for a CPU so far, in seconds: runnable but not
-    running, on a busy machine or frozen by its cgroup's CPU quota (a throttled container).
-
-    Linux's run-queue wait of the thread (``/proc/thread-self/schedstat``, the second field, in
-    which a cgroup's throttling counts too). Read it from the event loop's thread. Where it cannot
-    be read, it stays 0.
-    """
-
-    PATH = "/proc/thread-self/schedstat"
-
-    def __init__(self) -> None:
-        self._readable = True
-
-    def __call__(self) -> float:
-        if self._readable:
-            try:
-                with open(self.PATH, "rb") as stats:
-                    return int(stats.read().split()[1]) / 1e9
-            except (OSError, ValueError, IndexError):
-                self._readable = False
-        return 0.0
 
 
 class Limits:
@@ -153,7 +137,6 @@ class Limits:
             Controller(
                 options.max_in_flight,
                 lag=self._lag.reading,
-                waited=CpuWait(),
                 now=clock(),
                 epoch=time.time() - clock(),  # probes on the wall clock: a run's workers together
             )

@@ -2,8 +2,9 @@
 deterministic, in simulated time.
 
 The server has ``handlers`` workers, each taking ``service * uniform(1 - spread, 1 + spread)``
-seconds a request (``service`` may be a function of the time), and a FIFO queue beyond them; with ``shed_queue`` it answers 503 at once when
-that many are queued. Answers take ``network`` seconds each way. The client always has work: it
+seconds a request (``service`` may be a function of the time), and a FIFO queue beyond them;
+with ``shed_queue`` it answers 503 at once when that many are queued. Answers take ``network``
+seconds each way. The client always has work: it
 sends whenever fewer than the controller's limit (or ``fixed``) are in flight, and reports each
 outcome to the controller.
 
@@ -13,10 +14,9 @@ that arrived together: a client that keeps few requests in flight spends more on
 ``quota=(runs, period)`` it may use only ``runs`` seconds of it in each ``period`` and is frozen
 for the rest, as a process throttled by a cgroup's CPU quota is; with ``taken=(held, period,
 since)`` another process holds the CPU for ``held`` seconds of every ``period`` from ``since`` on,
-whatever the client does. Its event loop ticks every
-``TICK``; a tick waits for the CPU like an answer does, and how late it runs is the lag a
-``LoopLag`` reads. What the controller is told of the client's own delay is ``told``: that lag,
-and how long the CPU had work it could not run (``waited``, what ``limits.CpuWait`` reads).
+whatever the client does. Its event loop ticks every ``TICK``; a tick waits for the CPU like an
+answer does, and a ``limits.LoopLag`` counts how late it ran. What the controller is told of the
+client's own delay is ``told``: the loop's mean lag (``"lag"``) and its stalls (``"stalls"``).
 
 With ``clients=N``, N such clients (Dask workers under ``-c auto``) share the one server, each with
 its own CPU, loop and controller, starting ``stagger`` seconds apart. Their clocks agree (their
@@ -32,7 +32,8 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from asyncdl.controller import Controller
+from asyncdl.controller import Controller, Lag
+from asyncdl.limits import LoopLag
 
 TICK = 0.01
 _TICK_CPU = 5e-6
@@ -79,13 +80,11 @@ class _Cpu:
         self.taken = taken
         self.wake = wake
         self.free = 0.0
-        #: Seconds it had a task ready but could not run it (frozen, or the CPU taken).
-        self.waited = 0.0
         self.used: defaultdict[int, float] = defaultdict(float)
 
     def run(self, at: float, cost: float) -> float:
         """When a task that is ready at ``at`` starts running."""
-        ready = start = max(at, self.free)
+        start = max(at, self.free)
         if start > self.free:  # the loop wakes up (from waiting for answers or from a freeze)
             cost += self.wake
         if self.taken is not None:
@@ -99,7 +98,6 @@ class _Cpu:
                 k += 1
                 start = max(start, k * period)
             self.used[k] += cost
-        self.waited += start - ready
         self.free = start + cost
         return start
 
@@ -118,7 +116,7 @@ def simulate(
     cpu_per_wakeup: float = 0.0,
     quota: tuple[float, float] | None = None,
     taken: tuple[float, float, float] | None = None,
-    told: tuple[str, ...] = ("lag", "waited"),
+    told: tuple[str, ...] = ("lag", "stalls"),
     seed: int = 0,
     clients: int = 1,
     stagger: float = 0.0,
@@ -181,10 +179,8 @@ def simulate(
             push(client.cpu.run(now, cpu_per_answer), f"run {kind}", c, sent)
         elif kind == "tick":  # due now; it runs when the CPU gets to it
             push(client.cpu.run(now, _TICK_CPU), "run tick", c, now)
-            push(now + TICK, "tick", c)
-        elif kind == "run tick":
-            client.lag[0] += now - sent
-            client.lag[1] += 1
+        elif kind == "run tick":  # the next is due on the grid, after those it ran late for
+            push(sent + client.lag.ran(now - sent) * TICK, "tick", c)
         else:  # the client runs: an answer or a shed to read, then as many sends as it may
             before = limit(client)
             if kind == "run answer":
@@ -204,13 +200,13 @@ class _Client:
 
     def __init__(self, ceiling: int, cpu: _Cpu, told: tuple[str, ...], clock: float) -> None:
         self.cpu = cpu
-        self.lag = [0.0, 0.0]  # the ticks run so far: seconds late in all, how many
+        self.lag = LoopLag(TICK)
         self.in_flight = 0
 
-        def lag() -> tuple[float, int]:
-            return (self.lag[0], int(self.lag[1])) if "lag" in told else (0.0, 0)
+        def lag() -> Lag:
+            late, ticks, stalled = self.lag.reading()
+            if "lag" not in told:
+                late, ticks = 0.0, 0
+            return Lag(late, ticks, stalled if "stalls" in told else 0.0)
 
-        def waited() -> float:
-            return cpu.waited if "waited" in told else 0.0
-
-        self.controller = Controller(ceiling, lag=lag, waited=waited, epoch=clock)
+        self.controller = Controller(ceiling, lag=lag, epoch=clock)

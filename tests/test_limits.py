@@ -1,5 +1,5 @@
 """The meters every request goes through: slots sized by -c or by the controller, the event
-loop's lag and its thread's wait for a CPU, and what each attempt's outcome tells the controller, on real sockets."""
+loop's lag and stalls, and what each attempt's outcome tells the controller, on real sockets."""
 
 import asyncio
 import itertools
@@ -15,8 +15,9 @@ from aiohttp import web
 
 from asyncdl import FetchOptions, TransientError
 from asyncdl.fetcher import HttpClient, Tally
-from asyncdl.limits import REPORT_SECONDS, CpuWait, Limits, LoopLag
+from asyncdl.limits import REPORT_SECONDS, Limits, LoopLag
 from asyncdl.responses import rows
+from benchmarks import cgroups
 
 from .conftest import EmulatorThread
 
@@ -26,61 +27,86 @@ QUERY = (
 )
 
 
-#: A process that measures its own wait for a CPU: first asleep, then busy on one CPU beside two
-#: other busy processes there.
-_SHARED_CPU = """
-import json, os, subprocess, sys, time
-from asyncdl.limits import CpuWait
+#: A process whose event loop does a millisecond of work every other millisecond for a second,
+#: on one CPU (beside ``argv[2]`` other processes spinning there, with a CPU quota if it was put in
+#: a cgroup of one), and tells how its loop stalled and how long its thread waited for a CPU.
+_LOOP = """
+import asyncio, json, os, subprocess, sys, time
+from asyncdl.limits import LoopLag
 cpu = min(os.sched_getaffinity(0))
 os.sched_setaffinity(0, {cpu})
-waited = CpuWait()
-
-before = waited()
-for _ in range(20):
-    time.sleep(0.02)
-asleep = waited() - before
-rivals = [subprocess.Popen([sys.executable, "-c", sys.argv[1]]) for _ in range(2)]
+rivals = [subprocess.Popen([sys.executable, "-c", sys.argv[1]]) for _ in range(int(sys.argv[2]))]
 time.sleep(0.3)  # the rivals are up and spinning
-before, ran, start = waited(), time.thread_time(), time.monotonic()
-while time.monotonic() - start < 1.0:
-    pass
-busy, ran, wall = waited() - before, time.thread_time() - ran, time.monotonic() - start
+
+def waited():
+    with open("/proc/thread-self/schedstat") as stats:
+        return int(stats.read().split()[1]) / 1e9
+
+async def main():
+    lag = LoopLag()
+    lag.start()
+    before, start = waited(), time.monotonic()
+    while time.monotonic() - start < 1.0:
+        end = time.monotonic() + 0.001
+        while time.monotonic() < end:
+            pass
+        await asyncio.sleep(0.001)
+    lag.stop()
+    wall = time.monotonic() - start
+    return {"stalled": lag.reading().stalled / wall, "waited": (waited() - before) / wall}
+
+print(json.dumps(asyncio.run(main())))
 for rival in rivals:
     rival.wait()
-print(json.dumps({"asleep": asleep, "busy": busy, "ran": ran, "wall": wall}))
 """
 _RIVAL = """
 import os, time
 os.sched_setaffinity(0, {%d})
-end = time.monotonic() + 2.0
+end = time.monotonic() + 1.6
 while time.monotonic() < end:
     pass
 """
 
 
-@pytest.mark.skipif(not os.path.exists(CpuWait.PATH), reason="no per-thread schedstat here")
-def test_cpu_wait_is_the_time_a_thread_could_run_but_waited_for_a_cpu():
+def _loop_shares(prefix: list[str], rivals: int) -> dict[str, float]:
     cpu = min(os.sched_getaffinity(0))
     child = subprocess.run(
-        [sys.executable, "-c", _SHARED_CPU, _RIVAL % cpu],
+        [*prefix, sys.executable, "-c", _LOOP, _RIVAL % cpu, str(rivals)],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert child.returncode == 0, child.stderr
-    seconds = json.loads(child.stdout)
-    # Asleep it waits for nothing. Spinning, it is always runnable: each moment it either runs or
-    # waits, so the two add up to the wall-clock time; on a CPU shared with two other spinning
-    # processes it waits about two thirds of it (more on a busy machine).
-    assert seconds["asleep"] < 0.1
-    assert seconds["ran"] + seconds["busy"] == pytest.approx(seconds["wall"], rel=0.1)
-    assert seconds["busy"] >= 0.5 * seconds["wall"]
+    shares: dict[str, float] = json.loads(child.stdout)
+    return shares
 
 
-def test_cpu_wait_is_zero_where_it_cannot_be_read(monkeypatch):
-    waited = CpuWait()
-    monkeypatch.setattr(CpuWait, "PATH", "/nonexistent/schedstat")
-    assert waited() == waited() == 0.0
+@pytest.mark.skipif(not os.path.exists("/proc/thread-self/schedstat"), reason="not Linux")
+def test_short_waits_for_a_busy_cpu_are_no_stalls_of_the_loop():
+    # Two processes spin on the loop's CPU: its thread waits for it, but in short turns (the
+    # scheduler runs a task that slept soon after it wakes). Those waits delay answers at random,
+    # which the mean lag measures; they are no stalls.
+    shares = _loop_shares([], rivals=2)
+    assert shares["waited"] > 0.01  # it did wait for the CPU...
+    assert shares["stalled"] < 0.1  # ... without stalls
+
+
+@pytest.mark.skipif(cgroups.available() is not None, reason=cgroups.available() or "")
+def test_a_cpu_quota_freezes_the_loop_in_stalls():
+    # 0.2 of a core in 0.1 s periods: the loop's millisecond of work every other one needs half a
+    # core, so it runs 20 ms and is frozen 80 ms of each period: stalls of 80 ms, seen whole
+    # (less the part of a tick before the first one missed).
+    with cgroups.CpuQuota(f"asyncdl-test-{os.getpid()}", 0.2) as quota:
+        shares = _loop_shares(quota.command([]), rivals=0)
+    assert shares["stalled"] > 0.5
+
+
+def test_a_tick_a_whole_interval_late_or_more_marks_a_stall_as_long():
+    lag = LoopLag(interval=0.01)
+    assert lag.ran(0.004) == 1  # late, but no other tick was due meanwhile: no stall
+    assert lag.reading() == (0.004, 1, 0.0)
+    assert lag.ran(0.035) == 4  # it stands for the three due since, 0.025, 0.015 and 0.005 late
+    assert lag.reading() == pytest.approx((0.004 + 0.035 + 0.025 + 0.015 + 0.005, 5, 0.035))
 
 
 async def test_an_answer_on_a_new_connection_is_told_from_one_on_a_connection_used_before(serve):
@@ -102,16 +128,20 @@ async def test_the_loop_lag_counts_every_tick_that_was_due_while_the_loop_was_bl
     lag.start()
     try:
         await asyncio.sleep(0.05)
-        before_late, before_ticks = lag.reading()
+        before_late, before_ticks, before_stalled = lag.reading()
+        start = time.monotonic()
         time.sleep(0.2)  # noqa: ASYNC251 (the point: a loop that cannot run)
         await asyncio.sleep(0.03)
-        late, ticks = lag.reading()
+        late, ticks, stalled = lag.reading()
+        elapsed = time.monotonic() - start
     finally:
         lag.stop()
     # Twenty ticks were due while it was blocked, the first about 0.2 s late, the last about 0:
     # about 2 s of lateness in all, whatever else kept the machine busy (that only adds to it).
     assert ticks - before_ticks >= 20
     assert late - before_late >= 1.5
+    # One stall, as long as the first of them was late: counted once, not once for each.
+    assert 0.19 <= stalled - before_stalled <= elapsed
     assert before_late / max(before_ticks, 1) < 0.05  # while it could run, it ran on time
 
 
