@@ -4,9 +4,8 @@ deterministic, in simulated time.
 The server has ``handlers`` workers, each taking ``service * uniform(1 - spread, 1 + spread)``
 seconds a request (``service`` may be a function of the time), and a FIFO queue beyond them;
 with ``shed_queue`` it answers 503 at once when that many are queued. Answers take ``network``
-seconds each way. The client always has work: it
-sends whenever fewer than the controller's limit (or ``fixed``) are in flight, and reports each
-outcome to the controller.
+seconds each way. The client always has work: it sends whenever fewer than the controller's
+limit (or ``fixed``) are in flight, and reports each outcome to the controller.
 
 The client has one CPU, which reading an answer occupies for ``cpu_per_answer`` seconds, and
 waking up ``cpu_per_wakeup`` more when it was idle (an event loop's turn, shared by the answers
